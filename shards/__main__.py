@@ -1,0 +1,5 @@
+"""``python -m shards``: the command line."""
+
+from shards.cli import main
+
+raise SystemExit(main())

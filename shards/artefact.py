@@ -1,0 +1,176 @@
+"""Write and read index versions: the on-disk layout of DESIGN.md section 2.
+
+    <root>/CURRENT                        name of the version readers open by default
+    <root>/<version>/manifest.json        written last: a version without it does not exist
+    <root>/<version>/shard-00000/index.faiss, ids.parquet[, metadata.parquet]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards._faiss import faiss
+from shards.errors import CorruptFile, ManifestMismatch, MissingFile
+from shards.manifest import MANIFEST, FileEntry, Manifest, ShardEntry
+from shards.metric import Metric
+from shards.storage import Store
+
+CURRENT = "CURRENT"
+
+
+@dataclass
+class ShardData:
+    """The in-memory contents of one shard."""
+
+    index: faiss.Index
+    ids: np.ndarray  # (ntotal,) int64: row -> external id
+    metadata: pa.Table | None = None  # keyed by an "id" column
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def new_version_name() -> str:
+    """A unique, time-sortable version name."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def write_version(root_uri: str, manifest: Manifest, shards: list[ShardData]) -> Manifest:
+    """Write a new version under ``root_uri`` and point CURRENT at it; returns its manifest.
+
+    ``manifest.shards`` is filled in here; the manifest is written after every shard file,
+    and CURRENT after the manifest, so readers never see a half-written version.
+    """
+    root = Store(root_uri)
+    vstore = root.child(manifest.index_version)
+    entries = []
+    for i, shard in enumerate(shards):
+        name = shard_name(i)
+        files = {"index": _put(vstore, f"{name}/index.faiss", faiss.serialize_index(shard.index))}
+        files["ids"] = _put(vstore, f"{name}/ids.parquet", _parquet({"id": shard.ids}))
+        if shard.metadata is not None:
+            files["metadata"] = _put(vstore, f"{name}/metadata.parquet", _parquet(shard.metadata))
+        entries.append(ShardEntry(name=name, ntotal=int(shard.index.ntotal), files=files))
+    manifest = replace(manifest, shards=entries)
+    vstore.write_bytes(MANIFEST, manifest.to_json().encode())
+    root.write_bytes(CURRENT, manifest.index_version.encode())
+    return manifest
+
+
+def _put(store: Store, rel: str, data) -> FileEntry:
+    data = bytes(data) if not isinstance(data, bytes) else data
+    return FileEntry(path=rel, size=len(data), sha256=store.write_bytes(rel, data))
+
+
+def _parquet(columns) -> bytes:
+    table = columns if isinstance(columns, pa.Table) else pa.table(columns)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def open_version(uri: str, version: str | None = None) -> tuple[Store, Manifest]:
+    """Find a version (a version folder, or a root's CURRENT or named version) and read its manifest."""
+    store = Store(uri)
+    if version is None and not store.exists(MANIFEST):
+        if not store.exists(CURRENT):
+            where = store.path(CURRENT)
+            raise MissingFile(f"no index at {uri}: neither {MANIFEST} nor {where} exists", where)
+        version = store.read_bytes(CURRENT).decode().strip()
+    vstore = store.child(version) if version else store
+    where = vstore.path(MANIFEST)
+    manifest = Manifest.from_json(vstore.read_bytes(MANIFEST), where)
+    if version and manifest.index_version != version:
+        msg = f"{where}: index_version {manifest.index_version!r} != folder {version!r}"
+        raise ManifestMismatch(msg, where)
+    return vstore, manifest
+
+
+def list_versions(uri: str) -> list[str]:
+    """Complete versions under a root, oldest first."""
+    root = Store(uri)
+    return [v for v in root.list_dirs() if root.exists(f"{v}/{MANIFEST}")]
+
+
+def check_file(store: Store, entry: FileEntry, data: bytes | None = None) -> None:
+    """Raise MissingFile/CorruptFile unless the file matches its manifest entry."""
+    path = store.path(entry.path)
+    size = len(data) if data is not None else store.size(entry.path)
+    if size != entry.size:
+        raise CorruptFile(f"{path}: size {size} != {entry.size} in the manifest (truncated?)", path)
+    digest = hashlib.sha256(data).hexdigest() if data is not None else store.sha256(entry.path)
+    if digest != entry.sha256:
+        raise CorruptFile(f"{path}: sha256 mismatch with the manifest (corrupted)", path)
+
+
+def read_shard(
+    store: Store, manifest: Manifest, i: int, *, verify: bool = True, mmap: bool = False
+) -> ShardData:
+    """Load shard ``i``, checking every file against the manifest.
+
+    ``mmap`` maps the index file instead of reading it (local folders only).
+    """
+    entry = manifest.shards[i]
+    index = _read_index(store, entry.files["index"], verify=verify, mmap=mmap)
+    where = store.path(entry.files["index"].path)
+    metric = Metric.parse(manifest.metric)
+    if index.d != manifest.dim or index.metric_type != metric.faiss_metric:
+        raise ManifestMismatch(
+            f"{where}: index has d={index.d}, metric_type={index.metric_type}; the manifest "
+            f"says dim={manifest.dim}, metric={manifest.metric}",
+            where,
+        )
+    if index.ntotal != entry.ntotal:
+        raise ManifestMismatch(f"{where}: ntotal {index.ntotal} != {entry.ntotal}", where)
+    ids = _read_table(store, entry.files["ids"], verify)["id"].to_numpy().astype(np.int64)
+    if len(ids) != entry.ntotal:
+        raise ManifestMismatch(f"{store.path(entry.files['ids'].path)}: {len(ids)} ids", where)
+    meta = entry.files.get("metadata")
+    return ShardData(index, ids, _read_table(store, meta, verify) if meta else None)
+
+
+def _read_index(store: Store, entry: FileEntry, *, verify: bool, mmap: bool) -> faiss.Index:
+    path = store.path(entry.path)
+    try:
+        if mmap and store.local:
+            if verify:
+                check_file(store, entry)
+            return faiss.read_index(path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        data = store.read_bytes(entry.path)
+        if verify:
+            check_file(store, entry, data)
+        return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except RuntimeError as exc:
+        raise CorruptFile(f"{path}: faiss cannot read it ({str(exc).splitlines()[0]})", path) from None
+
+
+def _read_table(store: Store, entry: FileEntry, verify: bool) -> pa.Table:
+    data = store.read_bytes(entry.path)
+    if verify:
+        check_file(store, entry, data)
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except (pa.ArrowException, OSError) as exc:
+        path = store.path(entry.path)
+        raise CorruptFile(f"{path}: not a readable parquet file ({exc})", path) from None
+
+
+def verify_version(uri: str, version: str | None = None) -> tuple[Manifest, list[str]]:
+    """Check every file of a version; returns the manifest and one message per bad file."""
+    store, manifest = open_version(uri, version)
+    problems = []
+    for shard in manifest.shards:
+        for entry in shard.files.values():
+            try:
+                check_file(store, entry)
+            except (MissingFile, CorruptFile) as exc:
+                problems.append(exc.message)
+    return manifest, problems

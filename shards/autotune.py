@@ -1,0 +1,110 @@
+"""Recall/speed curve over the override grid, and resolving ``target_recall`` to parameters.
+
+Queries are a sample of the indexed vectors, searched leave-one-out: each query's own id
+is dropped from both the result and the brute-force ground truth, so a query does not
+count itself as a hit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from shards._faiss import faiss
+from shards.errors import TargetUnreachable
+from shards.params import EF_SEARCH_MAX, Knobs, SearchOverrides
+
+SearchFn = Callable[[np.ndarray, int, SearchOverrides], tuple[np.ndarray, np.ndarray]]
+K_FACTORS = (1, 2, 4, 8, 16)
+EF_SEARCHES = (16, 32, 64, 128, 256, 512, 1024)
+STOP_RECALL = 0.999
+
+
+def grid(knobs: Knobs) -> list[list[SearchOverrides]]:
+    """Override settings to measure, as runs of increasing cost (a run can stop early)."""
+    if knobs.hnsw:
+        return [[SearchOverrides(ef_search=ef) for ef in EF_SEARCHES]]
+    if knobs.nlist is None:
+        return [[SearchOverrides()]]
+    nprobes = [p for p in (2**i for i in range(17)) if p <= knobs.nlist]
+    runs = []
+    for kf in K_FACTORS if knobs.refine else (None,):
+        run = []
+        for nprobe in nprobes:
+            qef = min(EF_SEARCH_MAX, max(64, 2 * nprobe)) if knobs.quantizer_hnsw else None
+            run.append(SearchOverrides(nprobe=nprobe, k_factor=kf, quantizer_ef_search=qef))
+        runs.append(run)
+    return runs
+
+
+def ground_truth(
+    xq: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]], k: int, metric_type: int
+) -> np.ndarray:
+    """Exact top-k ids (nq, k) of prepared queries over ``(vectors, ids)`` blocks."""
+    keep_max = metric_type == faiss.METRIC_INNER_PRODUCT
+    heap = faiss.ResultHeap(len(xq), k, keep_max=keep_max)
+    for xb, ids in blocks:
+        D, I = faiss.knn(xq, xb, min(k, len(xb)), metric=metric_type)
+        pad = k - D.shape[1]
+        if pad:
+            fill = -np.finfo(np.float32).max if keep_max else np.finfo(np.float32).max
+            D = np.hstack([D, np.full((len(D), pad), fill, np.float32)])
+            I = np.hstack([I, np.full((len(I), pad), -1)])
+        heap.add_result(D, np.where(I >= 0, ids[np.maximum(I, 0)], -1))
+    heap.finalize()
+    return heap.I
+
+
+def drop_self(I: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """Remove each row's own id from ``I`` (nq, k+1) and keep the first k columns."""
+    other = I != self_ids[:, None]
+    order = np.argsort(~other, axis=1, kind="stable")
+    return np.take_along_axis(I, order, axis=1)[:, :k]
+
+
+def recall_at_k(I: np.ndarray, gt: np.ndarray) -> float:
+    """Mean fraction of the ground-truth top-k found in ``I``; both (nq, k)."""
+    hits = (np.where(I < 0, -2, I)[:, :, None] == gt[:, None, :]).any(axis=2)
+    valid = max(1, int((gt >= 0).sum()))
+    return float(hits.sum() / valid)
+
+
+def measure(
+    search: SearchFn, xq: np.ndarray, self_ids: np.ndarray, gt: np.ndarray, knobs: Knobs
+) -> list[dict[str, Any]]:
+    """Recall@k and batched ms/query for each grid point; ``gt`` is (nq, k+1) with self."""
+    k = gt.shape[1] - 1
+    truth = drop_self(gt, self_ids, k)
+    curve = []
+    for run in grid(knobs):
+        for ov in run:
+            best = float("inf")
+            for _ in range(2):
+                t0 = time.perf_counter()
+                _, I = search(xq, k + 1, ov)
+                best = min(best, time.perf_counter() - t0)
+            recall = recall_at_k(drop_self(I, self_ids, k), truth)
+            curve.append({"params": ov.to_dict(), "recall": round(recall, 5),
+                          "ms_per_query": round(1000 * best / len(xq), 5)})
+            if recall >= STOP_RECALL:
+                break
+    return curve
+
+
+def resolve(curve: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """The fastest measured parameters whose recall is at least ``target``.
+
+    Raises:
+        TargetUnreachable: no measured point reaches ``target``.
+    """
+    ok = [p for p in curve if p["recall"] >= target]
+    if not ok:
+        best = max((p["recall"] for p in curve), default=0.0)
+        raise TargetUnreachable(
+            f"target_recall {target} is above the best tuned recall {best:.4f}; "
+            "pass explicit parameters or re-tune"
+        )
+    return dict(min(ok, key=lambda p: p["ms_per_query"])["params"])

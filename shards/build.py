@@ -1,0 +1,166 @@
+"""Build a sharded index from a ``.npy`` or Parquet file, streaming it in chunks.
+
+Train once on a sample, clone the trained empty index for every shard (so all shards
+share one quantizer and codebook), add each chunk's vectors to their shards, tune, write.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from shards import autotune
+from shards._faiss import faiss
+from shards.artefact import ShardData, new_version_name, write_version
+from shards.choice import choose_index, estimate_bytes
+from shards.errors import InvalidInput, TargetUnreachable
+from shards.index import ShardedIndex
+from shards.manifest import Manifest
+from shards.metric import Metric, prepare_vectors
+from shards.params import Knobs, SearchOverrides
+from shards.partition import SCHEMES, assign_shards
+from shards.progress import progress
+from shards.shard import Shard
+from shards.source import VectorSource
+
+TUNE_QUERIES = 1000
+TUNE_K = 10
+
+
+@dataclass
+class BuildOptions:
+    """How to build; every default here is the one documented in the CLI help."""
+
+    num_shards: int = 1
+    index: str = "auto"  # "auto", "hnsw" or a faiss factory string
+    metric: str = "l2"
+    partition: str = "hash"
+    memory_budget: int | None = None  # bytes per shard, for the automatic choice
+    chunk_rows: int = 65536
+    train_size: int | None = None  # default: 64 vectors per IVF list, at least 20,000
+    tune: bool = True
+    default_recall: float = 0.95  # the tuned defaults are the cheapest meeting this
+    seed: int = 0
+    progress: bool = True
+
+
+def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manifest:
+    """Build, tune and write a new index version under ``out_uri``; returns its manifest."""
+    if opts.num_shards < 1:
+        raise InvalidInput(f"--shards must be >= 1, got {opts.num_shards}")
+    if opts.partition not in SCHEMES:
+        raise InvalidInput(f"unknown partition {opts.partition!r}; expected one of {SCHEMES}")
+    metric = Metric.parse(opts.metric)
+    t0 = time.perf_counter()
+    factory, reason = _factory(source, opts, metric)
+    template = _trained_template(source, factory, metric, opts)
+    t_train = time.perf_counter() - t0
+    datas = _add_all(source, template, metric, opts)
+    _check_unique(datas)
+    t_add = time.perf_counter() - t0 - t_train
+    manifest = Manifest(
+        index_version=new_version_name(), dim=source.d, metric=metric.value, factory=factory,
+        partition=opts.partition, shards=[], created_at=datetime.now(UTC).isoformat(),
+        metadata_columns=list(source.metadata_columns),
+        build={"source": source.path, "n": source.n, "choice": reason, "seed": opts.seed,
+               "train_seconds": round(t_train, 3), "add_seconds": round(t_add, 3),
+               "faiss_version": faiss.__version__,
+               "estimated_bytes_per_shard": estimate_bytes(factory, -(-source.n // opts.num_shards), source.d)},
+    )
+    if opts.tune:
+        manifest = tune_manifest(manifest, datas, source, opts)
+    manifest.build["total_seconds"] = round(time.perf_counter() - t0, 3)
+    return write_version(out_uri, manifest, datas)
+
+
+def _factory(source: VectorSource, opts: BuildOptions, metric: Metric) -> tuple[str, str]:
+    if opts.index not in ("auto", "hnsw"):
+        estimate_bytes(opts.index, 1, source.d)  # validates the factory string
+        return opts.index, "explicit factory string"
+    choice = choose_index(-(-source.n // opts.num_shards), source.d, metric,
+                          num_shards=opts.num_shards, memory_budget=opts.memory_budget,
+                          prefer_hnsw=opts.index == "hnsw")
+    return choice.factory, choice.reason
+
+
+def _trained_template(source: VectorSource, factory: str, metric: Metric, opts: BuildOptions):
+    template = faiss.index_factory(source.d, factory, metric.faiss_metric)
+    if not template.is_trained:
+        ivf = faiss.try_extract_index_ivf(template)
+        size = opts.train_size or max(20_000, 64 * (ivf.nlist if ivf is not None else 256))
+        xt, _ = source.sample(size, seed=opts.seed)
+        template.train(prepare_vectors(xt, source.d, metric, what="training vectors"))
+    return template
+
+
+def _add_all(source: VectorSource, template, metric: Metric, opts: BuildOptions) -> list[ShardData]:
+    indexes = [faiss.clone_index(template) for _ in range(opts.num_shards)]
+    ids: list[list[np.ndarray]] = [[] for _ in indexes]
+    metas: list[list[pa.Table]] = [[] for _ in indexes]
+    total = -(-source.n // opts.chunk_rows)
+    for chunk in progress(source.chunks(opts.chunk_rows), "adding", total, "chunk", opts.progress):
+        x = prepare_vectors(chunk.vectors, source.d, metric, what=f"vectors near row {chunk.start}")
+        rows = np.arange(chunk.start, chunk.start + len(x))
+        owner = assign_shards(chunk.ids, rows, opts.num_shards, opts.partition, source.n)
+        for s in np.unique(owner):
+            mask = owner == s
+            indexes[s].add(x[mask])
+            ids[s].append(chunk.ids[mask])
+            if chunk.metadata is not None:
+                metas[s].append(_with_id(chunk.metadata.filter(pa.array(mask)), chunk.ids[mask]))
+    datas = []
+    for index, id_parts, meta_parts in zip(indexes, ids, metas, strict=True):
+        shard_ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
+        meta = pa.concat_tables(meta_parts) if meta_parts else None
+        datas.append(ShardData(index, shard_ids, meta))
+    return datas
+
+
+def _with_id(table: pa.Table, ids: np.ndarray) -> pa.Table:
+    if "id" in table.column_names:
+        table = table.drop_columns(["id"])
+    return table.add_column(0, "id", pa.array(ids, pa.int64()))
+
+
+def _check_unique(datas: list[ShardData]) -> None:
+    all_ids = np.concatenate([d.ids for d in datas])
+    uniq, counts = np.unique(all_ids, return_counts=True)
+    if (counts > 1).any():
+        raise InvalidInput(f"duplicate id {int(uniq[counts > 1][0])} in the input")
+
+
+def tune_manifest(
+    manifest: Manifest, datas: list[ShardData], source: VectorSource, opts: BuildOptions
+) -> Manifest:
+    """Measure the recall/speed curve and store it with the tuned defaults in the manifest."""
+    metric = Metric.parse(manifest.metric)
+    knobs = Knobs.of(datas[0].index)
+    if not knobs.names():
+        return manifest
+    xq, qids = source.sample(TUNE_QUERIES, seed=opts.seed + 1)
+    xq = prepare_vectors(xq, source.d, metric)
+    blocks = ((prepare_vectors(c.vectors, source.d, metric), c.ids) for c in source.chunks())
+    gt = autotune.ground_truth(xq, blocks, TUNE_K + 1, metric.faiss_metric)
+    index = ShardedIndex(manifest, {i: Shard(d, metric.keep_max) for i, d in enumerate(datas)}, "")
+    return with_tuning(manifest, index, xq, qids, gt, opts.default_recall)
+
+
+def with_tuning(manifest: Manifest, index: ShardedIndex, xq, qids, gt, target: float) -> Manifest:
+    """``manifest`` with the measured curve and the defaults resolved for ``target``."""
+    curve = autotune.measure(index.search_prepared, xq, qids, gt, index.knobs)
+    try:
+        defaults = autotune.resolve(curve, target)
+        note = f"cheapest measured parameters with recall@{TUNE_K} >= {target}"
+    except TargetUnreachable:
+        best = max(curve, key=lambda p: p["recall"])
+        defaults, note = dict(best["params"]), f"no point reached {target}; highest recall"
+    tuning: dict[str, Any] = {"k": TUNE_K, "queries": len(xq), "target": target, "note": note,
+                              "method": "leave-one-out on a sample of indexed vectors",
+                              "curve": curve}
+    manifest.build["tune_threads"] = faiss.omp_get_max_threads()
+    return replace(manifest, tuning=tuning, default_params=SearchOverrides(**defaults).to_dict())

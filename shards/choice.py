@@ -1,0 +1,128 @@
+"""Automatic index choice and the memory estimate of an index before it is built.
+
+The thresholds come from ``bench/choice_sweep.py`` on the GloVe vectors (see docs/INDEX_CHOICE.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from shards._faiss import faiss
+from shards.errors import InvalidInput
+from shards.metric import Metric
+
+# Per-shard vector counts where the next index type starts to pay off (docs/INDEX_CHOICE.md).
+FLAT_MAX = 20_000
+IVF_FLAT_MAX = 50_000
+HNSW_M = 32
+
+
+@dataclass(frozen=True)
+class Choice:
+    """An index decision: the faiss factory string and why it was picked."""
+
+    factory: str
+    reason: str
+    estimated_bytes: int
+
+
+def nlist_for(n_total: int) -> int:
+    """Number of IVF lists for ``n_total`` vectors: a power of two near 1.6 * sqrt(n)."""
+    return int(min(65536, max(16, 2 ** round(math.log2(max(1.0, 1.6 * math.sqrt(n_total)))))))
+
+
+def pq_m_for(d: int) -> int:
+    """Sub-quantizer count for 4-bit fast-scan PQ: one dim each up to d=64, else two or more."""
+    if d <= 64:
+        return d
+    for dsub in (2, 3, 4, 5, 6, 8):
+        if d % dsub == 0:
+            return d // dsub
+    return d
+
+
+def choose_index(
+    n_per_shard: int,
+    d: int,
+    metric: Metric | str = Metric.L2,
+    *,
+    num_shards: int = 1,
+    memory_budget: int | None = None,
+    prefer_hnsw: bool = False,
+) -> Choice:
+    """Pick a factory string for shards of ``n_per_shard`` vectors of dimension ``d``.
+
+    ``memory_budget`` is in bytes per shard; the quantizer is trained on all shards' data,
+    so IVF list counts follow the total size ``n_per_shard * num_shards``.
+
+    Raises:
+        InvalidInput: nothing fits ``memory_budget``, or sizes are not positive.
+    """
+    if n_per_shard <= 0 or d <= 0 or num_shards <= 0:
+        raise InvalidInput(f"sizes must be positive (n={n_per_shard}, d={d}, shards={num_shards})")
+    Metric.parse(metric)
+    nlist = nlist_for(n_per_shard * num_shards)
+    quantizer = f"IVF{nlist}" if nlist <= 8192 else f"IVF{nlist}_HNSW32"
+    m = pq_m_for(d)
+    if prefer_hnsw:
+        candidates = [(f"HNSW{HNSW_M},Flat", "HNSW asked for")]
+    elif n_per_shard <= FLAT_MAX:
+        candidates = [("Flat", f"n <= {FLAT_MAX:,}: exact search is fast enough")]
+    elif n_per_shard <= IVF_FLAT_MAX:
+        candidates = [(f"{quantizer},Flat", f"{FLAT_MAX:,} < n <= {IVF_FLAT_MAX:,}")]
+    else:
+        candidates = [(f"{quantizer},PQ{m}x4fs,RFlat", f"n > {IVF_FLAT_MAX:,}: fast-scan PQ + refine")]
+    # Under a memory budget, fall back to the compressed codes alone.
+    candidates.append((f"{quantizer},PQ{m}x4fs", "memory budget: PQ codes without refinement"))
+    for factory, reason in candidates:
+        need = estimate_bytes(factory, n_per_shard, d)
+        if memory_budget is None or need <= memory_budget:
+            return Choice(factory, reason, need)
+    raise InvalidInput(
+        f"no index fits the memory budget of {memory_budget:,} bytes per shard "
+        f"(smallest needs {need:,}); use more shards or a larger budget"
+    )
+
+
+def estimate_bytes(factory: str, n: int, d: int) -> int:
+    """Estimated size in bytes of ``factory`` holding ``n`` vectors (as serialised/in RAM)."""
+    try:
+        index = faiss.index_factory(d, factory)
+    except RuntimeError as exc:
+        raise InvalidInput(f"invalid faiss factory string {factory!r}: {exc}") from None
+    return _estimate(index, n)
+
+
+def _estimate(index: faiss.Index, n: int) -> int:
+    index = faiss.downcast_index(index)
+    d = index.d
+    if isinstance(index, faiss.IndexRefine):
+        return _estimate(index.base_index, n) + _estimate(index.refine_index, n)
+    if isinstance(index, faiss.IndexPreTransform):
+        chain = sum(4 * t.d_in * t.d_out for t in _transforms(index))
+        return chain + _estimate(index.index, n)
+    if isinstance(index, faiss.IndexHNSW):
+        m = index.hnsw.nb_neighbors(1)
+        links = n * (2 * m + m / max(1, m - 1)) * 4
+        return int(links + n * 12 + _estimate(index.storage, n))
+    if isinstance(index, faiss.IndexIVF):
+        nlist = index.nlist
+        total = _estimate(index.quantizer, nlist)
+        if isinstance(index, faiss.IndexIVFFastScan):
+            pq = index.pq
+            total += pq.M * pq.ksub * pq.dsub * 4
+            # codes are stored in blocks of bbs vectors; on average half a block is padding
+            codes = (n + nlist * index.bbs / 2) * index.code_size
+        else:
+            if isinstance(index, faiss.IndexIVFPQ):
+                total += index.pq.M * index.pq.ksub * index.pq.dsub * 4
+            codes = n * index.code_size
+        return int(total + codes + n * 8)
+    if isinstance(index, faiss.IndexFlatCodes):
+        return int(n * index.code_size)
+    return int(n * d * 4)
+
+
+def _transforms(index: faiss.IndexPreTransform) -> list:
+    return [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]

@@ -1,0 +1,160 @@
+"""``python -m shards build|search|inspect|verify|autotune``: user mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from shards.errors import InvalidInput, VsearchError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except VsearchError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shards", description=__doc__)
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    b = sub.add_parser("build", help="build a sharded index from .npy or Parquet")
+    b.add_argument("input", help=".npy (n, d) float array, or Parquet with a vector column")
+    b.add_argument("--out", required=True, help="index root folder or pyarrow.fs URI")
+    b.add_argument("--shards", type=int, default=1)
+    b.add_argument("--index", default="auto", help="auto (default), hnsw, or a faiss factory")
+    b.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
+    b.add_argument("--partition", default="hash", choices=["hash", "range"])
+    b.add_argument("--id-column", help="int64 id column (Parquet); default: row number")
+    b.add_argument("--vector-column", default="vector")
+    b.add_argument("--metadata-columns", default="", help="comma-separated columns to keep")
+    b.add_argument("--memory-budget", type=int, help="bytes per shard for the automatic choice")
+    b.add_argument("--default-recall", type=float, default=0.95,
+                   help="tuned defaults are the cheapest parameters reaching this recall@10")
+    b.add_argument("--no-tune", action="store_true", help="skip the recall/speed measurement")
+    b.add_argument("--chunk-rows", type=int, default=65536)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(run=_build)
+
+    s = sub.add_parser("search", help="search an index with queries from a .npy file or ids")
+    s.add_argument("dir")
+    q = s.add_mutually_exclusive_group(required=True)
+    q.add_argument("--queries", help=".npy (nq, d) float queries")
+    q.add_argument("--ids", help="comma-separated stored ids to search by ('more like this')")
+    s.add_argument("-k", type=int, default=10)
+    s.add_argument("--nprobe", type=int)
+    s.add_argument("--ef-search", type=int)
+    s.add_argument("--quantizer-ef-search", type=int)
+    s.add_argument("--k-factor", type=float)
+    s.add_argument("--target-recall", type=float)
+    s.add_argument("--version", help="index version (default: CURRENT)")
+    s.add_argument("--output", help="write arrays D and I to this .npz")
+    s.add_argument("--print", dest="show", metavar="COLUMNS", nargs="?", const="",
+                   help="print results, with these comma-separated metadata columns")
+    s.set_defaults(run=_search)
+
+    for name, fn, text in (("inspect", _inspect, "print the manifest summary"),
+                           ("verify", _verify, "check every file's checksum")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("dir")
+        c.add_argument("--version")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        c.set_defaults(run=fn)
+
+    a = sub.add_parser("autotune", help="re-measure recall/speed and publish a tuned version")
+    a.add_argument("dir")
+    a.add_argument("--version")
+    a.add_argument("--queries", help=".npy held-out queries (default: sampled stored vectors)")
+    a.add_argument("--default-recall", type=float, default=0.95)
+    a.set_defaults(run=_autotune)
+    return p
+
+
+def _build(args) -> int:
+    from shards.build import BuildOptions, build_index
+    from shards.source import VectorSource
+
+    cols = [c for c in args.metadata_columns.split(",") if c]
+    source = VectorSource(args.input, vector_column=args.vector_column,
+                          id_column=args.id_column, metadata_columns=cols)
+    opts = BuildOptions(num_shards=args.shards, index=args.index, metric=args.metric,
+                        partition=args.partition, memory_budget=args.memory_budget,
+                        chunk_rows=args.chunk_rows, tune=not args.no_tune,
+                        default_recall=args.default_recall, seed=args.seed)
+    m = build_index(source, args.out, opts)
+    print(f"built {m.index_version}: {m.ntotal:,} vectors x {m.dim} ({m.metric}) in "
+          f"{m.num_shards} shard(s), {m.factory}, defaults {m.default_params or '{}'}")
+    return 0
+
+
+def _search(args) -> int:
+    from shards.index import ShardedIndex
+    from shards.metadata import lookup_metadata
+
+    if args.output is None and args.show is None:
+        raise InvalidInput("give --output OUT.npz and/or --print")
+    index = ShardedIndex.open(args.dir, args.version)
+    params = {"nprobe": args.nprobe, "ef_search": args.ef_search,
+              "quantizer_ef_search": args.quantizer_ef_search, "k_factor": args.k_factor}
+    if args.queries:
+        D, I = index.search(np.load(args.queries), args.k, params, target_recall=args.target_recall)
+    else:
+        ids = [int(t) for t in args.ids.split(",") if t.strip()]
+        D, I = index.search_by_id(ids, args.k, params, target_recall=args.target_recall)
+    if args.output:
+        np.savez(args.output, D=D, I=I)
+    if args.show is not None:
+        cols = [c for c in args.show.split(",") if c]
+        for qi in range(len(I)):
+            meta = lookup_metadata(index, I[qi], cols or []).to_pylist()
+            for rank, (dist, row) in enumerate(zip(D[qi], meta, strict=True)):
+                extra = " ".join(str(row[c]) for c in cols)
+                print(f"{qi}\t{rank + 1}\t{row['id']}\t{dist:.4f}\t{extra}".rstrip())
+    return 0
+
+
+def _inspect(args) -> int:
+    from shards.artefact import open_version
+
+    _, m = open_version(args.dir, args.version)
+    if args.json:
+        print(m.to_json())
+        return 0
+    print(f"version   {m.index_version} (parent {m.parent_version}), created {m.created_at}")
+    print(f"vectors   {m.ntotal:,} x {m.dim}, metric {m.metric}, factory {m.factory}")
+    print(f"shards    {m.num_shards} ({m.partition}): " + ", ".join(f"{s.ntotal:,}" for s in m.shards))
+    print(f"defaults  {json.dumps(m.default_params)}")
+    if m.tuning:
+        print(f"tuning    {len(m.tuning['curve'])} points, {m.tuning['note']}")
+    print(f"build     {json.dumps({k: v for k, v in m.build.items() if k != 'source'})}")
+    return 0
+
+
+def _verify(args) -> int:
+    from shards.artefact import verify_version
+
+    m, problems = verify_version(args.dir, args.version)
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+    files = sum(len(s.files) for s in m.shards)
+    if not problems:
+        print(f"ok: {m.index_version}, {files} files match the manifest")
+    return 1 if problems else 0
+
+
+def _autotune(args) -> int:
+    from shards.tune_existing import autotune_index
+
+    m = autotune_index(args.dir, args.version, queries=args.queries, target=args.default_recall)
+    print(f"tuned {m.index_version} (from {m.parent_version}): defaults {m.default_params}")
+    return 0

@@ -1,0 +1,97 @@
+"""The typed errors of vsearch, each carrying the HTTP status the service maps it to."""
+
+from __future__ import annotations
+
+
+class VsearchError(Exception):
+    """Base class of every error vsearch raises on purpose."""
+
+    status_code = 500
+    code = "internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):  # pickle cleanly across processes (Ray re-raises remotely)
+        return (type(self), (self.message,))
+
+
+class InvalidQuery(VsearchError):
+    """The query itself is wrong: shape, dtype, NaN/Inf, k or an override out of range."""
+
+    status_code = 400
+    code = "invalid_query"
+
+
+class InvalidInput(VsearchError):
+    """Build input is wrong: missing column, bad dtype, mismatched lengths, duplicate ids."""
+
+    status_code = 400
+    code = "invalid_input"
+
+
+class UnknownId(VsearchError):
+    """An id asked for (search by id, metadata lookup) is not in the index."""
+
+    status_code = 404
+    code = "unknown_id"
+
+
+class TargetUnreachable(InvalidQuery):
+    """No tuned parameter set reaches the requested recall."""
+
+    code = "target_unreachable"
+
+
+class IndexLoadError(VsearchError):
+    """An index artefact cannot be used; the message names the file."""
+
+    status_code = 503
+    code = "index_unavailable"
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.path))
+
+
+class MissingFile(IndexLoadError):
+    """A file listed in (or needed by) the manifest does not exist."""
+
+    code = "missing_file"
+
+
+class CorruptFile(IndexLoadError):
+    """A file's size or sha256 does not match the manifest, or faiss cannot read it."""
+
+    code = "corrupt_file"
+
+
+class ManifestMismatch(IndexLoadError):
+    """The manifest and the files disagree (dim, metric, counts) or the manifest is invalid."""
+
+    code = "manifest_mismatch"
+
+
+class UnsupportedOperation(VsearchError):
+    """The operation is not possible for this index type or configuration."""
+
+    status_code = 400
+    code = "unsupported"
+
+
+class GpuUnavailable(VsearchError):
+    """A GPU was asked for but this process has no usable one (or no GPU faiss build)."""
+
+    status_code = 503
+    code = "gpu_unavailable"
+
+
+class GpuOutOfMemory(VsearchError):
+    """The shard does not fit in the GPU's free memory; nothing was cloned."""
+
+    status_code = 503
+    code = "gpu_out_of_memory"

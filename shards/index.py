@@ -1,0 +1,229 @@
+"""ShardedIndex: the shards of one index version, searched together and merged exactly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shards import autotune
+from shards._faiss import faiss
+from shards.artefact import ShardData, new_version_name, open_version, read_shard, write_version
+from shards.errors import InvalidQuery, UnknownId, UnsupportedOperation
+from shards.manifest import Manifest
+from shards.merge import merge_results
+from shards.metric import Metric, prepare_vectors
+from shards.params import Knobs, SearchOverrides
+from shards.partition import assign_shards
+from shards.shard import Shard
+from shards.storage import Store
+
+MAX_K = 1024
+MAX_QUERIES = 65536
+
+
+class ShardedIndex:
+    """One index version in memory (all shards, or the subset a replica serves)."""
+
+    def __init__(self, manifest: Manifest, shards: dict[int, Shard], root_uri: str) -> None:
+        self.manifest = manifest
+        self.shards = shards  # shard number -> Shard
+        self.root_uri = root_uri
+        self.metric = Metric.parse(manifest.metric)
+        self.knobs = Knobs.of(next(iter(shards.values())).index)
+        self.defaults = SearchOverrides.parse(manifest.default_params)
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        version: str | None = None,
+        *,
+        shards: list[int] | None = None,
+        verify: bool = True,
+        mmap: bool = False,
+    ) -> ShardedIndex:
+        """Load a version (CURRENT by default); ``shards`` restricts to some shard numbers.
+
+        Raises:
+            IndexLoadError: (MissingFile, CorruptFile, ManifestMismatch) naming the bad file.
+        """
+        store, manifest = open_version(uri, version)
+        wanted = range(manifest.num_shards) if shards is None else shards
+        for i in wanted:
+            if not 0 <= i < manifest.num_shards:
+                raise InvalidQuery(f"shard {i} does not exist (index has {manifest.num_shards})")
+        keep_max = Metric.parse(manifest.metric).keep_max
+        loaded = {
+            i: Shard(read_shard(store, manifest, i, verify=verify, mmap=mmap), keep_max)
+            for i in wanted
+        }
+        # a version folder opened directly publishes new versions beside itself
+        root = uri.rstrip("/").rsplit("/", 1)[0] if store.path() == Store(uri).path() else uri
+        return cls(manifest, loaded, root)
+
+    @property
+    def dim(self) -> int:
+        return self.manifest.dim
+
+    @property
+    def index_version(self) -> str:
+        return self.manifest.index_version
+
+    @property
+    def ntotal(self) -> int:
+        return sum(s.ntotal for s in self.shards.values())
+
+    def resolve(
+        self, params: Any = None, target_recall: float | None = None, k: int = 10
+    ) -> SearchOverrides:
+        """Effective overrides: explicit ``params`` over ``target_recall``'s over the defaults."""
+        ov = SearchOverrides.parse(params)
+        if target_recall is not None:
+            ok = isinstance(target_recall, int | float) and not isinstance(target_recall, bool)
+            if not ok or not 0.0 < float(target_recall) <= 1.0:
+                raise InvalidQuery(f"target_recall must be in (0, 1], got {target_recall!r}")
+            ov = ov.over(SearchOverrides(**self._tuned(float(target_recall))))
+        eff = ov.over(self.defaults)
+        self.knobs.check(eff, k)
+        return eff
+
+    def _tuned(self, target: float) -> dict[str, Any]:
+        if not self.knobs.names():
+            return {}  # exact index: every target is met
+        curve = (self.manifest.tuning or {}).get("curve")
+        if not curve:
+            raise UnsupportedOperation("this index was not tuned: run `python -m shards autotune`")
+        return autotune.resolve(curve, target)
+
+    def search(
+        self,
+        xq: np.ndarray,
+        k: int = 10,
+        params: Any = None,
+        *,
+        target_recall: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of ``xq`` (nq, d) over every loaded shard: D (nq, k) float32, I (nq, k) int64.
+
+        Scores: squared L2 (smaller is better), or inner product / cosine similarity
+        (larger is better). Missing results are id -1.
+
+        Raises:
+            InvalidQuery: bad shape, dimension, NaN/Inf, k, or an override.
+        """
+        check_k(k)
+        ov = self.resolve(params, target_recall, k)
+        xq = prepare_vectors(xq, self.dim, self.metric)
+        if len(xq) > MAX_QUERIES:
+            raise InvalidQuery(f"at most {MAX_QUERIES} queries per call, got {len(xq)}")
+        return self.search_prepared(xq, k, ov)
+
+    def search_prepared(
+        self, xq: np.ndarray, k: int, ov: SearchOverrides
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Search already checked queries with resolved overrides (no validation)."""
+        parts = [shard.search(xq, k, ov) for shard in self.shards.values()]
+        return merge_results(parts, self.metric.keep_max)
+
+    def search_by_id(
+        self, ids: Any, k: int = 10, params: Any = None, *, target_recall: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """'More like this': search with the stored vectors of ``ids``, each id left out."""
+        check_k(k)
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        xq = self.reconstruct(ids)
+        ov = self.resolve(params, target_recall, k)
+        D, I = self.search_prepared(xq, min(k + 1, MAX_K), ov)
+        other = I != ids[:, None]
+        order = np.argsort(~other, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+
+    def reconstruct(self, ids: Any) -> np.ndarray:
+        """Stored vectors (as indexed: normalised for cosine) of ``ids``, (n, d) float32.
+
+        Raises:
+            UnknownId: an id is in none of the loaded shards.
+        """
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        found = np.zeros(len(ids), dtype=bool)
+        for shard in self.shards.values():
+            here = ~found & shard.contains(ids)
+            if here.any():
+                out[here] = shard.reconstruct(ids[here])
+                found |= here
+        if not found.all():
+            raise UnknownId(f"id {int(ids[~found][0])} is not in the index")
+        return out
+
+    def add(self, x: np.ndarray, ids: Any) -> None:
+        """Add vectors with new int64 ids; they are searchable at once (delta index)."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        x = prepare_vectors(x, self.dim, self.metric, what="vectors")
+        if len(ids) != len(x) or len(np.unique(ids)) != len(ids):
+            raise InvalidQuery("add needs one unique id per vector")
+        owner = self.owner_of(ids)
+        for s in np.unique(owner):
+            if int(s) not in self.shards:
+                raise UnsupportedOperation(f"id {int(ids[owner == s][0])} belongs to shard {s}, not loaded")
+        for s in np.unique(owner):
+            self.shards[int(s)].add(x[owner == s], ids[owner == s])
+
+    def owner_of(self, ids: np.ndarray) -> np.ndarray:
+        """Shard number that new ``ids`` go to: by hash, or the last shard for ranges."""
+        n = self.manifest.num_shards
+        if self.manifest.partition == "range":
+            return np.full(len(ids), n - 1, dtype=np.int64)
+        return assign_shards(ids, ids, n, "hash", n)
+
+    def delete(self, ids: Any) -> int:
+        """Tombstone ``ids`` in every loaded shard; returns how many were live."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        return sum(shard.delete(ids) for shard in self.shards.values())
+
+    def compact(self) -> Manifest:
+        """Write a new version with deletes applied and adds merged; returns its manifest.
+
+        The loaded (published) version is left as it is.
+        """
+        if len(self.shards) != self.manifest.num_shards:
+            raise UnsupportedOperation("compact needs every shard loaded")
+        datas = []
+        for i in range(self.manifest.num_shards):
+            shard = self.shards[i]
+            if not shard.dirty:
+                datas.append(ShardData(shard.index, shard.ids, shard.metadata))
+                continue
+            x, ids = shard.live_contents()
+            index = faiss.clone_index(shard.index)
+            index.reset()
+            index.add(x)
+            meta = shard.metadata
+            if meta is not None:
+                meta = meta.filter(pc.is_in(meta["id"], pa.array(ids)))
+            datas.append(ShardData(index, ids, meta))
+        manifest = replace(
+            self.manifest,
+            index_version=new_version_name(),
+            parent_version=self.manifest.index_version,
+            created_at=datetime.now(UTC).isoformat(),
+        )
+        return write_version(self.root_uri, manifest, datas)
+
+    def iter_vectors(self, block: int = 65536):
+        """Yield ``(vectors, ids)`` blocks of every live vector (lossless indexes only)."""
+        for shard in self.shards.values():
+            x, ids = shard.live_contents()
+            for start in range(0, len(ids), block):
+                yield x[start : start + block], ids[start : start + block]
+
+
+def check_k(k: Any) -> None:
+    """Raise InvalidQuery unless ``k`` is an int in [1, MAX_K]."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
+        raise InvalidQuery(f"k must be an integer in [1, {MAX_K}], got {k!r}")

@@ -1,0 +1,29 @@
+"""Merge per-shard top-k results with faiss's C++ heap merge (no Python per-query loops)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shards._faiss import faiss
+
+
+def merge_results(
+    parts: list[tuple[np.ndarray, np.ndarray]], keep_max: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge ``[(D, I), ...]``, each (nq, k) and sorted, into one (nq, k) result.
+
+    ``keep_max``: larger scores are better (inner product). Ids -1 are padding; the result
+    is padded with -1 when fewer than k results exist overall.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    Dall = np.stack([p[0] for p in parts]).astype(np.float32, copy=False)
+    Iall = np.stack([p[1] for p in parts]).astype(np.int64, copy=False)
+    return faiss.merge_knn_results(Dall, Iall, keep_max=keep_max)
+
+
+def translate_ids(I: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Map row numbers ``I`` (-1 padded) to external ids through ``ids[row]``."""
+    if len(ids) == 0:
+        return np.full_like(I, -1)
+    return np.where(I >= 0, ids[np.maximum(I, 0)], -1)

@@ -1,0 +1,172 @@
+"""Per-request search overrides and the per-call faiss ``SearchParameters*`` built from them.
+
+The shared index is never mutated per request (faiss issue 2204): every knob travels in a
+parameter object made for that one call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from shards._faiss import faiss
+from shards.errors import InvalidQuery
+
+EF_SEARCH_MAX = 4096
+K_FACTOR_MAX = 64.0
+
+
+@dataclass(frozen=True)
+class SearchOverrides:
+    """Search knobs; ``None`` means 'use the default'."""
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+    quantizer_ef_search: int | None = None
+    k_factor: float | None = None
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | SearchOverrides | None) -> SearchOverrides:
+        """Validate a mapping of overrides (unknown names and bad types raise InvalidQuery)."""
+        if raw is None:
+            return cls()
+        if isinstance(raw, SearchOverrides):
+            return raw
+        if not isinstance(raw, Mapping):
+            raise InvalidQuery(f"search params must be a mapping, got {type(raw).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise InvalidQuery(f"unknown search parameter(s) {unknown}; known: {sorted(known)}")
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            if value is None:
+                continue
+            if name == "k_factor":
+                ok = isinstance(value, int | float) and not isinstance(value, bool)
+                if not ok or not math.isfinite(value):
+                    raise InvalidQuery(f"k_factor must be a finite number, got {value!r}")
+                values[name] = float(value)
+            else:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    if not (isinstance(value, float) and value.is_integer()):
+                        raise InvalidQuery(f"{name} must be an integer, got {value!r}")
+                values[name] = int(value)
+        return cls(**values)
+
+    def over(self, defaults: SearchOverrides) -> SearchOverrides:
+        """These overrides laid over ``defaults``."""
+        mine = {k: v for k, v in asdict(self).items() if v is not None}
+        return SearchOverrides(**{**asdict(defaults), **mine})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The set knobs only."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Which overrides an index accepts, with their upper bounds."""
+
+    nlist: int | None = None  # IVF: nprobe in [1, nlist]
+    hnsw: bool = False  # ef_search
+    quantizer_hnsw: bool = False  # quantizer_ef_search
+    refine: bool = False  # k_factor
+
+    @classmethod
+    def of(cls, index: faiss.Index) -> Knobs:
+        found: dict[str, Any] = {}
+        _walk(index, found)
+        return cls(**found)
+
+    def names(self) -> list[str]:
+        names = []
+        if self.nlist is not None:
+            names.append("nprobe")
+        if self.hnsw:
+            names.append("ef_search")
+        if self.quantizer_hnsw:
+            names.append("quantizer_ef_search")
+        if self.refine:
+            names.append("k_factor")
+        return names
+
+    def check(self, ov: SearchOverrides, k: int) -> None:
+        """Raise InvalidQuery for a knob this index does not have or a value out of range."""
+        allowed = set(self.names())
+        for name in ov.to_dict():
+            if name not in allowed:
+                have = ", ".join(sorted(allowed)) or "none"
+                raise InvalidQuery(f"{name} does not apply to this index (it accepts: {have})")
+        if ov.nprobe is not None and not 1 <= ov.nprobe <= (self.nlist or 0):
+            raise InvalidQuery(f"nprobe must be in [1, {self.nlist}], got {ov.nprobe}")
+        for name in ("ef_search", "quantizer_ef_search"):
+            value = getattr(ov, name)
+            if value is not None and not 1 <= value <= EF_SEARCH_MAX:
+                raise InvalidQuery(f"{name} must be in [1, {EF_SEARCH_MAX}], got {value}")
+        if ov.k_factor is not None and not 1.0 <= ov.k_factor <= K_FACTOR_MAX:
+            raise InvalidQuery(f"k_factor must be in [1, {K_FACTOR_MAX:g}], got {ov.k_factor}")
+
+
+def _walk(index: faiss.Index, found: dict[str, Any]) -> None:
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        found["refine"] = True
+        _walk(index.base_index, found)
+    elif isinstance(index, faiss.IndexPreTransform):
+        _walk(index.index, found)
+    elif isinstance(index, faiss.IndexIVF):
+        found["nlist"] = int(index.nlist)
+        quantizer = faiss.downcast_index(index.quantizer)
+        found["quantizer_hnsw"] = isinstance(quantizer, faiss.IndexHNSW)
+    elif isinstance(index, faiss.IndexHNSW):
+        found["hnsw"] = True
+
+
+def make_params(
+    index: faiss.Index, ov: SearchOverrides, sel: faiss.IDSelector | None = None
+) -> tuple[faiss.SearchParameters | None, list[Any]]:
+    """Build the per-call parameter object for ``index``.
+
+    Returns ``(params, keepalive)``: keep ``keepalive`` referenced until the search returns,
+    since faiss holds raw pointers to the nested objects.
+    """
+    keep: list[Any] = []
+    params = _params_for(faiss.downcast_index(index), ov, sel, keep)
+    return params, keep
+
+
+def _params_for(index, ov: SearchOverrides, sel, keep: list[Any]):
+    if isinstance(index, faiss.IndexRefine):
+        inner = _params_for(faiss.downcast_index(index.base_index), ov, sel, keep)
+        p = faiss.IndexRefineSearchParameters()
+        p.k_factor = float(ov.k_factor if ov.k_factor is not None else index.k_factor)
+        if inner is not None:
+            p.base_index_params = inner
+    elif isinstance(index, faiss.IndexPreTransform):
+        inner = _params_for(faiss.downcast_index(index.index), ov, sel, keep)
+        if inner is None:
+            return None
+        p = faiss.SearchParametersPreTransform()
+        p.index_params = inner
+    elif isinstance(index, faiss.IndexIVF):
+        p = faiss.SearchParametersIVF()
+        p.nprobe = int(ov.nprobe if ov.nprobe is not None else index.nprobe)
+        if ov.quantizer_ef_search is not None:
+            q = faiss.SearchParametersHNSW()
+            q.efSearch = ov.quantizer_ef_search
+            keep.append(q)
+            p.quantizer_params = q
+    elif isinstance(index, faiss.IndexHNSW):
+        p = faiss.SearchParametersHNSW()
+        p.efSearch = int(ov.ef_search if ov.ef_search is not None else index.hnsw.efSearch)
+    elif sel is not None:
+        p = faiss.SearchParameters()
+    else:
+        return None
+    if sel is not None and not isinstance(index, faiss.IndexRefine | faiss.IndexPreTransform):
+        p.sel = sel
+    keep.append(p)
+    return p

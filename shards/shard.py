@@ -1,0 +1,183 @@
+"""One shard in memory: its faiss index, row->id map, tombstones and a delta index of adds."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from shards._faiss import faiss
+from shards.artefact import ShardData
+from shards.errors import InvalidInput, UnknownId, UnsupportedOperation
+from shards.merge import merge_results, translate_ids
+from shards.params import SearchOverrides, make_params
+
+
+@dataclass(frozen=True)
+class _State:
+    """An immutable snapshot; mutations publish a new one (searches never see a half update)."""
+
+    live: np.ndarray | None  # (ntotal,) bool per main row, None when nothing is deleted
+    selector: faiss.IDSelector | None  # keeps live rows; None when nothing is deleted
+    bitmap: np.ndarray | None  # bytes the selector points into (kept alive here)
+    delta: faiss.IndexFlat | None  # vectors added since the version was built
+    delta_ids: np.ndarray  # (delta.ntotal,) int64
+
+
+class Shard:
+    """Searches one shard: main index (minus tombstones) plus the delta index, merged."""
+
+    def __init__(self, data: ShardData, metric_keep_max: bool) -> None:
+        self.index = data.index
+        self.ids = data.ids
+        self.metadata = data.metadata
+        self.keep_max = metric_keep_max
+        order = np.argsort(self.ids, kind="stable")
+        self._sorted_ids, self._sorted_rows = self.ids[order], order
+        self._lock = threading.Lock()
+        self._state = _State(None, None, None, None, np.empty(0, np.int64))
+
+    @property
+    def ntotal(self) -> int:
+        """Live vectors: main rows not deleted plus delta vectors."""
+        st = self._state
+        main = self.index.ntotal if st.live is None else int(st.live.sum())
+        return main + len(st.delta_ids)
+
+    def search(self, xq: np.ndarray, k: int, ov: SearchOverrides) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of prepared queries ``xq`` (nq, d) float32: D (nq, k) float32, I (nq, k) ids."""
+        st = self._state
+        params, _keep = make_params(self.index, ov, st.selector)
+        D, I = self.index.search(xq, k, params=params)
+        result = (D, translate_ids(I, self.ids))
+        if st.delta is not None:
+            Dd, Id = st.delta.search(xq, k)
+            result = merge_results([result, (Dd, translate_ids(Id, st.delta_ids))], self.keep_max)
+        return result
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Main-index row of each id, -1 where the id is not a live main row."""
+        ids = np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(self._sorted_ids, ids)
+        pos = np.minimum(pos, len(self._sorted_ids) - 1)
+        found = (len(self._sorted_ids) > 0) & (self._sorted_ids[pos] == ids)
+        rows = np.where(found, self._sorted_rows[pos], -1)
+        live = self._state.live
+        if live is not None:
+            rows = np.where((rows >= 0) & live[np.maximum(rows, 0)], rows, -1)
+        return rows
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """Bool per id: live in this shard (main or delta)."""
+        return (self.rows_of(ids) >= 0) | np.isin(ids, self._state.delta_ids)
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        """Stored vectors of ``ids``, (n, d) float32.
+
+        Raises:
+            UnknownId: an id is not live in this shard.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        rows, st = self.rows_of(ids), self._state
+        out = np.empty((len(ids), self.index.d), dtype=np.float32)
+        main = rows >= 0
+        if main.any():
+            with self._lock:
+                out[main] = _reconstruct_rows(self.index, rows[main])
+        if (~main).any():
+            pos = position_in(st.delta_ids, ids[~main])
+            if (pos < 0).any():
+                raise UnknownId(f"id {int(ids[~main][pos < 0][0])} is not in the index")
+            out[~main] = st.delta.reconstruct_batch(pos)
+        return out
+
+    def add(self, x: np.ndarray, ids: np.ndarray) -> None:
+        """Add prepared vectors ``x`` (n, d) with new ids to the delta index."""
+        with self._lock:
+            st = self._state
+            if self.contains(ids).any():
+                dup = int(ids[self.contains(ids)][0])
+                raise InvalidInput(f"id {dup} already exists; delete it first")
+            delta = faiss.IndexFlat(self.index.d, self.index.metric_type)
+            if st.delta is not None:
+                delta.add(st.delta.reconstruct_n(0, st.delta.ntotal))
+            delta.add(x)
+            self._state = replace(st, delta=delta, delta_ids=np.concatenate([st.delta_ids, ids]))
+
+    def delete(self, ids: np.ndarray) -> int:
+        """Tombstone ``ids``; returns how many were live here."""
+        ids = np.asarray(ids, dtype=np.int64)
+        with self._lock:
+            st = self._state
+            rows = self.rows_of(ids)
+            rows = rows[rows >= 0]
+            in_delta = np.isin(st.delta_ids, ids)
+            if len(rows):
+                live = np.ones(self.index.ntotal, bool) if st.live is None else st.live.copy()
+                live[rows] = False
+                bitmap = np.packbits(live, bitorder="little")
+                sel = faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(bitmap))
+                st = replace(st, live=live, selector=sel, bitmap=bitmap)
+            if in_delta.any():
+                keep = ~in_delta
+                delta = faiss.IndexFlat(self.index.d, self.index.metric_type)
+                delta.add(st.delta.reconstruct_n(0, st.delta.ntotal)[keep])
+                st = replace(st, delta=delta if delta.ntotal else None, delta_ids=st.delta_ids[keep])
+            self._state = st
+            return len(rows) + int(in_delta.sum())
+
+    def live_rows(self) -> np.ndarray:
+        """Main-index rows not deleted, ascending (int64)."""
+        live = self._state.live
+        return np.arange(self.index.ntotal) if live is None else np.flatnonzero(live)
+
+    @property
+    def delta_ids(self) -> np.ndarray:
+        """Ids in the delta index, in insertion order."""
+        return self._state.delta_ids
+
+    @property
+    def dirty(self) -> bool:
+        st = self._state
+        return st.live is not None or st.delta is not None
+
+    def live_contents(self) -> tuple[np.ndarray, np.ndarray]:
+        """All live vectors and ids, main rows first: ((n, d) float32, (n,) int64)."""
+        st, rows = self._state, self.live_rows()
+        if not is_lossless(self.index):
+            raise UnsupportedOperation(
+                "compaction needs the exact vectors, but this index stores them lossily "
+                "(PQ without refinement): rebuild it from the source data"
+            )
+        with self._lock:
+            x = _reconstruct_rows(self.index, rows)
+        if st.delta is not None:
+            x = np.concatenate([x, st.delta.reconstruct_n(0, st.delta.ntotal)])
+        return x, np.concatenate([self.ids[rows], st.delta_ids])
+
+
+def is_lossless(index: faiss.Index) -> bool:
+    """True when ``reconstruct`` returns the exact stored vectors."""
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        return is_lossless(index.refine_index)
+    if isinstance(index, faiss.IndexHNSW):
+        return is_lossless(index.storage)
+    return isinstance(index, faiss.IndexFlat | faiss.IndexIVFFlat)
+
+
+def _reconstruct_rows(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+        ivf.make_direct_map()  # once per loaded index; needed to reconstruct IVF rows
+    return index.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))
+
+
+def position_in(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """Position of each needle in ``haystack`` (unsorted, unique), -1 where absent."""
+    if len(haystack) == 0:
+        return np.full(len(needles), -1, dtype=np.int64)
+    order = np.argsort(haystack)
+    pos = np.minimum(np.searchsorted(haystack[order], needles), len(order) - 1)
+    return np.where(haystack[order][pos] == needles, order[pos], -1)

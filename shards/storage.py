@@ -1,0 +1,102 @@
+"""Byte-level storage of index artefacts on a local path or any ``pyarrow.fs`` URI.
+
+Every write is atomic: local files go to a temporary name, are fsynced and renamed; object
+stores publish an object only when its upload completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+
+import pyarrow.fs as pafs
+
+from shards.errors import MissingFile
+
+
+class Store:
+    """A folder on a filesystem, addressed by paths relative to it."""
+
+    def __init__(self, uri: str) -> None:
+        uri = str(uri)
+        if "://" in uri:
+            self.fs, root = pafs.FileSystem.from_uri(uri)
+            self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        else:
+            self.fs, root, self.local = pafs.LocalFileSystem(), os.path.abspath(uri), True
+        self.uri = uri
+        self.root = root.rstrip("/") or "/"
+
+    def path(self, rel: str = "") -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def child(self, rel: str) -> Store:
+        """A store rooted at ``rel`` inside this one."""
+        sub = Store.__new__(Store)
+        sub.fs, sub.local, sub.uri = self.fs, self.local, f"{self.uri.rstrip('/')}/{rel}"
+        sub.root = self.path(rel)
+        return sub
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def size(self, rel: str) -> int:
+        info = self.fs.get_file_info(self.path(rel))
+        if info.type == pafs.FileType.NotFound:
+            raise MissingFile(f"missing file {self.path(rel)}", self.path(rel))
+        return int(info.size)
+
+    def list_dirs(self, rel: str = "") -> list[str]:
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        return sorted(
+            i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory
+        )
+
+    def read_bytes(self, rel: str) -> bytes:
+        path = self.path(rel)
+        try:
+            with self.fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise MissingFile(f"missing file {path}", path) from None
+
+    def write_bytes(self, rel: str, data: bytes) -> str:
+        """Write ``data`` atomically to ``rel``; returns its sha256 hex digest."""
+        path = self.path(rel)
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        if self.local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(os.path.dirname(path))
+        else:
+            with self.fs.open_output_stream(path) as f:
+                f.write(data)
+        return hashlib.sha256(data).hexdigest()
+
+    def sha256(self, rel: str, chunk: int = 1 << 22) -> str:
+        """Stream a file's sha256 without holding it in memory."""
+        path = self.path(rel)
+        h = hashlib.sha256()
+        try:
+            with self.fs.open_input_stream(path) as f:
+                while block := f.read(chunk):
+                    h.update(block)
+        except FileNotFoundError:
+            raise MissingFile(f"missing file {path}", path) from None
+        return h.hexdigest()
+
+    def delete_dir(self, rel: str) -> None:
+        self.fs.delete_dir(self.path(rel))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,38 @@
+"""Re-tune an existing index and publish the result as a new version (same data)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import numpy as np
+
+from shards import autotune
+from shards.artefact import ShardData, new_version_name, write_version
+from shards.build import TUNE_K, TUNE_QUERIES, with_tuning
+from shards.errors import UnsupportedOperation
+from shards.index import ShardedIndex
+from shards.manifest import Manifest
+from shards.metric import prepare_vectors
+
+
+def autotune_index(uri: str, version: str | None = None, *, queries: str | None = None,
+                   target: float = 0.95, seed: int = 0) -> Manifest:
+    """Measure the curve on ``uri`` (leave-one-out on stored vectors, or given queries)."""
+    index = ShardedIndex.open(uri, version)
+    if not index.knobs.names():
+        raise UnsupportedOperation("this index is exact (no search knobs): nothing to tune")
+    if queries is not None:
+        xq = prepare_vectors(np.load(queries), index.dim, index.metric)
+        qids = np.full(len(xq), -1, dtype=np.int64)  # real queries: nothing to leave out
+    else:
+        ids = np.concatenate([s.ids[s.live_rows()] for s in index.shards.values()])
+        qids = np.random.default_rng(seed).choice(ids, min(TUNE_QUERIES, len(ids)), replace=False)
+        xq = index.reconstruct(qids)
+    gt = autotune.ground_truth(xq, index.iter_vectors(), TUNE_K + 1, index.metric.faiss_metric)
+    tuned = with_tuning(index.manifest, index, xq, qids, gt, target)
+    manifest = replace(tuned, index_version=new_version_name(),
+                       parent_version=index.index_version,
+                       created_at=datetime.now(UTC).isoformat())
+    datas = [ShardData(s.index, s.ids, s.metadata) for s in index.shards.values()]
+    return write_version(index.root_uri, manifest, datas)
