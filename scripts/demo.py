@@ -40,9 +40,23 @@ def main() -> int:
     source = os.path.join(os.path.dirname(args.index) or ".", "glove.parquet")
     table = glove_parquet(source) if not os.path.exists(source) else pq.read_table(source)
     if not os.path.exists(os.path.join(args.index, "CURRENT")):
-        print(f"building the demo index at {args.index} (400,000 GloVe words, {args.shards} shards)")
-        shards_cli("build", source, "--out", args.index, "--shards", str(args.shards),
-                   "--metric", "cosine", "--id-column", "id", "--metadata-columns", "word")
+        print(
+            f"building the demo index at {args.index} (400,000 GloVe words, {args.shards} shards)"
+        )
+        shards_cli(
+            "build",
+            source,
+            "--out",
+            args.index,
+            "--shards",
+            str(args.shards),
+            "--metric",
+            "cosine",
+            "--id-column",
+            "id",
+            "--metadata-columns",
+            "word",
+        )
     shards_cli("inspect", args.index)
     ids = {w: i for i, w in enumerate(table.column("word").to_pylist())}
     for word in args.words:

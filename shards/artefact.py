@@ -1,8 +1,8 @@
 """Write and read index versions: the on-disk layout of DESIGN.md section 2.
 
-    <root>/CURRENT                        name of the version readers open by default
-    <root>/<version>/manifest.json        written last: a version without it does not exist
-    <root>/<version>/shard-00000/index.faiss, ids.parquet[, metadata.parquet]
+<root>/CURRENT                        name of the version readers open by default
+<root>/<version>/manifest.json        written last: a version without it does not exist
+<root>/<version>/shard-00000/index.faiss, ids.parquet[, metadata.parquet]
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _parquet(columns) -> bytes:
 
 
 def open_version(uri: str, version: str | None = None) -> tuple[Store, Manifest]:
-    """Find a version (a version folder, or a root's CURRENT or named version) and read its manifest."""
+    """Find a version (a version folder, a root's CURRENT, or a named one); read its manifest."""
     store = Store(uri)
     if version is None and not store.exists(MANIFEST):
         if not store.exists(CURRENT):
@@ -149,7 +149,9 @@ def _read_index(store: Store, entry: FileEntry, *, verify: bool, mmap: bool) -> 
             check_file(store, entry, data)
         return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as exc:
-        raise CorruptFile(f"{path}: faiss cannot read it ({str(exc).splitlines()[0]})", path) from None
+        raise CorruptFile(
+            f"{path}: faiss cannot read it ({str(exc).splitlines()[0]})", path
+        ) from None
 
 
 def _read_table(store: Store, entry: FileEntry, verify: bool) -> pa.Table:

@@ -60,7 +60,7 @@ def ground_truth(
 
 def drop_self(I: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
     """Remove each row's own id from ``I`` (nq, k+1) and keep the first k columns."""
-    other = I != self_ids[:, None]
+    other = self_ids[:, None] != I
     order = np.argsort(~other, axis=1, kind="stable")
     return np.take_along_axis(I, order, axis=1)[:, :k]
 
@@ -87,8 +87,13 @@ def measure(
                 _, I = search(xq, k + 1, ov)
                 best = min(best, time.perf_counter() - t0)
             recall = recall_at_k(drop_self(I, self_ids, k), truth)
-            curve.append({"params": ov.to_dict(), "recall": round(recall, 5),
-                          "ms_per_query": round(1000 * best / len(xq), 5)})
+            curve.append(
+                {
+                    "params": ov.to_dict(),
+                    "recall": round(recall, 5),
+                    "ms_per_query": round(1000 * best / len(xq), 5),
+                }
+            )
             if recall >= STOP_RECALL:
                 break
     return curve

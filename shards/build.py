@@ -64,13 +64,26 @@ def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manif
     _check_unique(datas)
     t_add = time.perf_counter() - t0 - t_train
     manifest = Manifest(
-        index_version=new_version_name(), dim=source.d, metric=metric.value, factory=factory,
-        partition=opts.partition, shards=[], created_at=datetime.now(UTC).isoformat(),
+        index_version=new_version_name(),
+        dim=source.d,
+        metric=metric.value,
+        factory=factory,
+        partition=opts.partition,
+        shards=[],
+        created_at=datetime.now(UTC).isoformat(),
         metadata_columns=list(source.metadata_columns),
-        build={"source": source.path, "n": source.n, "choice": reason, "seed": opts.seed,
-               "train_seconds": round(t_train, 3), "add_seconds": round(t_add, 3),
-               "faiss_version": faiss.__version__,
-               "estimated_bytes_per_shard": estimate_bytes(factory, -(-source.n // opts.num_shards), source.d)},
+        build={
+            "source": source.path,
+            "n": source.n,
+            "choice": reason,
+            "seed": opts.seed,
+            "train_seconds": round(t_train, 3),
+            "add_seconds": round(t_add, 3),
+            "faiss_version": faiss.__version__,
+            "estimated_bytes_per_shard": estimate_bytes(
+                factory, -(-source.n // opts.num_shards), source.d
+            ),
+        },
     )
     if opts.tune:
         manifest = tune_manifest(manifest, datas, source, opts)
@@ -82,9 +95,14 @@ def _factory(source: VectorSource, opts: BuildOptions, metric: Metric) -> tuple[
     if opts.index not in ("auto", "hnsw"):
         estimate_bytes(opts.index, 1, source.d)  # validates the factory string
         return opts.index, "explicit factory string"
-    choice = choose_index(-(-source.n // opts.num_shards), source.d, metric,
-                          num_shards=opts.num_shards, memory_budget=opts.memory_budget,
-                          prefer_hnsw=opts.index == "hnsw")
+    choice = choose_index(
+        -(-source.n // opts.num_shards),
+        source.d,
+        metric,
+        num_shards=opts.num_shards,
+        memory_budget=opts.memory_budget,
+        prefer_hnsw=opts.index == "hnsw",
+    )
     return choice.factory, choice.reason
 
 
@@ -159,8 +177,13 @@ def with_tuning(manifest: Manifest, index: ShardedIndex, xq, qids, gt, target: f
     except TargetUnreachable:
         best = max(curve, key=lambda p: p["recall"])
         defaults, note = dict(best["params"]), f"no point reached {target}; highest recall"
-    tuning: dict[str, Any] = {"k": TUNE_K, "queries": len(xq), "target": target, "note": note,
-                              "method": "leave-one-out on a sample of indexed vectors",
-                              "curve": curve}
+    tuning: dict[str, Any] = {
+        "k": TUNE_K,
+        "queries": len(xq),
+        "target": target,
+        "note": note,
+        "method": "leave-one-out on a sample of indexed vectors",
+        "curve": curve,
+    }
     manifest.build["tune_threads"] = faiss.omp_get_max_threads()
     return replace(manifest, tuning=tuning, default_params=SearchOverrides(**defaults).to_dict())

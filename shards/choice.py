@@ -72,7 +72,9 @@ def choose_index(
     elif n_per_shard <= IVF_FLAT_MAX:
         candidates = [(f"{quantizer},Flat", f"{FLAT_MAX:,} < n <= {IVF_FLAT_MAX:,}")]
     else:
-        candidates = [(f"{quantizer},PQ{m}x4fs,RFlat", f"n > {IVF_FLAT_MAX:,}: fast-scan PQ + refine")]
+        candidates = [
+            (f"{quantizer},PQ{m}x4fs,RFlat", f"n > {IVF_FLAT_MAX:,}: fast-scan PQ + refine")
+        ]
     # Under a memory budget, fall back to the compressed codes alone.
     candidates.append((f"{quantizer},PQ{m}x4fs", "memory budget: PQ codes without refinement"))
     for factory, reason in candidates:
@@ -103,13 +105,13 @@ def _estimate(index: faiss.Index, n: int) -> int:
         chain = sum(4 * t.d_in * t.d_out for t in _transforms(index))
         return chain + _estimate(index.index, n)
     if isinstance(index, faiss.IndexHNSW):
-        m = index.hnsw.nb_neighbors(1)
+        m = index.hnsw.nb_neighbors(1)  # type: ignore[attr-defined]  # stub gap
         links = n * (2 * m + m / max(1, m - 1)) * 4
         return int(links + n * 12 + _estimate(index.storage, n))
     if isinstance(index, faiss.IndexIVF):
         nlist = index.nlist
         total = _estimate(index.quantizer, nlist)
-        if isinstance(index, faiss.IndexIVFFastScan):
+        if isinstance(index, faiss.IndexIVFPQFastScan):
             pq = index.pq
             total += pq.M * pq.ksub * pq.dsub * 4
             # codes are stored in blocks of bbs vectors; on average half a block is padding
@@ -125,4 +127,5 @@ def _estimate(index: faiss.Index, n: int) -> int:
 
 
 def _transforms(index: faiss.IndexPreTransform) -> list:
-    return [faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(index.chain.size())]
+    chain = index.chain  # a SWIG vector (the stub calls it a list)
+    return [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size())]  # type: ignore[attr-defined]

@@ -39,8 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--vector-column", default="vector")
     b.add_argument("--metadata-columns", default="", help="comma-separated columns to keep")
     b.add_argument("--memory-budget", type=int, help="bytes per shard for the automatic choice")
-    b.add_argument("--default-recall", type=float, default=0.95,
-                   help="tuned defaults are the cheapest parameters reaching this recall@10")
+    b.add_argument(
+        "--default-recall",
+        type=float,
+        default=0.95,
+        help="tuned defaults are the cheapest parameters reaching this recall@10",
+    )
     b.add_argument("--no-tune", action="store_true", help="skip the recall/speed measurement")
     b.add_argument("--chunk-rows", type=int, default=65536)
     b.add_argument("--seed", type=int, default=0)
@@ -59,12 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--target-recall", type=float)
     s.add_argument("--version", help="index version (default: CURRENT)")
     s.add_argument("--output", help="write arrays D and I to this .npz")
-    s.add_argument("--print", dest="show", metavar="COLUMNS", nargs="?", const="",
-                   help="print results, with these comma-separated metadata columns")
+    s.add_argument(
+        "--print",
+        dest="show",
+        metavar="COLUMNS",
+        nargs="?",
+        const="",
+        help="print results, with these comma-separated metadata columns",
+    )
     s.set_defaults(run=_search)
 
-    for name, fn, text in (("inspect", _inspect, "print the manifest summary"),
-                           ("verify", _verify, "check every file's checksum")):
+    for name, fn, text in (
+        ("inspect", _inspect, "print the manifest summary"),
+        ("verify", _verify, "check every file's checksum"),
+    ):
         c = sub.add_parser(name, help=text)
         c.add_argument("dir")
         c.add_argument("--version")
@@ -85,15 +97,28 @@ def _build(args) -> int:
     from shards.source import VectorSource
 
     cols = [c for c in args.metadata_columns.split(",") if c]
-    source = VectorSource(args.input, vector_column=args.vector_column,
-                          id_column=args.id_column, metadata_columns=cols)
-    opts = BuildOptions(num_shards=args.shards, index=args.index, metric=args.metric,
-                        partition=args.partition, memory_budget=args.memory_budget,
-                        chunk_rows=args.chunk_rows, tune=not args.no_tune,
-                        default_recall=args.default_recall, seed=args.seed)
+    source = VectorSource(
+        args.input,
+        vector_column=args.vector_column,
+        id_column=args.id_column,
+        metadata_columns=cols,
+    )
+    opts = BuildOptions(
+        num_shards=args.shards,
+        index=args.index,
+        metric=args.metric,
+        partition=args.partition,
+        memory_budget=args.memory_budget,
+        chunk_rows=args.chunk_rows,
+        tune=not args.no_tune,
+        default_recall=args.default_recall,
+        seed=args.seed,
+    )
     m = build_index(source, args.out, opts)
-    print(f"built {m.index_version}: {m.ntotal:,} vectors x {m.dim} ({m.metric}) in "
-          f"{m.num_shards} shard(s), {m.factory}, defaults {m.default_params or '{}'}")
+    print(
+        f"built {m.index_version}: {m.ntotal:,} vectors x {m.dim} ({m.metric}) in "
+        f"{m.num_shards} shard(s), {m.factory}, defaults {m.default_params or '{}'}"
+    )
     return 0
 
 
@@ -104,8 +129,12 @@ def _search(args) -> int:
     if args.output is None and args.show is None:
         raise InvalidInput("give --output OUT.npz and/or --print")
     index = ShardedIndex.open(args.dir, args.version)
-    params = {"nprobe": args.nprobe, "ef_search": args.ef_search,
-              "quantizer_ef_search": args.quantizer_ef_search, "k_factor": args.k_factor}
+    params = {
+        "nprobe": args.nprobe,
+        "ef_search": args.ef_search,
+        "quantizer_ef_search": args.quantizer_ef_search,
+        "k_factor": args.k_factor,
+    }
     if args.queries:
         D, I = index.search(np.load(args.queries), args.k, params, target_recall=args.target_recall)
     else:
@@ -132,7 +161,9 @@ def _inspect(args) -> int:
         return 0
     print(f"version   {m.index_version} (parent {m.parent_version}), created {m.created_at}")
     print(f"vectors   {m.ntotal:,} x {m.dim}, metric {m.metric}, factory {m.factory}")
-    print(f"shards    {m.num_shards} ({m.partition}): " + ", ".join(f"{s.ntotal:,}" for s in m.shards))
+    print(
+        f"shards    {m.num_shards} ({m.partition}): " + ", ".join(f"{s.ntotal:,}" for s in m.shards)
+    )
     print(f"defaults  {json.dumps(m.default_params)}")
     if m.tuning:
         print(f"tuning    {len(m.tuning['curve'])} points, {m.tuning['note']}")

@@ -74,8 +74,14 @@ def parse_device(device: str) -> int | None:
     raise InvalidInput(f"device must be 'cpu' or 'cuda:N', got {device!r}")
 
 
-def place(index: faiss.Index, device: str = "cpu", *, resources=None, float16: bool = False,
-          use_cuvs: bool | None = None) -> tuple[faiss.Index, Placement]:
+def place(
+    index: faiss.Index,
+    device: str = "cpu",
+    *,
+    resources=None,
+    float16: bool = False,
+    use_cuvs: bool | None = None,
+) -> tuple[faiss.Index, Placement]:
     """Return ``index`` on ``device`` with its Placement; "cpu" returns it unchanged."""
     gpu = parse_device(device)
     if gpu is None:
@@ -83,8 +89,14 @@ def place(index: faiss.Index, device: str = "cpu", *, resources=None, float16: b
     return to_gpu(index, gpu, resources=resources, float16=float16, use_cuvs=use_cuvs)
 
 
-def to_gpu(index: faiss.Index, device: int = 0, *, resources=None, float16: bool = False,
-           use_cuvs: bool | None = None) -> tuple[faiss.Index, Placement]:
+def to_gpu(
+    index: faiss.Index,
+    device: int = 0,
+    *,
+    resources=None,
+    float16: bool = False,
+    use_cuvs: bool | None = None,
+) -> tuple[faiss.Index, Placement]:
     """Clone ``index`` to GPU ``device`` after checking it fits.
 
     Raises:
@@ -105,5 +117,5 @@ def to_gpu(index: faiss.Index, device: int = 0, *, resources=None, float16: bool
         options.use_cuvs = cuvs
     res = resources or faiss.StandardGpuResources()
     gpu_index = faiss.index_cpu_to_gpu(res, device, index, options)
-    gpu_index.referenced_objects = [res]  # keep the resources alive with the index
+    gpu_index.referenced_objects = [res]  # type: ignore[attr-defined]  # keeps res alive
     return gpu_index, Placement(f"cuda:{device}", cuvs=cuvs, float16=float16)

@@ -139,7 +139,7 @@ class ShardedIndex:
         xq = self.reconstruct(ids)
         ov = self.resolve(params, target_recall, k)
         D, I = self.search_prepared(xq, min(k + 1, MAX_K), ov)
-        other = I != ids[:, None]
+        other = ids[:, None] != I
         order = np.argsort(~other, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
 
@@ -170,7 +170,9 @@ class ShardedIndex:
         owner = self.owner_of(ids)
         for s in np.unique(owner):
             if int(s) not in self.shards:
-                raise UnsupportedOperation(f"id {int(ids[owner == s][0])} belongs to shard {s}, not loaded")
+                raise UnsupportedOperation(
+                    f"id {int(ids[owner == s][0])} belongs to shard {s}, not loaded"
+                )
         for s in np.unique(owner):
             self.shards[int(s)].add(x[owner == s], ids[owner == s])
 

@@ -33,11 +33,15 @@ def id_map(index: ShardedIndex) -> pa.Table:
     parts = []
     for number, shard in index.shards.items():
         rows, delta = shard.live_rows(), shard.delta_ids
-        parts.append(pa.table({
-            "id": np.concatenate([shard.ids[rows], delta]),
-            "shard": np.full(len(rows) + len(delta), number, np.int32),
-            "row": np.concatenate([rows, np.full(len(delta), -1)]).astype(np.int64),
-        }))
+        parts.append(
+            pa.table(
+                {
+                    "id": np.concatenate([shard.ids[rows], delta]),
+                    "shard": np.full(len(rows) + len(delta), number, np.int32),
+                    "row": np.concatenate([rows, np.full(len(delta), -1)]).astype(np.int64),
+                }
+            )
+        )
     return pa.concat_tables(parts)
 
 

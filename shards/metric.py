@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
@@ -10,7 +10,7 @@ from shards._faiss import faiss
 from shards.errors import InvalidQuery
 
 
-class Metric(str, Enum):
+class Metric(StrEnum):
     """A similarity metric; cosine is inner product on L2-normalised vectors."""
 
     L2 = "l2"

@@ -15,6 +15,7 @@ from shards._faiss import faiss
 from shards.errors import InvalidQuery
 
 EF_SEARCH_MAX = 4096
+HNSW_PARAMS: Any = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing in stubs
 K_FACTOR_MAX = 64.0
 
 
@@ -50,9 +51,9 @@ class SearchOverrides:
                     raise InvalidQuery(f"k_factor must be a finite number, got {value!r}")
                 values[name] = float(value)
             else:
-                if isinstance(value, bool) or not isinstance(value, int):
-                    if not (isinstance(value, float) and value.is_integer()):
-                        raise InvalidQuery(f"{name} must be an integer, got {value!r}")
+                whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+                if isinstance(value, bool) or not whole:
+                    raise InvalidQuery(f"{name} must be an integer, got {value!r}")
                 values[name] = int(value)
         return cls(**values)
 
@@ -138,7 +139,8 @@ def make_params(
     return params, keep
 
 
-def _params_for(index, ov: SearchOverrides, sel, keep: list[Any]):
+def _params_for(index, ov: SearchOverrides, sel, keep: list[Any]) -> Any:
+    p: Any
     if isinstance(index, faiss.IndexRefine):
         inner = _params_for(faiss.downcast_index(index.base_index), ov, sel, keep)
         p = faiss.IndexRefineSearchParameters()
@@ -155,12 +157,12 @@ def _params_for(index, ov: SearchOverrides, sel, keep: list[Any]):
         p = faiss.SearchParametersIVF()
         p.nprobe = int(ov.nprobe if ov.nprobe is not None else index.nprobe)
         if ov.quantizer_ef_search is not None:
-            q = faiss.SearchParametersHNSW()
+            q = HNSW_PARAMS()
             q.efSearch = ov.quantizer_ef_search
             keep.append(q)
             p.quantizer_params = q
     elif isinstance(index, faiss.IndexHNSW):
-        p = faiss.SearchParametersHNSW()
+        p = HNSW_PARAMS()
         p.efSearch = int(ov.ef_search if ov.ef_search is not None else index.hnsw.efSearch)
     elif sel is not None:
         p = faiss.SearchParameters()

@@ -11,9 +11,17 @@ from tqdm import tqdm
 T = TypeVar("T")
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it",
-             enabled: bool = True) -> Iterator[T]:
+def progress(
+    items: Iterable[T], desc: str, total: int | None = None, unit: str = "it", enabled: bool = True
+) -> Iterator[T]:
     """Wrap ``items`` in a progress bar; VSEARCH_PROGRESS=0 turns every bar off."""
     off = not enabled or os.environ.get("VSEARCH_PROGRESS") == "0"
-    yield from tqdm(items, desc=desc, total=total, unit=unit, disable=True if off else None,
-                    dynamic_ncols=True, leave=False)
+    yield from tqdm(
+        items,
+        desc=desc,
+        total=total,
+        unit=unit,
+        disable=True if off else None,
+        dynamic_ncols=True,
+        leave=False,
+    )

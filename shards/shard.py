@@ -89,6 +89,7 @@ class Shard:
             pos = position_in(st.delta_ids, ids[~main])
             if (pos < 0).any():
                 raise UnknownId(f"id {int(ids[~main][pos < 0][0])} is not in the index")
+            assert st.delta is not None  # ids outside the main index live in the delta
             out[~main] = st.delta.reconstruct_batch(pos)
         return out
 
@@ -120,10 +121,13 @@ class Shard:
                 sel = faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(bitmap))
                 st = replace(st, live=live, selector=sel, bitmap=bitmap)
             if in_delta.any():
+                assert st.delta is not None
                 keep = ~in_delta
                 delta = faiss.IndexFlat(self.index.d, self.index.metric_type)
                 delta.add(st.delta.reconstruct_n(0, st.delta.ntotal)[keep])
-                st = replace(st, delta=delta if delta.ntotal else None, delta_ids=st.delta_ids[keep])
+                st = replace(
+                    st, delta=delta if delta.ntotal else None, delta_ids=st.delta_ids[keep]
+                )
             self._state = st
             return len(rows) + int(in_delta.sum())
 
@@ -169,7 +173,7 @@ def is_lossless(index: faiss.Index) -> bool:
 
 def _reconstruct_rows(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
     ivf = faiss.try_extract_index_ivf(index)
-    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:
+    if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
         ivf.make_direct_map()  # once per loaded index; needed to reconstruct IVF rows
     return index.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))
 

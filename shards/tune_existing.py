@@ -16,8 +16,14 @@ from shards.manifest import Manifest
 from shards.metric import prepare_vectors
 
 
-def autotune_index(uri: str, version: str | None = None, *, queries: str | None = None,
-                   target: float = 0.95, seed: int = 0) -> Manifest:
+def autotune_index(
+    uri: str,
+    version: str | None = None,
+    *,
+    queries: str | None = None,
+    target: float = 0.95,
+    seed: int = 0,
+) -> Manifest:
     """Measure the curve on ``uri`` (leave-one-out on stored vectors, or given queries)."""
     index = ShardedIndex.open(uri, version)
     if not index.knobs.names():
@@ -31,8 +37,11 @@ def autotune_index(uri: str, version: str | None = None, *, queries: str | None 
         xq = index.reconstruct(qids)
     gt = autotune.ground_truth(xq, index.iter_vectors(), TUNE_K + 1, index.metric.faiss_metric)
     tuned = with_tuning(index.manifest, index, xq, qids, gt, target)
-    manifest = replace(tuned, index_version=new_version_name(),
-                       parent_version=index.index_version,
-                       created_at=datetime.now(UTC).isoformat())
+    manifest = replace(
+        tuned,
+        index_version=new_version_name(),
+        parent_version=index.index_version,
+        created_at=datetime.now(UTC).isoformat(),
+    )
     datas = [ShardData(s.index, s.ids, s.metadata) for s in index.shards.values()]
     return write_version(index.root_uri, manifest, datas)

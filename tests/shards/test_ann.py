@@ -1,0 +1,114 @@
+"""Approximate indexes reach documented recall; overrides go through per-call parameters."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from shards import InvalidQuery
+from tests.shards.helpers import brute_force, build, recall
+
+# (factory, params, minimum recall@10 on the seeded clustered data)
+CASES = [
+    ("IVF64,Flat", {"nprobe": 16}, 0.95),
+    ("IVF64,PQ16x4fs,RFlat", {"nprobe": 16, "k_factor": 8}, 0.95),
+    ("IVF64,PQ32x4fs", {"nprobe": 16}, 0.7),
+    ("HNSW16,Flat", {"ef_search": 64}, 0.95),
+    ("IVF64_HNSW16,Flat", {"nprobe": 16, "quantizer_ef_search": 64}, 0.95),
+]
+
+
+@pytest.mark.parametrize(("factory", "params", "minimum"), CASES)
+def test_recall_at_documented_params(tmp_path, data, factory, params, minimum):
+    xb, xq = data
+    index = build(tmp_path, xb, index=factory, num_shards=2, tune=False)
+    _, gt = brute_force(xb, xq, 10, "l2")
+    _, I = index.search(xq, 10, params)
+    assert recall(I, gt) >= minimum
+
+
+@pytest.fixture(scope="module")
+def ivf(tmp_path_factory, data):
+    return build(
+        tmp_path_factory.mktemp("ivf"), data[0], index="IVF64,Flat", num_shards=2, tune=False
+    )
+
+
+def test_nprobe_changes_results_and_is_not_sticky(ivf, data):
+    xq = data[1]
+    _, I1 = ivf.search(xq, 10, {"nprobe": 1})
+    _, I64 = ivf.search(xq, 10, {"nprobe": 64})
+    _, gt = brute_force(data[0], xq, 10, "l2")
+    assert recall(I64, gt) == 1.0 > recall(I1, gt)
+    _, again = ivf.search(xq, 10, {"nprobe": 1})
+    np.testing.assert_array_equal(again, I1)  # nprobe=64 did not stick to the index
+
+
+def test_hnsw_ef_search_is_applied(tmp_path, data):
+    xb, xq = data
+    index = build(tmp_path, xb, index="HNSW8,Flat", num_shards=1, tune=False)
+    _, gt = brute_force(xb, xq, 10, "l2")
+    low = recall(index.search(xq, 10, {"ef_search": 10})[1], gt)
+    high = recall(index.search(xq, 10, {"ef_search": 512})[1], gt)
+    assert high > low and high >= 0.99
+
+
+def test_concurrent_mixed_overrides_equal_sequential(ivf, data):
+    xq = data[1]
+    settings = [{"nprobe": p} for p in (1, 2, 4, 8, 16, 32, 64)] * 6
+    reference = [ivf.search(xq, 10, s)[1] for s in settings]
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda s: ivf.search(xq, 10, s)[1], settings))
+    for ref, got in zip(reference, results, strict=True):
+        np.testing.assert_array_equal(ref, got)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"nprobe": 0}, "nprobe must be in"),
+        ({"nprobe": 65}, "nprobe must be in"),
+        ({"nprobe": 2.5}, "integer"),
+        ({"nprobe": "8"}, "integer"),
+        ({"nprobe": True}, "integer"),
+        ({"ef_search": 16}, "does not apply"),
+        ({"k_factor": 2}, "does not apply"),
+        ({"bogus": 1}, "unknown search parameter"),
+        ([("nprobe", 2)], "mapping"),
+    ],
+)
+def test_bad_overrides_raise(ivf, data, params, message):
+    with pytest.raises(InvalidQuery, match=message):
+        ivf.search(data[1], 10, params)
+
+
+@pytest.mark.parametrize(
+    ("xq", "k", "message"),
+    [
+        (np.zeros((2, 31), np.float32), 10, "dimension 31"),
+        (np.zeros((0, 32), np.float32), 10, "empty"),
+        (np.zeros((2, 2, 32), np.float32), 10, "2-d"),
+        (np.full((2, 32), np.nan, np.float32), 10, "NaN"),
+        (np.full((2, 32), np.inf, np.float32), 10, "NaN or Inf"),
+        (np.array([["a"] * 32]), 10, "numeric"),
+        (np.zeros((2, 32), np.float32), 0, "k must be"),
+        (np.zeros((2, 32), np.float32), 1025, "k must be"),
+        (np.zeros((2, 32), np.float32), 2.0, "k must be"),
+    ],
+)
+def test_bad_queries_raise(ivf, xq, k, message):
+    with pytest.raises(InvalidQuery, match=message):
+        ivf.search(xq, k)
+
+
+def test_zero_vector_rejected_for_cosine(tmp_path, data):
+    index = build(tmp_path, data[0][:500], index="Flat", metric="cosine")
+    with pytest.raises(InvalidQuery, match="zero vector"):
+        index.search(np.zeros((1, 32), np.float32), 5)
+
+
+def test_float64_and_1d_queries_accepted(ivf, data):
+    xq = data[1]
+    _D1, I1 = ivf.search(xq[:1], 5, {"nprobe": 8})
+    _D2, I2 = ivf.search(xq[0].astype(np.float64), 5, {"nprobe": 8})
+    np.testing.assert_array_equal(I1, I2)

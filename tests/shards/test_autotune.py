@@ -1,0 +1,75 @@
+"""The tuned curve: defaults meet their target, target_recall resolves to the cheapest point."""
+
+import pytest
+
+from shards import ShardedIndex, TargetUnreachable, UnsupportedOperation
+from shards.autotune import resolve
+from shards.tune_existing import autotune_index
+from tests.conftest import clustered
+from tests.shards.helpers import brute_force, build, recall
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory, data):
+    root = tmp_path_factory.mktemp("tuned")
+    return build(root, data[0], index="IVF128,PQ16x4fs,RFlat", num_shards=2), root
+
+
+def test_manifest_holds_curve_and_defaults(tuned):
+    index, _ = tuned
+    tuning = index.manifest.tuning
+    assert tuning["k"] == 10 and len(tuning["curve"]) >= 5
+    assert set(index.manifest.default_params) == {"nprobe", "k_factor"}
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9, 0.95, 0.99])
+def test_target_recall_met_on_held_out_queries(tuned, data, target):
+    index, _ = tuned
+    xq = clustered(500, 32, seed=77)  # never indexed
+    _, gt = brute_force(data[0], xq, 10, "l2")
+    _, I = index.search(xq, 10, target_recall=target)
+    assert recall(I, gt) >= target - 0.02  # tuned on other queries: allow sampling noise
+
+
+def test_defaults_meet_default_target(tuned, data):
+    index, _ = tuned
+    xq = clustered(500, 32, seed=78)
+    _, gt = brute_force(data[0], xq, 10, "l2")
+    assert recall(index.search(xq, 10)[1], gt) >= 0.95 - 0.02
+
+
+def test_resolve_picks_cheapest_meeting_target():
+    curve = [
+        {"params": {"nprobe": 1}, "recall": 0.5, "ms_per_query": 1.0},
+        {"params": {"nprobe": 8}, "recall": 0.96, "ms_per_query": 3.0},
+        {"params": {"nprobe": 4, "k_factor": 2}, "recall": 0.95, "ms_per_query": 2.0},
+    ]
+    assert resolve(curve, 0.95) == {"nprobe": 4, "k_factor": 2}
+    assert resolve(curve, 0.955) == {"nprobe": 8}
+    with pytest.raises(TargetUnreachable, match=r"0\.9600"):
+        resolve(curve, 0.99)
+
+
+def test_explicit_params_win_over_target(tuned, data):
+    index, _ = tuned
+    ov = index.resolve({"nprobe": 3}, target_recall=0.99)
+    assert ov.nprobe == 3 and ov.k_factor is not None
+
+
+def test_flat_meets_any_target_and_cannot_be_tuned(tmp_path, data):
+    index = build(tmp_path, data[0][:1000], index="Flat")
+    assert index.resolve(None, target_recall=1.0).to_dict() == {}
+    with pytest.raises(UnsupportedOperation, match="exact"):
+        autotune_index(str(tmp_path / "idx"))
+
+
+def test_autotune_publishes_new_version(tmp_path, data):
+    build(tmp_path, data[0][:5000], index="IVF32,Flat", num_shards=2, tune=False)
+    first = ShardedIndex.open(str(tmp_path / "idx"))
+    with pytest.raises(UnsupportedOperation, match="not tuned"):
+        first.search(data[1], 10, target_recall=0.9)
+    manifest = autotune_index(str(tmp_path / "idx"), target=0.9)
+    assert manifest.parent_version == first.index_version
+    again = ShardedIndex.open(str(tmp_path / "idx"))
+    assert again.index_version == manifest.index_version and again.manifest.tuning
+    assert again.search(data[1], 10, target_recall=0.9)[1].shape == (200, 10)

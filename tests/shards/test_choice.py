@@ -1,0 +1,64 @@
+"""Automatic index choice (table-driven) and the memory estimate against built indexes."""
+
+import pytest
+
+from shards import InvalidInput, choose_index, estimate_bytes
+from shards._faiss import faiss
+from shards.choice import FLAT_MAX, IVF_FLAT_MAX, nlist_for
+
+
+@pytest.mark.parametrize(
+    ("n_per_shard", "d", "shards", "kwargs", "expected"),
+    [
+        (1_000, 50, 1, {}, "Flat"),
+        (FLAT_MAX, 384, 4, {}, "Flat"),
+        (FLAT_MAX + 1, 50, 1, {}, f"IVF{nlist_for(FLAT_MAX + 1)},Flat"),
+        (100_000, 50, 4, {}, "IVF1024,PQ50x4fs,RFlat"),
+        (100_000, 384, 4, {}, "IVF1024,PQ192x4fs,RFlat"),
+        (10_000_000, 128, 10, {}, "IVF16384_HNSW32,PQ64x4fs,RFlat"),
+        (100_000, 50, 1, {"prefer_hnsw": True}, "HNSW32,Flat"),
+        (100_000, 384, 4, {"memory_budget": 50_000_000}, "IVF1024,PQ192x4fs"),
+    ],
+)
+def test_choice_table(n_per_shard, d, shards, kwargs, expected):
+    choice = choose_index(n_per_shard, d, "l2", num_shards=shards, **kwargs)
+    assert choice.factory == expected
+    assert choice.estimated_bytes == estimate_bytes(expected, n_per_shard, d)
+    if "memory_budget" in kwargs:
+        assert choice.estimated_bytes <= kwargs["memory_budget"]
+
+
+def test_thresholds_are_ordered():
+    assert 0 < FLAT_MAX < IVF_FLAT_MAX
+
+
+def test_budget_too_small_and_bad_sizes():
+    with pytest.raises(InvalidInput, match="memory budget"):
+        choose_index(1_000_000, 128, memory_budget=1_000)
+    with pytest.raises(InvalidInput, match="positive"):
+        choose_index(0, 128)
+    with pytest.raises(InvalidInput, match="factory"):
+        estimate_bytes("IVF,Nonsense", 10, 8)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        "Flat",
+        "IVF64,Flat",
+        "IVF64,PQ32x4fs,RFlat",
+        "IVF64,PQ16x4fs",
+        "HNSW32,Flat",
+        "IVF64_HNSW16,Flat",
+        "OPQ8,IVF64,PQ8",
+        "IVF64,PQ8,Refine(Flat)",
+        "IVF64,SQ8",
+    ],
+)
+def test_estimate_matches_built_index(data, factory):
+    xb = data[0]
+    index = faiss.index_factory(32, factory)
+    index.train(xb[:12_000])
+    index.add(xb)
+    real = faiss.serialize_index(index).nbytes
+    assert estimate_bytes(factory, len(xb), 32) == pytest.approx(real, rel=0.02)

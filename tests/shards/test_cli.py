@@ -1,0 +1,149 @@
+"""The CLI end to end, and its error exits: status 2 (1 for verify) with one line, no traceback."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.shards.helpers import brute_force
+
+
+def cli(*args, check=True):
+    proc = subprocess.run(
+        [sys.executable, "-m", "shards", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={"VSEARCH_PROGRESS": "0", "PATH": ""},
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cli_index(tmp_path_factory, data):
+    tmp = tmp_path_factory.mktemp("cli")
+    np.save(tmp / "xb.npy", data[0][:6000])
+    np.save(tmp / "xq.npy", data[1])
+    out = cli(
+        "build",
+        tmp / "xb.npy",
+        "--out",
+        tmp / "idx",
+        "--shards",
+        3,
+        "--index",
+        "IVF32,Flat",
+        "--metric",
+        "cosine",
+    )
+    assert "built" in out.stdout and "3 shard(s)" in out.stdout
+    return tmp
+
+
+def test_search_writes_npz(cli_index, data):
+    tmp = cli_index
+    cli(
+        "search",
+        tmp / "idx",
+        "--queries",
+        tmp / "xq.npy",
+        "-k",
+        7,
+        "--nprobe",
+        32,
+        "--output",
+        tmp / "out.npz",
+    )
+    res = np.load(tmp / "out.npz")
+    _, ref = brute_force(data[0][:6000], data[1], 7, "cosine")
+    assert res["D"].shape == res["I"].shape == (200, 7)
+    np.testing.assert_array_equal(res["I"], ref)
+
+
+def test_search_by_id_prints(cli_index):
+    out = cli("search", cli_index / "idx", "--ids", "3,4", "-k", 2, "--print").stdout
+    assert len(out.strip().splitlines()) == 4
+
+
+def test_target_recall_search(cli_index):
+    cli(
+        "search",
+        cli_index / "idx",
+        "--queries",
+        cli_index / "xq.npy",
+        "-k",
+        5,
+        "--target-recall",
+        0.9,
+        "--output",
+        cli_index / "t.npz",
+    )
+    assert np.load(cli_index / "t.npz")["I"].shape == (200, 5)
+
+
+def test_inspect_and_verify(cli_index):
+    summary = cli("inspect", cli_index / "idx").stdout
+    assert "6,000 x 32" in summary and "IVF32,Flat" in summary
+    manifest = json.loads(cli("inspect", cli_index / "idx", "--json").stdout)
+    assert manifest["num_shards"] == 3
+    assert cli("verify", cli_index / "idx").stdout.startswith("ok:")
+
+
+def test_autotune_cli(cli_index):
+    out = cli("autotune", cli_index / "idx").stdout
+    assert "tuned" in out and "nprobe" in out
+
+
+def test_verify_fails_on_corruption(tmp_path, data):
+    np.save(tmp_path / "xb.npy", data[0][:500])
+    cli("build", tmp_path / "xb.npy", "--out", tmp_path / "idx", "--index", "Flat")
+    manifest = json.loads(cli("inspect", tmp_path / "idx", "--json").stdout)
+    rel = manifest["shards"][0]["files"]["index"]["path"]
+    path = tmp_path / "idx" / manifest["index_version"] / rel
+    path.write_bytes(path.read_bytes()[:-10])
+    proc = cli("verify", tmp_path / "idx", check=False)
+    assert proc.returncode == 1 and str(path) in proc.stderr
+    proc = cli(
+        "search",
+        tmp_path / "idx",
+        "--queries",
+        tmp_path / "xb.npy",
+        "--output",
+        tmp_path / "o.npz",
+        check=False,
+    )
+    assert proc.returncode == 2 and str(path) in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["build", "missing.npy", "--out", "x"], "does not exist"),
+        (["build", "{xq}", "--out", "{tmp}/bad", "--index", "NotAFactory"], "factory"),
+        (["build", "{xq}", "--out", "{tmp}/bad", "--shards", "0"], "--shards"),
+        (["search", "{tmp}/nothing", "--queries", "{xq}", "--output", "o.npz"], "no index"),
+        (["search", "{tmp}/idx", "--queries", "{bad}", "--output", "o.npz"], "dimension"),
+        (["search", "{tmp}/idx", "--queries", "{xq}", "-k", "0", "--output", "o.npz"], "k must"),
+        (
+            ["search", "{tmp}/idx", "--queries", "{xq}", "--ef-search", "8", "--output", "o"],
+            "does not apply",
+        ),
+        (["search", "{tmp}/idx", "--ids", "999999", "--print"], "not in the index"),
+        (["search", "{tmp}/idx", "--queries", "{xq}"], "--output"),
+        (
+            ["search", "{tmp}/idx", "--queries", "{xq}", "--target-recall", "2", "--output", "o"],
+            "target_recall",
+        ),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(cli_index, args, message):
+    np.save(cli_index / "bad.npy", np.zeros((3, 5), np.float32))
+    fmt = {"tmp": cli_index, "xq": cli_index / "xq.npy", "bad": cli_index / "bad.npy"}
+    proc = cli(*[a.format(**fmt) for a in args], check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,39 @@
+"""merge_results: metric-aware, -1 padding, equals a global sort."""
+
+import numpy as np
+import pytest
+
+from shards import merge_results
+
+
+@pytest.mark.parametrize("keep_max", [False, True])
+def test_merge_equals_global_sort(keep_max):
+    rng = np.random.default_rng(0)
+    nq, k, shards = 30, 10, 5
+    parts, allD, allI = [], [], []
+    for s in range(shards):
+        D = rng.random((nq, k)).astype(np.float32)
+        D = -np.sort(-D, axis=1) if keep_max else np.sort(D, axis=1)
+        I = rng.permutation(10_000)[: nq * k].reshape(nq, k) + s * 10_000
+        parts.append((D, I))
+        allD.append(D)
+        allI.append(I)
+    D, I = merge_results(parts, keep_max)
+    Dc, Ic = np.hstack(allD), np.hstack(allI)
+    order = np.argsort(-Dc if keep_max else Dc, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(I, np.take_along_axis(Ic, order, 1))
+    np.testing.assert_array_equal(D, np.take_along_axis(Dc, order, 1))
+
+
+def test_merge_pads_with_minus_one():
+    big = np.float32(np.finfo(np.float32).max)
+    a = (np.array([[1.0, 3.0, big]], np.float32), np.array([[10, 30, -1]]))
+    b = (np.array([[2.0, big, big]], np.float32), np.array([[20, -1, -1]]))
+    D, I = merge_results([a, b], keep_max=False)
+    np.testing.assert_array_equal(I, [[10, 20, 30]])
+    np.testing.assert_array_equal(D, [[1.0, 2.0, 3.0]])
+    _D, I = merge_results([(a[0][:, :1], a[1][:, :1]), (b[0][:, :1], b[1][:, :1])], False)
+    np.testing.assert_array_equal(I, [[10]])
+    c = (np.array([[5.0, big, big, big]], np.float32), np.array([[1, -1, -1, -1]]))
+    _D, I = merge_results([c, c], keep_max=False)
+    assert I[0, 0] == 1 and (I[0, 2:] == -1).all()

@@ -1,0 +1,77 @@
+"""add / delete / compact agree with brute force over the live vectors."""
+
+import numpy as np
+import pytest
+from faiss.contrib.evaluation import check_ref_knn_with_draws
+
+from shards import InvalidQuery, ShardedIndex, UnknownId, UnsupportedOperation
+from shards.artefact import list_versions
+from tests.conftest import clustered
+from tests.shards.helpers import brute_force, build
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF16,Flat", "HNSW16,Flat", "IVF16,PQ16x4fs,RFlat"])
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_add_delete_compact_match_brute_force(tmp_path, data, factory, metric):
+    xb, xq = data[0][:5000], data[1]
+    index = build(tmp_path, xb, index=factory, metric=metric, num_shards=3, tune=False)
+    exact = factory == "Flat"
+    params = {} if exact else {"nprobe": 16} if "HNSW" not in factory else {"ef_search": 256}
+    if "RFlat" in factory:
+        params["k_factor"] = 16
+    extra = clustered(500, 32, seed=9)
+    extra_ids = np.arange(100_000, 100_500)
+    index.add(extra, extra_ids)
+    gone = np.arange(0, 5000, 7)
+    assert index.delete(np.concatenate([gone, [100_001, 10**9]])) == len(gone) + 1
+    live_x = np.concatenate([np.delete(xb, gone, axis=0), np.delete(extra, 1, axis=0)])
+    live_ids = np.concatenate([np.delete(np.arange(5000), gone), np.delete(extra_ids, 1)])
+    Dref, Iref = brute_force(live_x, xq, 10, metric, live_ids)
+    D, I = index.search(xq, 10, params)
+    assert index.ntotal == len(live_ids)
+    assert not np.isin(I, np.concatenate([gone, [100_001]])).any()
+    if exact:
+        check_ref_knn_with_draws(Dref, Iref, D, I, rtol=1e-5)
+    else:
+        assert (I[:, :, None] == Iref[:, None, :]).any(2).mean() >= 0.95
+
+    manifest = index.compact()
+    assert manifest.parent_version == index.index_version
+    assert len(list_versions(str(tmp_path / "idx"))) == 2
+    compacted = ShardedIndex.open(str(tmp_path / "idx"))
+    assert compacted.index_version == manifest.index_version and compacted.ntotal == len(live_ids)
+    Dc, Ic = compacted.search(xq, 10, params)
+    if exact:
+        check_ref_knn_with_draws(Dref, Iref, Dc, Ic, rtol=1e-5)
+    else:
+        assert (Ic[:, :, None] == Iref[:, None, :]).any(2).mean() >= 0.95
+    old = ShardedIndex.open(str(tmp_path / "idx"), index.index_version)
+    assert old.ntotal == 5000  # the published version was not touched
+
+
+def test_add_rejects_existing_and_duplicate_ids(tmp_path, data):
+    index = build(tmp_path, data[0][:1000], index="Flat", num_shards=2)
+    with pytest.raises(Exception, match="already exists"):
+        index.add(data[0][:1], [5])
+    with pytest.raises(InvalidQuery, match="unique"):
+        index.add(data[0][:2], [7000, 7000])
+    index.delete([5])
+    index.add(data[0][:1], [5])  # re-adding a deleted id is fine
+    assert index.ntotal == 1000
+
+
+def test_search_by_id_excludes_itself(tmp_path, data):
+    xb = data[0][:3000]
+    index = build(tmp_path, xb, index="Flat", num_shards=3)
+    _D, I = index.search_by_id([10, 20], 5)
+    _, ref = brute_force(xb, xb[[10, 20]], 6, "l2")
+    np.testing.assert_array_equal(I, ref[:, 1:])
+    with pytest.raises(UnknownId, match="123456"):
+        index.search_by_id([123456], 5)
+
+
+def test_compact_of_lossy_index_is_refused(tmp_path, data):
+    index = build(tmp_path, data[0][:3000], index="IVF16,PQ16x4fs", num_shards=1, tune=False)
+    index.delete([1])
+    with pytest.raises(UnsupportedOperation, match="lossily"):
+        index.compact()
