@@ -11,4 +11,18 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "never both, they install the same module"
     ) from exc
 
-__all__ = ["faiss"]
+BLAS_MIN_QUERIES = 8
+
+
+def use_blas_from(queries: int, d: int) -> None:
+    """Make faiss's exact search use BLAS from ``queries`` queries of dimension ``d`` up.
+
+    faiss 1.15 switches from its SIMD loop to BLAS only when nq * d >= 128,000 (2,560
+    queries at d=50), yet BLAS is faster from about 8 queries on (measured: 4x at 64 queries,
+    docs/INDEX_CHOICE.md). This is a process-wide faiss setting; it also speeds up the
+    coarse quantizer of IVF indexes.
+    """
+    faiss.cvar.distance_compute_blas_threshold = max(1, queries * d)
+
+
+__all__ = ["BLAS_MIN_QUERIES", "faiss", "use_blas_from"]

@@ -18,9 +18,18 @@ from shards.errors import TargetUnreachable
 from shards.params import EF_SEARCH_MAX, Knobs, SearchOverrides
 
 SearchFn = Callable[[np.ndarray, int, SearchOverrides], tuple[np.ndarray, np.ndarray]]
-K_FACTORS = (1, 2, 4, 8, 16)
-EF_SEARCHES = (16, 32, 64, 128, 256, 512, 1024)
+K_FACTORS = (1, 1.5, 2, 3, 4, 6, 8, 16)
+EF_SEARCHES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 STOP_RECALL = 0.999
+MARGIN = 0.005  # resolved points must beat the target by this much (sampling error of the curve)
+
+
+def nprobe_steps(nlist: int) -> list[int]:
+    """1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, ... (four steps an octave) up to ``nlist``."""
+    steps = {1, 2, 3, nlist}
+    for p in (2**i for i in range(2, 17)):
+        steps |= {p, p * 5 // 4, p * 3 // 2, p * 7 // 4}
+    return sorted(s for s in steps if s <= nlist)
 
 
 def grid(knobs: Knobs) -> list[list[SearchOverrides]]:
@@ -29,7 +38,7 @@ def grid(knobs: Knobs) -> list[list[SearchOverrides]]:
         return [[SearchOverrides(ef_search=ef) for ef in EF_SEARCHES]]
     if knobs.nlist is None:
         return [[SearchOverrides()]]
-    nprobes = [p for p in (2**i for i in range(17)) if p <= knobs.nlist]
+    nprobes = nprobe_steps(knobs.nlist)
     runs = []
     for kf in K_FACTORS if knobs.refine else (None,):
         run = []
@@ -94,22 +103,37 @@ def measure(
                     "ms_per_query": round(1000 * best / len(xq), 5),
                 }
             )
-            if recall >= STOP_RECALL:
+            if recall >= STOP_RECALL or _flat(curve, len(run)):
                 break
     return curve
 
 
+def _flat(curve: list[dict[str, Any]], run_length: int) -> bool:
+    """True when the last three points of the current run gained under 0.001 recall."""
+    last = curve[-3:]
+    same_run = len(last) == 3 and len({_kf(p) for p in last}) == 1
+    return same_run and last[-1]["recall"] - last[0]["recall"] < 0.001 and run_length > 3
+
+
+def _kf(point: dict[str, Any]) -> Any:
+    return point["params"].get("k_factor")
+
+
 def resolve(curve: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    """The fastest measured parameters whose recall is at least ``target``.
+    """The fastest measured parameters whose recall beats ``target`` with a margin.
+
+    The margin is ``min(MARGIN, (1 - target) / 2)``: the curve is measured on a sample.
 
     Raises:
         TargetUnreachable: no measured point reaches ``target``.
     """
-    ok = [p for p in curve if p["recall"] >= target]
+    need = target + min(MARGIN, (1.0 - target) / 2)
+    ok = [p for p in curve if p["recall"] >= need]
     if not ok:
         best = max((p["recall"] for p in curve), default=0.0)
         raise TargetUnreachable(
-            f"target_recall {target} is above the best tuned recall {best:.4f}; "
+            f"target_recall {target} (with margin {need:.4f}) is above the best tuned "
+            f"recall {best:.4f}; "
             "pass explicit parameters or re-tune"
         )
     return dict(min(ok, key=lambda p: p["ms_per_query"])["params"])

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from shards import autotune
-from shards._faiss import faiss
+from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
 from shards.artefact import ShardData, new_version_name, write_version
 from shards.choice import choose_index, estimate_bytes
 from shards.errors import InvalidInput, TargetUnreachable
@@ -28,7 +28,7 @@ from shards.progress import progress
 from shards.shard import Shard
 from shards.source import VectorSource
 
-TUNE_QUERIES = 1000
+TUNE_QUERIES = 2000
 TUNE_K = 10
 
 
@@ -160,6 +160,7 @@ def tune_manifest(
     knobs = Knobs.of(datas[0].index)
     if not knobs.names():
         return manifest
+    use_blas_from(BLAS_MIN_QUERIES, source.d)
     xq, qids = source.sample(TUNE_QUERIES, seed=opts.seed + 1)
     xq = prepare_vectors(xq, source.d, metric)
     blocks = ((prepare_vectors(c.vectors, source.d, metric), c.ids) for c in source.chunks())

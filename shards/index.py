@@ -11,8 +11,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards import autotune
-from shards._faiss import faiss
+from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
 from shards.artefact import ShardData, new_version_name, open_version, read_shard, write_version
+from shards.coarse import coarse_assign, quantizer_digest
 from shards.errors import InvalidQuery, UnknownId, UnsupportedOperation
 from shards.manifest import Manifest
 from shards.merge import merge_results
@@ -36,6 +37,10 @@ class ShardedIndex:
         self.metric = Metric.parse(manifest.metric)
         self.knobs = Knobs.of(next(iter(shards.values())).index)
         self.defaults = SearchOverrides.parse(manifest.default_params)
+        use_blas_from(BLAS_MIN_QUERIES, manifest.dim)
+        digests = {quantizer_digest(s.index) for s in shards.values()}
+        # one coarse assignment serves every shard when they share the trained quantizer
+        self.shared_coarse = len(shards) > 1 and len(digests) == 1 and None not in digests
 
     @classmethod
     def open(
@@ -127,7 +132,9 @@ class ShardedIndex:
         self, xq: np.ndarray, k: int, ov: SearchOverrides
     ) -> tuple[np.ndarray, np.ndarray]:
         """Search already checked queries with resolved overrides (no validation)."""
-        parts = [shard.search(xq, k, ov) for shard in self.shards.values()]
+        shards = list(self.shards.values())
+        coarse = coarse_assign(shards[0].index, xq, ov) if self.shared_coarse else None
+        parts = [shard.search(xq, k, ov, coarse) for shard in shards]
         return merge_results(parts, self.metric.keep_max)
 
     def search_by_id(

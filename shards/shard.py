@@ -9,6 +9,7 @@ import numpy as np
 
 from shards._faiss import faiss
 from shards.artefact import ShardData
+from shards.coarse import search_preassigned, tune_fastscan
 from shards.errors import InvalidInput, UnknownId, UnsupportedOperation
 from shards.merge import merge_results, translate_ids
 from shards.params import SearchOverrides, make_params
@@ -30,6 +31,7 @@ class Shard:
 
     def __init__(self, data: ShardData, metric_keep_max: bool) -> None:
         self.index = data.index
+        tune_fastscan(self.index)  # before any search: not a per-request knob
         self.ids = data.ids
         self.metadata = data.metadata
         self.keep_max = metric_keep_max
@@ -45,11 +47,19 @@ class Shard:
         main = self.index.ntotal if st.live is None else int(st.live.sum())
         return main + len(st.delta_ids)
 
-    def search(self, xq: np.ndarray, k: int, ov: SearchOverrides) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k of prepared queries ``xq`` (nq, d) float32: D (nq, k) float32, I (nq, k) ids."""
+    def search(
+        self, xq: np.ndarray, k: int, ov: SearchOverrides, coarse=None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of prepared queries ``xq`` (nq, d) float32: D (nq, k) float32, I (nq, k) ids.
+
+        ``coarse``: the IVF assignment from ``coarse.coarse_assign``, shared by all shards.
+        """
         st = self._state
-        params, _keep = make_params(self.index, ov, st.selector)
-        D, I = self.index.search(xq, k, params=params)
+        if coarse is not None:
+            D, I = search_preassigned(self.index, xq, k, ov, st.selector, coarse)
+        else:
+            params, _keep = make_params(self.index, ov, st.selector)
+            D, I = self.index.search(xq, k, params=params)
         result = (D, translate_ids(I, self.ids))
         if st.delta is not None:
             Dd, Id = st.delta.search(xq, k)

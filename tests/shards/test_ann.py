@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from shards import InvalidQuery
-from tests.shards.helpers import brute_force, build, recall
+from tests.shards.helpers import assert_same_knn, brute_force, build, float_tolerance, recall
 
 # (factory, params, minimum recall@10 on the seeded clustered data)
 CASES = [
@@ -112,3 +112,32 @@ def test_float64_and_1d_queries_accepted(ivf, data):
     _D1, I1 = ivf.search(xq[:1], 5, {"nprobe": 8})
     _D2, I2 = ivf.search(xq[0].astype(np.float64), 5, {"nprobe": 8})
     np.testing.assert_array_equal(I1, I2)
+
+
+@pytest.mark.parametrize(
+    ("factory", "params"),
+    [
+        ("IVF64,Flat", {"nprobe": 8}),
+        ("IVF64,PQ16x4fs,RFlat", {"nprobe": 8, "k_factor": 3}),
+        ("IVF64_HNSW16,Flat", {"nprobe": 8, "quantizer_ef_search": 32}),
+    ],
+)
+def test_shared_coarse_assignment_equals_per_shard_search(tmp_path, data, factory, params):
+    xb, xq = data
+    index = build(tmp_path, xb, index=factory, num_shards=3, tune=False)
+    assert index.shared_coarse
+    index.delete(np.arange(0, len(xb), 5))
+    D1, I1 = index.search(xq, 10, params)
+    assert not np.isin(I1, np.arange(0, len(xb), 5)).any()
+    index.shared_coarse = False
+    D2, I2 = index.search(xq, 10, params)
+    assert_same_knn(D2, I2, D1, I1, float_tolerance(xb, xq, "l2"))
+
+
+def test_shards_with_different_quantizers_do_not_share(tmp_path, data):
+    from shards import ShardedIndex
+
+    a = build(tmp_path, data[0][:3000], "a", index="IVF16,Flat", tune=False)
+    b = build(tmp_path, data[0][3000:6000], "b", index="IVF16,Flat", tune=False, seed=5)
+    mixed = ShardedIndex(a.manifest, {0: a.shards[0], 1: b.shards[0]}, "")
+    assert not mixed.shared_coarse

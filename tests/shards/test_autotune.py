@@ -3,7 +3,7 @@
 import pytest
 
 from shards import ShardedIndex, TargetUnreachable, UnsupportedOperation
-from shards.autotune import resolve
+from shards.autotune import MARGIN, resolve
 from shards.tune_existing import autotune_index
 from tests.conftest import clustered
 from tests.shards.helpers import brute_force, build, recall
@@ -38,16 +38,20 @@ def test_defaults_meet_default_target(tuned, data):
     assert recall(index.search(xq, 10)[1], gt) >= 0.95 - 0.02
 
 
-def test_resolve_picks_cheapest_meeting_target():
+def test_resolve_picks_cheapest_meeting_target_with_margin():
     curve = [
         {"params": {"nprobe": 1}, "recall": 0.5, "ms_per_query": 1.0},
-        {"params": {"nprobe": 8}, "recall": 0.96, "ms_per_query": 3.0},
-        {"params": {"nprobe": 4, "k_factor": 2}, "recall": 0.95, "ms_per_query": 2.0},
+        {"params": {"nprobe": 8}, "recall": 0.97, "ms_per_query": 3.0},
+        {"params": {"nprobe": 4, "k_factor": 2}, "recall": 0.956, "ms_per_query": 2.0},
+        {"params": {"nprobe": 3, "k_factor": 2}, "recall": 0.952, "ms_per_query": 1.5},
     ]
-    assert resolve(curve, 0.95) == {"nprobe": 4, "k_factor": 2}
-    assert resolve(curve, 0.955) == {"nprobe": 8}
-    with pytest.raises(TargetUnreachable, match=r"0\.9600"):
-        resolve(curve, 0.99)
+    assert MARGIN == 0.005
+    assert resolve(curve, 0.95) == {"nprobe": 4, "k_factor": 2}  # 0.952 < 0.95 + margin
+    assert resolve(curve, 0.96) == {"nprobe": 8}
+    assert resolve(curve, 0.4) == {"nprobe": 1}
+    with pytest.raises(TargetUnreachable, match=r"0\.9700"):
+        resolve(curve, 0.97)  # needs 0.975
+    assert resolve([{"params": {}, "recall": 1.0, "ms_per_query": 1}], 1.0) == {}
 
 
 def test_explicit_params_win_over_target(tuned, data):

@@ -1,0 +1,94 @@
+"""Shared coarse quantization: assign queries to IVF lists once for all shards of a process.
+
+Every shard of an index is a copy of one trained IVF index, so their quantizers are equal and
+the assignment of a query is the same on every shard. Computing it once and calling
+``search_preassigned`` on each shard returns the same results as searching each shard
+on its own (faiss's ``IndexShardsIVF`` does the same), without S-1 quantizer searches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from shards._faiss import faiss
+from shards.params import HNSW_PARAMS, SearchOverrides, make_params
+
+
+def ivf_layout(index: faiss.Index) -> tuple[Any, Any] | None:
+    """``(refine, ivf)`` for ``IVF`` or ``Refine(IVF)`` with a flat refine index, else None."""
+    index = faiss.downcast_index(index)
+    refine = None
+    if isinstance(index, faiss.IndexRefine):
+        refine = index
+        if not isinstance(faiss.downcast_index(index.refine_index), faiss.IndexFlat):
+            return None
+        index = faiss.downcast_index(index.base_index)
+    return (refine, index) if isinstance(index, faiss.IndexIVF) else None
+
+
+SMALL_LISTS = 200  # average vectors per list below which fast-scan implementation 10 wins
+
+
+def tune_fastscan(index: faiss.Index) -> None:
+    """Pick the fast-scan search implementation for the index's list sizes (bench/README.md).
+
+    Measured on GloVe: with ~95 vectors per list (4 shards) implementation 10 is 17% faster
+    than faiss's default choice; with ~380 (1 shard) it is 12% slower.
+    """
+    layout = ivf_layout(index)
+    if layout is None or not isinstance(layout[1], faiss.IndexIVFFastScan):
+        return
+    ivf = layout[1]
+    if ivf.ntotal / max(1, ivf.nlist) < SMALL_LISTS:
+        ivf.implem = 10
+
+
+def quantizer_digest(index: faiss.Index) -> str | None:
+    """sha256 of the serialised coarse quantizer, or None when ``index`` has no usable layout."""
+    layout = ivf_layout(index)
+    if layout is None:
+        return None
+    raw = faiss.serialize_index(layout[1].quantizer)
+    return hashlib.sha256(raw.tobytes()).hexdigest()
+
+
+def coarse_assign(index: faiss.Index, xq: np.ndarray, ov: SearchOverrides):
+    """``(Dq, Iq)``, each (nq, nprobe): the lists every shard would probe for ``xq``."""
+    layout = ivf_layout(index)
+    assert layout is not None
+    ivf = layout[1]
+    nprobe = int(ov.nprobe if ov.nprobe is not None else ivf.nprobe)
+    qparams = None
+    if ov.quantizer_ef_search is not None:
+        qparams = HNSW_PARAMS()
+        qparams.efSearch = ov.quantizer_ef_search
+    return ivf.quantizer.search(xq, nprobe, params=qparams)
+
+
+def search_preassigned(
+    index: faiss.Index, xq: np.ndarray, k: int, ov: SearchOverrides, sel, coarse
+) -> tuple[np.ndarray, np.ndarray]:
+    """Same as ``index.search`` with per-call params, given ``coarse = coarse_assign(...)``."""
+    refine, ivf = ivf_layout(index)  # type: ignore[misc]
+    Dq, Iq = coarse
+    params, _keep = make_params(ivf, ov, sel)
+    kb = k if refine is None else int(k * (ov.k_factor or refine.k_factor))
+    n = len(xq)
+    D = np.empty((n, kb), dtype=np.float32)
+    I = np.empty((n, kb), dtype=np.int64)
+    sp = faiss.swig_ptr
+    ivf.search_preassigned_c(n, sp(xq), kb, sp(Iq), sp(Dq), sp(D), sp(I), False, params)
+    if refine is None:
+        return D, I
+    flat: Any = faiss.downcast_index(refine.refine_index)
+    flat.compute_distance_subset(n, sp(xq), kb, sp(D), sp(I))
+    keep_max = index.metric_type == faiss.METRIC_INNER_PRODUCT
+    worst = -np.inf if keep_max else np.inf
+    D = np.where(I >= 0, D, worst).astype(np.float32)
+    order = np.argsort(-D if keep_max else D, axis=1, kind="stable")[:, :k]
+    D, I = np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+    fill = -np.finfo(np.float32).max if keep_max else np.finfo(np.float32).max
+    return np.where(I >= 0, D, fill).astype(np.float32), I
