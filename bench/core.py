@@ -146,15 +146,20 @@ def markdown(r: dict) -> str:
         "## What bounds exact search",
         "",
         f"- sgemm peak (2048^3, numpy): {fb['sgemm_peak_gflops']:.0f} GFLOP/s",
-        f"- the inner products of Flat alone ({fb['nq']:,} x {fb['nb']:,} x {fb['d']} sgemm in "
-        f"numpy): {fb['gemm_only_gflops']:.0f} GFLOP/s",
+        f"- the inner products of Flat alone ({fb['nq']:,} x {fb['nb']:,} x {fb['d']}, in "
+        f"database blocks of {fb['faiss_database_bs']:,} like faiss, numpy sgemm): "
+        f"{fb['gemm_only_gflops']:.0f} GFLOP/s",
         f"- faiss Flat search, same shape: {fb['flat_gflops']:.0f} GFLOP/s = "
         f"{fb['flat_fraction_of_peak']:.0%} of peak sgemm; "
         f"{fb['non_gemm_share_of_flat_time']:.0%} of its time is not the sgemm",
         "- Flat GFLOP/s by faiss database block size: "
         + ", ".join(f"{k}: {v:.0f}" for k, v in fb["flat_gflops_by_database_bs"].items()),
-        "- Flat GFLOP/s by queries per call: "
-        + ", ".join(f"{k}: {v:.0f}" for k, v in fb["flat_gflops_by_nq"].items()),
+        "- Flat GFLOP/s by queries per call, with faiss's default BLAS threshold (nq * d >= "
+        f"{fb['blas_threshold']['faiss_default']:,}): "
+        + ", ".join(f"{k}: {v:.0f}" for k, v in fb["flat_gflops_by_nq_faiss_default"].items()),
+        f"- the same with vsearch's threshold (nq * d >= {fb['blas_threshold']['vsearch']:,}, "
+        "i.e. BLAS from 8 queries): "
+        + ", ".join(f"{k}: {v:.0f}" for k, v in fb["flat_gflops_by_nq_vsearch"].items()),
     ]
     return "\n".join(lines) + "\n"
 

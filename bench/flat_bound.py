@@ -12,6 +12,9 @@ import numpy as np
 from shards._faiss import faiss
 
 
+FAISS_DEFAULT_BLAS_THRESHOLD = 128_000  # faiss 1.15: BLAS only when nq * d >= this
+
+
 def best_of(fn, reps: int = 3) -> float:
     best = float("inf")
     for _ in range(reps):
@@ -30,7 +33,7 @@ def sgemm_gflops(m: int, n: int, k: int, reps: int = 3) -> float:
 
 
 def measure(xb: np.ndarray, xq: np.ndarray, k: int = 10) -> dict:
-    """GFLOP/s of peak sgemm, of the sgemm half of Flat alone, and of faiss Flat itself."""
+    """GFLOP/s of peak sgemm, of Flat's sgemm work alone (numpy), and of faiss Flat itself."""
     xq = np.ascontiguousarray(xq[:2048])
     nq, d = xq.shape
     nb = len(xb)
@@ -46,21 +49,28 @@ def measure(xb: np.ndarray, xq: np.ndarray, k: int = 10) -> dict:
         sweep[bs] = flop / best_of(lambda: index.search(xq, k)) / 1e9
     faiss.cvar.distance_compute_blas_database_bs = dbs
     out["flat_gflops_by_database_bs"] = sweep
-    by_nq = {}
-    for n in (1, 16, 64, 256, nq):
-        calls = max(1, 256 // n)
-        t = best_of(
-            lambda n=n, calls=calls: [
-                index.search(xq[i * n : (i + 1) * n], k) for i in range(calls)
-            ]
-        )
-        by_nq[n] = 2 * n * calls * nb * d / t / 1e9
-    out["flat_gflops_by_nq"] = by_nq
+    ours = int(faiss.cvar.distance_compute_blas_threshold)
+    out["blas_threshold"] = {"faiss_default": FAISS_DEFAULT_BLAS_THRESHOLD, "vsearch": ours}
+    for name, threshold in (("faiss_default", FAISS_DEFAULT_BLAS_THRESHOLD), ("vsearch", ours)):
+        faiss.cvar.distance_compute_blas_threshold = threshold
+        by_nq = {}
+        for n in (1, 4, 16, 64, 256, nq):
+            calls = max(1, 256 // n)
+            t = best_of(
+                lambda n=n, calls=calls: [
+                    index.search(xq[i * n : (i + 1) * n], k) for i in range(calls)
+                ]
+            )
+            by_nq[n] = 2 * n * calls * nb * d / t / 1e9
+        out[f"flat_gflops_by_nq_{name}"] = by_nq
+    faiss.cvar.distance_compute_blas_threshold = ours
     # faiss first: numpy's OpenBLAS threads spin for a while after a GEMM and would slow it
     index.search(xq, k)  # warm-up: thread pool and page faults
     t_flat = best_of(lambda: index.search(xq, k))
-    blocks = range(0, nb, 65536)
-    t_gemm = best_of(lambda: [xq @ xb[i : i + 65536].T for i in blocks])
+    # the same sgemm work as faiss's BLAS path: query block x database blocks of dbs rows
+    xbt = [np.ascontiguousarray(xb[i : i + dbs].T) for i in range(0, nb, dbs)]
+    buf = np.empty((nq, dbs), dtype=np.float32)
+    t_gemm = best_of(lambda: [np.matmul(xq, b, out=buf[:, : b.shape[1]]) for b in xbt])
     out["sgemm_peak_gflops"] = sgemm_gflops(2048, 2048, 2048)
     out["gemm_only_gflops"] = flop / t_gemm / 1e9
     out["flat_gflops"] = flop / t_flat / 1e9
