@@ -11,7 +11,6 @@ import numpy as np
 
 from shards._faiss import faiss
 
-
 FAISS_DEFAULT_BLAS_THRESHOLD = 128_000  # faiss 1.15: BLAS only when nq * d >= this
 
 
