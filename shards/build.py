@@ -60,8 +60,9 @@ def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manif
     factory, reason = _factory(source, opts, metric)
     template = _trained_template(source, factory, metric, opts)
     t_train = time.perf_counter() - t0
-    datas = _add_all(source, template, metric, opts)
-    _check_unique(datas)
+    tune = opts.tune and bool(Knobs.of(template).names())
+    held = _tuning_queries(source, metric, opts) if tune else None
+    datas, held_rows = _add_all(source, template, metric, opts, held)
     t_add = time.perf_counter() - t0 - t_train
     manifest = Manifest(
         index_version=new_version_name(),
@@ -85,8 +86,10 @@ def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manif
             ),
         },
     )
-    if opts.tune:
-        manifest = tune_manifest(manifest, datas, source, opts)
+    if held is not None:
+        manifest = tune_manifest(manifest, datas, source, opts, held)
+    _append(datas, held_rows)
+    _check_unique(datas)
     manifest.build["total_seconds"] = round(time.perf_counter() - t0, 3)
     return write_version(out_uri, manifest, datas)
 
@@ -116,27 +119,66 @@ def _trained_template(source: VectorSource, factory: str, metric: Metric, opts: 
     return template
 
 
-def _add_all(source: VectorSource, template, metric: Metric, opts: BuildOptions) -> list[ShardData]:
+def _tuning_queries(source: VectorSource, metric: Metric, opts: BuildOptions):
+    """A sample of the input, kept out of the index until tuning is done: real held-out queries.
+
+    Returns ``(xq, ids)``: prepared (m, d) float32 vectors and their sorted int64 ids.
+    """
+    xq, ids = source.sample(TUNE_QUERIES, seed=opts.seed + 1)
+    order = np.argsort(ids)
+    return prepare_vectors(xq[order], source.d, metric), ids[order]
+
+
+def _add_all(source: VectorSource, template, metric: Metric, opts: BuildOptions, held=None):
+    """Add every input vector to its shard, except the ``held`` tuning rows.
+
+    Returns ``(datas, held_rows)``; ``held_rows[s]`` lists the held rows of shard ``s`` as
+    ``(vectors, ids, metadata)`` to add once tuning is done.
+    """
     indexes = [faiss.clone_index(template) for _ in range(opts.num_shards)]
     ids: list[list[np.ndarray]] = [[] for _ in indexes]
     metas: list[list[pa.Table]] = [[] for _ in indexes]
+    held_rows: list[list[tuple]] = [[] for _ in indexes]
+    held_ids = held[1] if held is not None else np.empty(0, np.int64)
     total = -(-source.n // opts.chunk_rows)
     for chunk in progress(source.chunks(opts.chunk_rows), "adding", total, "chunk", opts.progress):
         x = prepare_vectors(chunk.vectors, source.d, metric, what=f"vectors near row {chunk.start}")
         rows = np.arange(chunk.start, chunk.start + len(x))
         owner = assign_shards(chunk.ids, rows, opts.num_shards, opts.partition, source.n)
+        is_held = np.isin(chunk.ids, held_ids)
         for s in np.unique(owner):
-            mask = owner == s
-            indexes[s].add(x[mask])
-            ids[s].append(chunk.ids[mask])
-            if chunk.metadata is not None:
-                metas[s].append(_with_id(chunk.metadata.filter(pa.array(mask)), chunk.ids[mask]))
+            for hold in (False, True):
+                mask = (owner == s) & (is_held == hold)
+                if not mask.any():
+                    continue
+                meta = None
+                if chunk.metadata is not None:
+                    meta = _with_id(chunk.metadata.filter(pa.array(mask)), chunk.ids[mask])
+                if hold:
+                    held_rows[s].append((x[mask], chunk.ids[mask], meta))
+                    continue
+                indexes[s].add(x[mask])
+                ids[s].append(chunk.ids[mask])
+                if meta is not None:
+                    metas[s].append(meta)
     datas = []
     for index, id_parts, meta_parts in zip(indexes, ids, metas, strict=True):
         shard_ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
         meta = pa.concat_tables(meta_parts) if meta_parts else None
         datas.append(ShardData(index, shard_ids, meta))
-    return datas
+    return datas, held_rows
+
+
+def _append(datas: list[ShardData], held_rows: list[list[tuple]]) -> None:
+    """Add the held-out tuning rows to their shards (after tuning)."""
+    for data, rows in zip(datas, held_rows, strict=True):
+        for x, ids, meta in rows:
+            data.index.add(x)
+            data.ids = np.concatenate([data.ids, ids])
+            if meta is not None:
+                data.metadata = (
+                    meta if data.metadata is None else pa.concat_tables([data.metadata, meta])
+                )
 
 
 def _with_id(table: pa.Table, ids: np.ndarray) -> pa.Table:
@@ -153,23 +195,28 @@ def _check_unique(datas: list[ShardData]) -> None:
 
 
 def tune_manifest(
-    manifest: Manifest, datas: list[ShardData], source: VectorSource, opts: BuildOptions
+    manifest: Manifest, datas: list[ShardData], source: VectorSource, opts: BuildOptions, held
 ) -> Manifest:
-    """Measure the recall/speed curve and store it with the tuned defaults in the manifest."""
+    """Measure the recall/speed curve with the held-out rows as queries; store it and the
+    tuned defaults in the manifest."""
     metric = Metric.parse(manifest.metric)
-    knobs = Knobs.of(datas[0].index)
-    if not knobs.names():
-        return manifest
     use_blas_from(BLAS_MIN_QUERIES, source.d)
-    xq, qids = source.sample(TUNE_QUERIES, seed=opts.seed + 1)
-    xq = prepare_vectors(xq, source.d, metric)
-    blocks = ((prepare_vectors(c.vectors, source.d, metric), c.ids) for c in source.chunks())
+    xq, qids = held
+    blocks = (
+        (prepare_vectors(c.vectors, source.d, metric)[keep], c.ids[keep])
+        for c in source.chunks()
+        for keep in [~np.isin(c.ids, qids)]
+    )
     gt = autotune.ground_truth(xq, blocks, TUNE_K + 1, metric.faiss_metric)
     index = ShardedIndex(manifest, {i: Shard(d, metric.keep_max) for i, d in enumerate(datas)}, "")
-    return with_tuning(manifest, index, xq, qids, gt, opts.default_recall)
+    no_self = np.full(len(xq), -1, dtype=np.int64)  # the queries are not in the index
+    method = "a sample of the input, searched before it was added to the index"
+    return with_tuning(manifest, index, xq, no_self, gt, opts.default_recall, method)
 
 
-def with_tuning(manifest: Manifest, index: ShardedIndex, xq, qids, gt, target: float) -> Manifest:
+def with_tuning(
+    manifest: Manifest, index: ShardedIndex, xq, qids, gt, target: float, method: str
+) -> Manifest:
     """``manifest`` with the measured curve and the defaults resolved for ``target``."""
     curve = autotune.measure(index.search_prepared, xq, qids, gt, index.knobs)
     try:
@@ -183,7 +230,7 @@ def with_tuning(manifest: Manifest, index: ShardedIndex, xq, qids, gt, target: f
         "queries": len(xq),
         "target": target,
         "note": note,
-        "method": "leave-one-out on a sample of indexed vectors",
+        "method": method,
         "curve": curve,
     }
     manifest.build["tune_threads"] = faiss.omp_get_max_threads()

@@ -36,7 +36,12 @@ def autotune_index(
         qids = np.random.default_rng(seed).choice(ids, min(TUNE_QUERIES, len(ids)), replace=False)
         xq = index.reconstruct(qids)
     gt = autotune.ground_truth(xq, index.iter_vectors(), TUNE_K + 1, index.metric.faiss_metric)
-    tuned = with_tuning(index.manifest, index, xq, qids, gt, target)
+    method = (
+        "held-out queries from " + queries
+        if queries is not None
+        else "leave-one-out on stored vectors (optimistic for HNSW: pass --queries)"
+    )
+    tuned = with_tuning(index.manifest, index, xq, qids, gt, target, method)
     manifest = replace(
         tuned,
         index_version=new_version_name(),

@@ -77,3 +77,39 @@ def test_autotune_publishes_new_version(tmp_path, data):
     again = ShardedIndex.open(str(tmp_path / "idx"))
     assert again.index_version == manifest.index_version and again.manifest.tuning
     assert again.search(data[1], 10, target_recall=0.9)[1].shape == (200, 10)
+
+
+def test_hnsw_defaults_meet_target_on_held_out(tmp_path, data):
+    index = build(tmp_path, data[0], index="HNSW16,Flat", num_shards=2)
+    assert index.manifest.tuning["method"].startswith("a sample of the input")
+    xq = clustered(500, 32, seed=79)
+    _, gt = brute_force(data[0], xq, 10, "l2")
+    assert recall(index.search(xq, 10)[1], gt) >= 0.95 - 0.02
+
+
+def test_tuning_rows_are_indexed_with_metadata(tmp_path, data):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shards import BuildOptions, VectorSource, build_index
+    from shards.metadata import lookup_metadata
+
+    xb = data[0][:6000]
+    ids = np.arange(6000, dtype=np.int64) + 1000
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(xb.ravel()), 32)
+    pq.write_table(
+        pa.table({"id": ids, "vector": vectors, "tag": ids.astype(str)}), tmp_path / "in.parquet"
+    )
+    src = VectorSource(str(tmp_path / "in.parquet"), id_column="id", metadata_columns=["tag"])
+    build_index(
+        src, str(tmp_path / "idx"), BuildOptions(num_shards=3, index="IVF32,Flat", progress=False)
+    )
+    index = ShardedIndex.open(str(tmp_path / "idx"))
+    assert index.manifest.tuning["queries"] == 2000
+    assert index.ntotal == 6000
+    all_ids = np.concatenate([s.ids for s in index.shards.values()])
+    np.testing.assert_array_equal(np.sort(all_ids), ids)
+    assert lookup_metadata(index, ids)["tag"].to_pylist() == ids.astype(str).tolist()
+    _, I = index.search(xb[:50], 1, {"nprobe": 32})
+    np.testing.assert_array_equal(I[:, 0], ids[:50])
