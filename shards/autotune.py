@@ -16,6 +16,7 @@ import numpy as np
 from shards._faiss import faiss
 from shards.errors import TargetUnreachable
 from shards.params import EF_SEARCH_MAX, Knobs, SearchOverrides
+from shards.progress import progress
 
 SearchFn = Callable[[np.ndarray, int, SearchOverrides], tuple[np.ndarray, np.ndarray]]
 K_FACTORS = (4, 8, 2, 16, 3, 6, 1.5, 1)  # likely-good runs first: they set the pruning bound
@@ -82,14 +83,20 @@ def recall_at_k(I: np.ndarray, gt: np.ndarray) -> float:
 
 
 def measure(
-    search: SearchFn, xq: np.ndarray, self_ids: np.ndarray, gt: np.ndarray, knobs: Knobs
+    search: SearchFn,
+    xq: np.ndarray,
+    self_ids: np.ndarray,
+    gt: np.ndarray,
+    knobs: Knobs,
+    show_progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Recall@k and batched ms/query for each grid point; ``gt`` is (nq, k+1) with self."""
     k = gt.shape[1] - 1
     truth = drop_self(gt, self_ids, k)
     curve: list[dict[str, Any]] = []
     bound = float("inf")  # cost of the cheapest point with recall >= STOP_RECALL so far
-    for run in grid(knobs):
+    runs = grid(knobs)
+    for run in progress(runs, "tuning", len(runs), "run", enabled=show_progress):
         for i, ov in enumerate(run):
             t0 = time.perf_counter()
             _, I = search(xq, k + 1, ov)

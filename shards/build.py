@@ -211,14 +211,21 @@ def tune_manifest(
     index = ShardedIndex(manifest, {i: Shard(d, metric.keep_max) for i, d in enumerate(datas)}, "")
     no_self = np.full(len(xq), -1, dtype=np.int64)  # the queries are not in the index
     method = "a sample of the input, searched before it was added to the index"
-    return with_tuning(manifest, index, xq, no_self, gt, opts.default_recall, method)
+    return with_tuning(manifest, index, xq, no_self, gt, opts.default_recall, method, opts.progress)
 
 
 def with_tuning(
-    manifest: Manifest, index: ShardedIndex, xq, qids, gt, target: float, method: str
+    manifest: Manifest,
+    index: ShardedIndex,
+    xq,
+    qids,
+    gt,
+    target: float,
+    method: str,
+    show_progress: bool = True,
 ) -> Manifest:
     """``manifest`` with the measured curve and the defaults resolved for ``target``."""
-    curve = autotune.measure(index.search_prepared, xq, qids, gt, index.knobs)
+    curve = autotune.measure(index.search_prepared, xq, qids, gt, index.knobs, show_progress)
     try:
         defaults = autotune.resolve(curve, target)
         note = f"cheapest measured parameters with recall@{TUNE_K} >= {target}"

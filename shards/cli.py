@@ -1,4 +1,7 @@
-"""``python -m shards build|search|inspect|verify|autotune``: user mistakes exit 2 with one line."""
+"""``python -m shards build|search|inspect|verify|export-ids|autotune``.
+
+User mistakes exit with status 2 and one line on stderr, never a traceback.
+"""
 
 from __future__ import annotations
 
@@ -82,6 +85,12 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("--version")
         c.add_argument("--json", action="store_true", help="machine-readable output")
         c.set_defaults(run=fn)
+
+    e = sub.add_parser("export-ids", help="write every id with its shard and row to Parquet")
+    e.add_argument("dir")
+    e.add_argument("--version")
+    e.add_argument("--output", required=True, help="Parquet file to write")
+    e.set_defaults(run=_export_ids)
 
     a = sub.add_parser("autotune", help="re-measure recall/speed and publish a tuned version")
     a.add_argument("dir")
@@ -181,6 +190,15 @@ def _verify(args) -> int:
     if not problems:
         print(f"ok: {m.index_version}, {files} files match the manifest")
     return 1 if problems else 0
+
+
+def _export_ids(args) -> int:
+    from shards.index import ShardedIndex
+    from shards.metadata import export_id_map
+
+    n = export_id_map(ShardedIndex.open(args.dir, args.version), args.output)
+    print(f"wrote {n:,} ids to {args.output}")
+    return 0
 
 
 def _autotune(args) -> int:

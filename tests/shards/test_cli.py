@@ -147,3 +147,13 @@ def test_user_errors_exit_2_with_one_line(cli_index, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
     assert "Traceback" not in proc.stderr
+
+
+def test_export_ids(cli_index):
+    import pyarrow.parquet as pq
+
+    out = cli("export-ids", cli_index / "idx", "--output", cli_index / "ids.parquet").stdout
+    assert "6,000 ids" in out
+    table = pq.read_table(cli_index / "ids.parquet")
+    assert sorted(table["id"].to_pylist()) == list(range(6000))
+    assert set(table["shard"].to_pylist()) == {0, 1, 2}

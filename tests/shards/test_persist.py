@@ -147,3 +147,18 @@ def test_interrupted_write_leaves_no_loadable_version(built, data, monkeypatch):
     assert again.ntotal == manifest.ntotal
     leftovers = [f for _, _, fs in os.walk(root) for f in fs if ".tmp-" in f]
     assert leftovers == []
+
+
+def test_file_uri_round_trip(tmp_path, data):
+    from shards import BuildOptions, VectorSource, build_index
+
+    np.save(tmp_path / "x.npy", data[0][:1000])
+    uri = f"file://{tmp_path}/uri-index"
+    build_index(
+        VectorSource(str(tmp_path / "x.npy")),
+        uri,
+        BuildOptions(index="Flat", num_shards=2, progress=False),
+    )
+    index = ShardedIndex.open(uri)
+    assert index.ntotal == 1000 and verify_version(uri)[1] == []
+    np.testing.assert_array_equal(index.search(data[0][:5], 1)[1][:, 0], np.arange(5))
