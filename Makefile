@@ -24,7 +24,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(PY) -m ruff check shards deployments tests bench scripts
 	$(PY) -m ruff format --check shards deployments tests bench scripts
-	$(PY) -m mypy shards
+	$(PY) -m mypy shards deployments
 
 bench: $(STAMP)
 	$(PY) -m bench.core $(ARGS)

@@ -63,7 +63,7 @@ def main() -> int:
         if word not in ids:
             print(f"{word!r} is not in the GloVe vocabulary")
             continue
-        print(f"\nnearest words of {word!r} (query, rank, id, cosine, word):")
+        print(f"\nnearest words of {word!r} (cosine similarity):")
         shards_cli("search", args.index, "--ids", str(ids[word]), "-k", "8", "--print", "word")
     return 0
 

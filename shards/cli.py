@@ -133,7 +133,6 @@ def _build(args) -> int:
 
 def _search(args) -> int:
     from shards.index import ShardedIndex
-    from shards.metadata import lookup_metadata
 
     if args.output is None and args.show is None:
         raise InvalidInput("give --output OUT.npz and/or --print")
@@ -152,13 +151,21 @@ def _search(args) -> int:
     if args.output:
         np.savez(args.output, D=D, I=I)
     if args.show is not None:
-        cols = [c for c in args.show.split(",") if c]
-        for qi in range(len(I)):
-            meta = lookup_metadata(index, I[qi], cols or []).to_pylist()
-            for rank, (dist, row) in enumerate(zip(D[qi], meta, strict=True)):
-                extra = " ".join(str(row[c]) for c in cols)
-                print(f"{qi}\t{rank + 1}\t{row['id']}\t{dist:.4f}\t{extra}".rstrip())
+        _print_results(index, D, I, [c for c in args.show.split(",") if c])
     return 0
+
+
+def _print_results(index, D: np.ndarray, I: np.ndarray, cols: list[str]) -> None:
+    from shards.metadata import lookup_metadata
+
+    for qi in range(len(I)):
+        if len(I) > 1:
+            print(f"query {qi}:")
+        print(f"{'rank':>4}  {'score':>8}  {'id':>10}  " + "  ".join(cols))
+        meta = lookup_metadata(index, I[qi], cols).to_pylist()
+        for rank, (score, row) in enumerate(zip(D[qi], meta, strict=True)):
+            extra = "  ".join(str(row[c]) for c in cols)
+            print(f"{rank + 1:>4}  {score:>8.4f}  {row['id']:>10}  {extra}".rstrip())
 
 
 def _inspect(args) -> int:

@@ -14,7 +14,7 @@ from shards import autotune
 from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
 from shards.artefact import ShardData, new_version_name, open_version, read_shard, write_version
 from shards.coarse import coarse_assign, quantizer_digest
-from shards.errors import InvalidQuery, UnknownId, UnsupportedOperation
+from shards.errors import InvalidInput, InvalidQuery, UnknownId, UnsupportedOperation
 from shards.manifest import Manifest
 from shards.merge import merge_results
 from shards.metric import Metric, prepare_vectors
@@ -61,7 +61,7 @@ class ShardedIndex:
         wanted = range(manifest.num_shards) if shards is None else shards
         for i in wanted:
             if not 0 <= i < manifest.num_shards:
-                raise InvalidQuery(f"shard {i} does not exist (index has {manifest.num_shards})")
+                raise InvalidInput(f"shard {i} does not exist (index has {manifest.num_shards})")
         keep_max = Metric.parse(manifest.metric).keep_max
         loaded = {
             i: Shard(read_shard(store, manifest, i, verify=verify, mmap=mmap), keep_max)

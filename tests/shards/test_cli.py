@@ -65,7 +65,9 @@ def test_search_writes_npz(cli_index, data):
 
 def test_search_by_id_prints(cli_index):
     out = cli("search", cli_index / "idx", "--ids", "3,4", "-k", 2, "--print").stdout
-    assert len(out.strip().splitlines()) == 4
+    lines = out.strip().splitlines()
+    assert lines[0] == "query 0:" and lines[1].split() == ["rank", "score", "id"]
+    assert len(lines) == 8 and lines[2].split()[0] == "1"
 
 
 def test_target_recall_search(cli_index):
