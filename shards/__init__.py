@@ -15,10 +15,11 @@ from shards.errors import (
     UnsupportedOperation,
     VsearchError,
 )
-from shards.index import MAX_K, MAX_QUERIES, ShardedIndex
+from shards.index import ShardedIndex
 from shards.merge import merge_results
 from shards.metric import Metric
 from shards.params import SearchOverrides
+from shards.planner import MAX_K, MAX_QUERIES, QueryPlanner
 from shards.source import VectorSource
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "InvalidInput",
     "InvalidQuery",
     "ManifestMismatch",
+    "QueryPlanner",
     "Metric",
     "MissingFile",
     "SearchOverrides",

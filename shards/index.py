@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards import autotune
 from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
 from shards.artefact import ShardData, new_version_name, open_version, read_shard, write_version
 from shards.coarse import coarse_assign, quantizer_digest
@@ -18,13 +17,11 @@ from shards.errors import InvalidInput, InvalidQuery, UnknownId, UnsupportedOper
 from shards.manifest import Manifest
 from shards.merge import merge_results
 from shards.metric import Metric, prepare_vectors
-from shards.params import Knobs, SearchOverrides
+from shards.params import SearchOverrides
 from shards.partition import assign_shards
+from shards.planner import MAX_K, QueryPlanner
 from shards.shard import Shard
 from shards.storage import Store
-
-MAX_K = 1024
-MAX_QUERIES = 65536
 
 
 class ShardedIndex:
@@ -35,8 +32,8 @@ class ShardedIndex:
         self.shards = shards  # shard number -> Shard
         self.root_uri = root_uri
         self.metric = Metric.parse(manifest.metric)
-        self.knobs = Knobs.of(next(iter(shards.values())).index)
-        self.defaults = SearchOverrides.parse(manifest.default_params)
+        self.planner = QueryPlanner(manifest)
+        self.knobs = self.planner.knobs
         use_blas_from(BLAS_MIN_QUERIES, manifest.dim)
         digests = {quantizer_digest(s.index) for s in shards.values()}
         # one coarse assignment serves every shard when they share the trained quantizer
@@ -87,23 +84,7 @@ class ShardedIndex:
         self, params: Any = None, target_recall: float | None = None, k: int = 10
     ) -> SearchOverrides:
         """Effective overrides: explicit ``params`` over ``target_recall``'s over the defaults."""
-        ov = SearchOverrides.parse(params)
-        if target_recall is not None:
-            ok = isinstance(target_recall, int | float) and not isinstance(target_recall, bool)
-            if not ok or not 0.0 < float(target_recall) <= 1.0:
-                raise InvalidQuery(f"target_recall must be in (0, 1], got {target_recall!r}")
-            ov = ov.over(SearchOverrides(**self._tuned(float(target_recall))))
-        eff = ov.over(self.defaults)
-        self.knobs.check(eff, k)
-        return eff
-
-    def _tuned(self, target: float) -> dict[str, Any]:
-        if not self.knobs.names():
-            return {}  # exact index: every target is met
-        curve = (self.manifest.tuning or {}).get("curve")
-        if not curve:
-            raise UnsupportedOperation("this index was not tuned: run `python -m shards autotune`")
-        return autotune.resolve(curve, target)
+        return self.planner.resolve(params, target_recall, k)
 
     def search(
         self,
@@ -121,12 +102,9 @@ class ShardedIndex:
         Raises:
             InvalidQuery: bad shape, dimension, NaN/Inf, k, or an override.
         """
-        check_k(k)
+        k = self.planner.check_k(k)
         ov = self.resolve(params, target_recall, k)
-        xq = prepare_vectors(xq, self.dim, self.metric)
-        if len(xq) > MAX_QUERIES:
-            raise InvalidQuery(f"at most {MAX_QUERIES} queries per call, got {len(xq)}")
-        return self.search_prepared(xq, k, ov)
+        return self.search_prepared(self.planner.prepare(xq), k, ov)
 
     def search_prepared(
         self, xq: np.ndarray, k: int, ov: SearchOverrides
@@ -141,7 +119,7 @@ class ShardedIndex:
         self, ids: Any, k: int = 10, params: Any = None, *, target_recall: float | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """'More like this': search with the stored vectors of ``ids``, each id left out."""
-        check_k(k)
+        k = self.planner.check_k(k)
         ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
         xq = self.reconstruct(ids)
         ov = self.resolve(params, target_recall, k)
@@ -230,9 +208,3 @@ class ShardedIndex:
             x, ids = shard.live_contents()
             for start in range(0, len(ids), block):
                 yield x[start : start + block], ids[start : start + block]
-
-
-def check_k(k: Any) -> None:
-    """Raise InvalidQuery unless ``k`` is an int in [1, MAX_K]."""
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= MAX_K:
-        raise InvalidQuery(f"k must be an integer in [1, {MAX_K}], got {k!r}")

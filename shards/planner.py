@@ -1,0 +1,68 @@
+"""Query checks and override resolution for an index version, from its manifest alone.
+
+The router of the service uses this without loading any shard; ``ShardedIndex`` uses it too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from shards import autotune
+from shards._faiss import faiss
+from shards.errors import InvalidQuery, UnsupportedOperation
+from shards.manifest import Manifest
+from shards.metric import Metric, prepare_vectors
+from shards.params import Knobs, SearchOverrides
+
+MAX_K = 1024
+MAX_QUERIES = 65536
+
+
+class QueryPlanner:
+    """Checks queries and resolves overrides for one index version."""
+
+    def __init__(self, manifest: Manifest, *, max_k: int = MAX_K, max_queries: int = MAX_QUERIES):
+        self.manifest = manifest
+        self.metric = Metric.parse(manifest.metric)
+        self.dim = manifest.dim
+        self.max_k, self.max_queries = max_k, max_queries
+        template = faiss.index_factory(manifest.dim, manifest.factory, self.metric.faiss_metric)
+        self.knobs = Knobs.of(template)
+        self.defaults = SearchOverrides.parse(manifest.default_params)
+
+    def check_k(self, k: Any) -> int:
+        """``k`` as an int, or InvalidQuery unless it is an integer in [1, max_k]."""
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.max_k:
+            raise InvalidQuery(f"k must be an integer in [1, {self.max_k}], got {k!r}")
+        return int(k)
+
+    def prepare(self, xq: Any) -> np.ndarray:
+        """Checked (nq, d) float32 queries (normalised for cosine)."""
+        xq = prepare_vectors(xq, self.dim, self.metric)
+        if len(xq) > self.max_queries:
+            raise InvalidQuery(f"at most {self.max_queries} queries per call, got {len(xq)}")
+        return xq
+
+    def resolve(
+        self, params: Any = None, target_recall: float | None = None, k: int = 10
+    ) -> SearchOverrides:
+        """Effective overrides: explicit ``params`` over ``target_recall``'s over the defaults."""
+        ov = SearchOverrides.parse(params)
+        if target_recall is not None:
+            ok = isinstance(target_recall, int | float) and not isinstance(target_recall, bool)
+            if not ok or not 0.0 < float(target_recall) <= 1.0:
+                raise InvalidQuery(f"target_recall must be in (0, 1], got {target_recall!r}")
+            ov = ov.over(SearchOverrides(**self._tuned(float(target_recall))))
+        eff = ov.over(self.defaults)
+        self.knobs.check(eff, k)
+        return eff
+
+    def _tuned(self, target: float) -> dict[str, Any]:
+        if not self.knobs.names():
+            return {}  # exact index: every target is met
+        curve = (self.manifest.tuning or {}).get("curve")
+        if not curve:
+            raise UnsupportedOperation("this index was not tuned: run `python -m shards autotune`")
+        return autotune.resolve(curve, target)
