@@ -2,7 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 comma  := ,
-EXTRAS ?= cpu,test,demo,bench
+EXTRAS ?= cpu,serve,test,demo,bench
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 INDEX  ?= data/glove-index
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from shards._faiss import faiss
 from shards.errors import TargetUnreachable
+from shards.merge import exclude_ids
 from shards.params import EF_SEARCH_MAX, Knobs, SearchOverrides
 from shards.progress import progress
 
@@ -70,9 +71,7 @@ def ground_truth(
 
 def drop_self(I: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
     """Remove each row's own id from ``I`` (nq, k+1) and keep the first k columns."""
-    other = self_ids[:, None] != I
-    order = np.argsort(~other, axis=1, kind="stable")
-    return np.take_along_axis(I, order, axis=1)[:, :k]
+    return exclude_ids(I, I, self_ids, k)[1]
 
 
 def recall_at_k(I: np.ndarray, gt: np.ndarray) -> float:

@@ -15,7 +15,7 @@ from shards.artefact import ShardData, new_version_name, open_version, read_shar
 from shards.coarse import coarse_assign, quantizer_digest
 from shards.errors import InvalidInput, InvalidQuery, UnknownId, UnsupportedOperation
 from shards.manifest import Manifest
-from shards.merge import merge_results
+from shards.merge import exclude_ids, merge_results
 from shards.metric import Metric, prepare_vectors
 from shards.params import SearchOverrides
 from shards.partition import assign_shards
@@ -124,9 +124,7 @@ class ShardedIndex:
         xq = self.reconstruct(ids)
         ov = self.resolve(params, target_recall, k)
         D, I = self.search_prepared(xq, min(k + 1, MAX_K), ov)
-        other = ids[:, None] != I
-        order = np.argsort(~other, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+        return exclude_ids(D, I, ids, k)
 
     def reconstruct(self, ids: Any) -> np.ndarray:
         """Stored vectors (as indexed: normalised for cosine) of ``ids``, (n, d) float32.

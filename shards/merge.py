@@ -27,3 +27,12 @@ def translate_ids(I: np.ndarray, ids: np.ndarray) -> np.ndarray:
     if len(ids) == 0:
         return np.full_like(I, -1)
     return np.where(I >= 0, ids[np.maximum(I, 0)], -1)
+
+
+def exclude_ids(
+    D: np.ndarray, I: np.ndarray, ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop each row's own id ``ids[row]`` from (nq, k+1) results; keep the first k columns."""
+    other = np.asarray(ids)[:, None] != I
+    order = np.argsort(~other, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)

@@ -1,0 +1,36 @@
+"""``build_app(args)``: one shard deployment per shard plus the router, wired together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve import Application
+
+from deployments.config import AppArgs
+from deployments.router import Router
+from deployments.shard import ShardServer
+from shards.artefact import open_version
+
+# @serve.deployment turns these classes into Deployments at import time (mypy cannot see it)
+SHARD: Any = ShardServer
+ROUTER: Any = Router
+
+
+def build_app(args: AppArgs | dict[str, Any]) -> Application:
+    """The Serve application for ``args`` (used by ``serve run serve_config.yaml``)."""
+    args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
+    _, manifest = open_version(args.index_uri, args.index_version)
+    options = args.shard.model_dump()
+    shard_config = {"index_version": manifest.index_version}
+    shards = [
+        SHARD.options(
+            name=f"shard-{i}", user_config=shard_config, **args.shard.deployment_options()
+        ).bind(args.index_uri, i, manifest.index_version, options)
+        for i in range(manifest.num_shards)
+    ]
+    router = ROUTER.options(
+        num_replicas=args.router_replicas,
+        max_ongoing_requests=args.router_max_ongoing_requests,
+        ray_actor_options={"num_cpus": 0},
+    )
+    return router.bind(shards, args.model_dump())

@@ -1,0 +1,57 @@
+"""A small typed client over the Serve handle: numpy in, numpy out, no JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+
+@dataclass
+class SearchResult:
+    """``D``/``I`` are (nq, k) float32 / int64, -1 padded, like faiss."""
+
+    D: np.ndarray
+    I: np.ndarray
+    coverage: float
+    degraded: bool
+    index_version: str
+    took_ms: float
+    metadata: list[list[dict[str, Any] | None]] | None = None
+
+
+class VsearchClient:
+    """Calls the router of a running vsearch application through a deployment handle."""
+
+    def __init__(self, app_name: str = "vsearch") -> None:
+        self.handle = serve.get_app_handle(app_name)
+
+    def search(
+        self,
+        xq: np.ndarray | None = None,
+        k: int = 10,
+        params: dict[str, Any] | None = None,
+        *,
+        ids: list[int] | np.ndarray | None = None,
+        min_coverage: float = 1.0,
+        deadline_ms: int | None = None,
+        include_metadata: bool = False,
+        timeout_s: float = 60.0,
+    ) -> SearchResult:
+        """Search by vectors ``xq`` (nq, d) or by stored ``ids``; raises vsearch's typed errors."""
+        response = self.handle.search.remote(
+            None if xq is None else np.asarray(xq, dtype=np.float32),
+            k,
+            params,
+            ids=ids,
+            min_coverage=min_coverage,
+            deadline_ms=deadline_ms,
+            include_metadata=include_metadata,
+        )
+        try:
+            out = response.result(timeout_s=timeout_s)
+        except Exception as exc:  # re-raise the replica's own error type (InvalidQuery, ...)
+            raise (getattr(exc, "cause", None) or exc) from None
+        return SearchResult(**out)

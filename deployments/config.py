@@ -1,0 +1,77 @@
+"""Typed arguments of the Serve application (the ``args:`` of serve_config.yaml)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
+
+from shards.planner import MAX_K, MAX_QUERIES
+
+
+class Autoscaling(BaseModel):
+    """Serve autoscaling for each shard deployment."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: PositiveInt = 2
+    target_ongoing_requests: PositiveFloat = 4.0
+
+
+class ShardOptions(BaseModel):
+    """Options applied to every shard deployment."""
+
+    num_replicas: PositiveInt | None = Field(1, description="fixed replicas (or autoscaling)")
+    autoscaling: Autoscaling | None = Field(None, description="replaces num_replicas if set")
+    num_cpus: float = Field(0.0, ge=0, description="0 lets replicas share cores (see README)")
+    num_gpus: float = Field(0.0, ge=0, description="> 0 clones the shard to the replica's GPU")
+    omp_threads: PositiveInt = Field(1, description="OpenMP threads per replica")
+    max_batch_size: PositiveInt = Field(16, description="@serve.batch size; 1 disables batching")
+    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    max_ongoing_requests: PositiveInt = 32
+    mmap: bool = Field(False, description="memory-map index files (local folders)")
+
+    @model_validator(mode="after")
+    def _one_scaling(self) -> ShardOptions:
+        if self.autoscaling is not None:
+            self.num_replicas = None
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``Deployment.options``."""
+        opts: dict[str, Any] = {
+            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "health_check_period_s": 5,
+        }
+        if self.autoscaling is not None:
+            opts["autoscaling_config"] = self.autoscaling.model_dump()
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+class Limits(BaseModel):
+    """Request limits; violations are 400 (413 for the body)."""
+
+    max_k: PositiveInt = Field(MAX_K, le=MAX_K)
+    max_queries: PositiveInt = Field(1024, le=MAX_QUERIES)
+    max_body_bytes: PositiveInt = 16 * 2**20
+    default_deadline_ms: PositiveInt = 1000
+    max_deadline_ms: PositiveInt = 60_000
+
+
+class AppArgs(BaseModel):
+    """Everything ``build_app`` needs."""
+
+    index_uri: str = Field(..., description="index root (local path or pyarrow.fs URI)")
+    index_version: str | None = Field(None, description="default: the root's CURRENT")
+    shard: ShardOptions = Field(default_factory=ShardOptions)
+    default_params: dict[str, Any] = Field(
+        default_factory=dict, description="search overrides applied when a request has none"
+    )
+    limits: Limits = Field(default_factory=Limits)
+    auth_token_env: str | None = Field(
+        None, description="name of an env var holding a bearer token; unset: no auth"
+    )
+    router_replicas: PositiveInt = 1
+    router_max_ongoing_requests: PositiveInt = 64

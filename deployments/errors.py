@@ -1,0 +1,35 @@
+"""Service errors (on top of ``shards.errors``), each with its HTTP status."""
+
+from __future__ import annotations
+
+from shards.errors import InvalidQuery, VsearchError
+
+
+class BadRequest(InvalidQuery):
+    """The HTTP body is malformed or does not match the request schema."""
+
+    code = "bad_request"
+
+
+class Unauthorized(VsearchError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class BodyTooLarge(VsearchError):
+    status_code = 413
+    code = "body_too_large"
+
+
+class ShardsUnavailable(VsearchError):
+    """Fewer shards answered than ``min_coverage`` needs, and not for lack of time."""
+
+    status_code = 503
+    code = "shards_unavailable"
+
+
+class DeadlineExceeded(VsearchError):
+    """The deadline passed before enough shards answered for ``min_coverage``."""
+
+    status_code = 504
+    code = "deadline_exceeded"

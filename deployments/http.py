@@ -1,0 +1,109 @@
+"""The HTTP contract: request parsing and validation, response bodies, JSON errors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deployments.errors import BadRequest, BodyTooLarge
+from shards.errors import VsearchError
+
+
+class SearchRequest(BaseModel):
+    """Body of POST /v1/search: exactly one of ``vectors``, ``vectors_b64`` or ``ids``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vectors: list[list[float]] | None = Field(None, description="queries, one list per vector")
+    vectors_b64: str | None = Field(None, description="base64 of little-endian float32, row-major")
+    ids: list[int] | None = Field(None, description="search with these stored vectors")
+    k: int = Field(10, description="results per query")
+    params: dict[str, Any] | None = Field(
+        None, description="nprobe, ef_search, quantizer_ef_search, k_factor, target_recall"
+    )
+    min_coverage: float = Field(1.0, ge=0.0, le=1.0, description="fraction of shards required")
+    deadline_ms: int | None = Field(None, description="default from the service limits")
+    include_metadata: bool = False
+
+    @model_validator(mode="after")
+    def _one_query_form(self) -> SearchRequest:
+        given = [n for n in ("vectors", "vectors_b64", "ids") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of vectors, vectors_b64, ids (got {given or 'none'})"
+            )
+        return self
+
+
+class SearchResponse(BaseModel):
+    """Body of a successful search (documented in OpenAPI)."""
+
+    ids: list[list[int]]
+    scores: list[list[float | None]]
+    coverage: float
+    degraded: bool
+    index_version: str
+    took_ms: float
+    metadata: list[list[dict[str, Any] | None]] | None = None
+
+
+def parse_search(body: bytes, max_bytes: int) -> SearchRequest:
+    """Parse and validate a request body (BodyTooLarge, BadRequest)."""
+    if len(body) > max_bytes:
+        raise BodyTooLarge(f"request body is {len(body):,} bytes; the limit is {max_bytes:,}")
+    try:
+        raw = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    try:
+        return SearchRequest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(f"{where}: {first['msg']}") from None
+
+
+def queries_of(req: SearchRequest, d: int) -> np.ndarray | None:
+    """The (nq, d) float32 queries of a request, or None when it searches by ids."""
+    if req.vectors is not None:
+        try:
+            return np.asarray(req.vectors, dtype=np.float32).reshape(len(req.vectors), -1)
+        except ValueError:
+            raise BadRequest("vectors must all have the same length") from None
+    if req.vectors_b64 is not None:
+        try:
+            raw = base64.b64decode(req.vectors_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadRequest("vectors_b64 is not valid base64") from None
+        if len(raw) == 0 or len(raw) % (4 * d):
+            raise BadRequest(
+                f"vectors_b64 holds {len(raw)} bytes, not a positive multiple of 4 * d = {4 * d}"
+            )
+        return np.frombuffer(raw, dtype="<f4").reshape(-1, d).astype(np.float32)
+    return None
+
+
+def response_body(result: dict[str, Any]) -> dict[str, Any]:
+    """JSON body of a search result (padding scores become null)."""
+    D, I = result["D"], result["I"]
+    scores = np.where(I >= 0, D, np.nan).tolist()
+    body = {
+        "ids": I.tolist(),
+        "scores": [[None if s != s else s for s in row] for row in scores],
+        "coverage": result["coverage"],
+        "degraded": result["degraded"],
+        "index_version": result["index_version"],
+        "took_ms": result["took_ms"],
+    }
+    if result.get("metadata") is not None:
+        body["metadata"] = result["metadata"]
+    return body
+
+
+def error_body(exc: VsearchError) -> dict[str, Any]:
+    return {"error": {"code": exc.code, "message": exc.message}}

@@ -1,0 +1,280 @@
+"""The router: HTTP ingress and handle API; fans each query out to every shard and merges."""
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
+
+from deployments.config import AppArgs
+from deployments.errors import BadRequest, DeadlineExceeded, ShardsUnavailable, Unauthorized
+from deployments.http import (
+    SearchRequest,
+    SearchResponse,
+    error_body,
+    parse_search,
+    queries_of,
+    response_body,
+)
+from shards.artefact import open_version
+from shards.errors import InvalidQuery, UnknownId, VsearchError
+from shards.merge import exclude_ids, merge_results
+from shards.params import SearchOverrides
+from shards.planner import QueryPlanner
+
+log = logging.getLogger("ray.serve")
+OPEN_PATHS = {"/v1/health"}
+
+app = FastAPI(
+    title="vsearch",
+    description="Sharded vector search on FAISS. Errors: {'error': {'code', 'message'}}.",
+    version="0.1.0",
+)
+
+
+@app.exception_handler(VsearchError)
+async def _vsearch_error(request: Request, exc: VsearchError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(error_body(BadRequest(str(exc.errors()[0]["msg"]))), status_code=400)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    body = {"error": {"code": f"http_{exc.status_code}", "message": str(exc.detail)}}
+    return JSONResponse(body, status_code=exc.status_code)
+
+
+@app.middleware("http")
+async def _auth(request: Request, call_next):
+    token = getattr(request.app.state, "token", None)
+    if token and request.url.path not in OPEN_PATHS:
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {token}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return await _vsearch_error(request, Unauthorized("missing or wrong bearer token"))
+    return await call_next(request)
+
+
+def unwrap(exc: BaseException | None) -> BaseException | None:
+    """The exception raised inside a replica (Ray wraps it in a RayTaskError)."""
+    return getattr(exc, "cause", None) or exc
+
+
+@serve.deployment(name="router")
+@serve.ingress(app)
+class Router:
+    """Fans queries out to every shard deployment with a deadline and merges the top-k."""
+
+    def __init__(self, shards: list[DeploymentHandle], args: dict[str, Any]) -> None:
+        self.args = AppArgs(**args)
+        self.shards = shards
+        self.error: str | None = None
+        self.planner = self._planner(self.args.index_version, self.args.default_params)
+        env = self.args.auth_token_env
+        token = os.environ.get(env) if env else None
+        if env and not token:
+            raise RuntimeError(f"auth_token_env names {env}, but that variable is empty")
+        app.state.token = token
+
+    def _planner(self, version: str | None, defaults: dict[str, Any]) -> QueryPlanner:
+        _, manifest = open_version(self.args.index_uri, version)
+        lim = self.args.limits
+        planner = QueryPlanner(manifest, max_k=lim.max_k, max_queries=lim.max_queries)
+        planner.defaults = SearchOverrides.parse(defaults).over(planner.defaults)
+        planner.knobs.check(planner.defaults, 1)
+        return planner
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        """``{"index_version": V, "default_params": {...}}``; a bad config keeps the old one."""
+        try:
+            self.planner = self._planner(
+                config.get("index_version") or self.args.index_version,
+                config.get("default_params", self.args.default_params),
+            )
+            self.error = None
+        except Exception as exc:  # keep serving with the previous planner, say why
+            self.error = f"router config rejected: {exc}"
+            log.error(self.error)
+
+    # ---- the search path (handle API) ----
+
+    async def search(
+        self,
+        xq: np.ndarray | None = None,
+        k: int = 10,
+        params: dict[str, Any] | None = None,
+        *,
+        ids: list[int] | np.ndarray | None = None,
+        min_coverage: float = 1.0,
+        deadline_ms: int | None = None,
+        include_metadata: bool = False,
+        metadata_columns: list[str] | None = None,
+    ) -> dict[str, Any]:
+        """Search by vectors ``xq`` (nq, d) or by stored ``ids``; numpy in, numpy out."""
+        t0 = time.perf_counter()
+        planner = self.planner
+        params = dict(params or {})
+        target = params.pop("target_recall", None)
+        k = planner.check_k(k)
+        ov = planner.resolve(params, target, k)
+        if not 0.0 <= min_coverage <= 1.0:
+            raise InvalidQuery(f"min_coverage must be in [0, 1], got {min_coverage}")
+        deadline = time.monotonic() + self._deadline_s(deadline_ms)
+        if ids is not None:
+            ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+            xq = await self._vectors_of(ids, deadline)
+        xq = planner.prepare(xq)
+        kk = min(k + 1, planner.max_k) if ids is not None else k
+        results, coverage = await self._fanout(
+            "search", deadline, min_coverage, xq, kk, ov.to_dict()
+        )
+        D, I = merge_results([(r[0], r[1]) for r in results], planner.metric.keep_max)
+        if ids is not None:
+            D, I = exclude_ids(D, I, ids, k)
+        out = {
+            "D": D,
+            "I": I,
+            "coverage": coverage,
+            "degraded": coverage < 1.0,
+            "index_version": ",".join(sorted({r[2] for r in results})),
+        }
+        if include_metadata:
+            out["metadata"] = await self._metadata(I, metadata_columns, deadline)
+        out["took_ms"] = round(1000 * (time.perf_counter() - t0), 3)
+        return out
+
+    def _deadline_s(self, deadline_ms: int | None) -> float:
+        lim = self.args.limits
+        ms = lim.default_deadline_ms if deadline_ms is None else deadline_ms
+        if isinstance(ms, bool) or not isinstance(ms, int) or not 1 <= ms <= lim.max_deadline_ms:
+            raise InvalidQuery(f"deadline_ms must be an integer in [1, {lim.max_deadline_ms}]")
+        return ms / 1000
+
+    async def _fanout(self, method: str, deadline: float, min_coverage: float, *args):
+        """Call ``method`` on every shard; ``(answers, coverage)`` or raise by coverage rules."""
+        tasks = [asyncio.ensure_future(getattr(h, method).remote(*args)) for h in self.shards]
+        done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        for task in pending:
+            task.cancel()
+        answers, failures = [], []
+        for task in tasks:
+            if task in done and task.exception() is None:
+                answers.append(task.result())
+            elif task in done:
+                failures.append(unwrap(task.exception()))
+        for exc in failures:  # a mistake in the request is the caller's, whatever the coverage
+            if isinstance(exc, VsearchError) and exc.status_code < 500:
+                raise exc
+        coverage = len(answers) / len(tasks)
+        if coverage < min_coverage or not answers:
+            what = f"{len(answers)} of {len(tasks)} shards answered (min_coverage {min_coverage})"
+            if pending:
+                raise DeadlineExceeded(f"deadline passed: {what}")
+            raise ShardsUnavailable(f"{what}; first failure: {failures[0]!r}")
+        return answers, coverage
+
+    async def _vectors_of(self, ids: np.ndarray, deadline: float) -> np.ndarray:
+        answers, _ = await self._fanout("reconstruct", deadline, 1.0, ids)
+        out = np.zeros((len(ids), self.planner.dim), dtype=np.float32)
+        found = np.zeros(len(ids), dtype=bool)
+        for here, vectors in answers:
+            if vectors is not None:
+                out[here] = vectors
+                found |= here
+        if not found.all():
+            raise UnknownId(f"id {int(ids[~found][0])} is not in the index")
+        return out
+
+    async def _metadata(self, I: np.ndarray, columns, deadline: float):
+        flat = np.unique(I[I >= 0])
+        answers, _ = await self._fanout("metadata", deadline, 0.0, flat, columns)
+        rows: dict[int, dict] = {}
+        for part in answers:
+            rows.update(part)
+        return [[rows.get(int(i)) for i in row] for row in I]
+
+    # ---- HTTP ----
+
+    @app.post(
+        "/v1/search",
+        response_model=SearchResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SearchRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def http_search(self, request: Request) -> Response:
+        req = parse_search(await request.body(), self.args.limits.max_body_bytes)
+        result = await self.search(
+            queries_of(req, self.planner.dim),
+            req.k,
+            req.params,
+            ids=req.ids,
+            min_coverage=req.min_coverage,
+            deadline_ms=req.deadline_ms,
+            include_metadata=req.include_metadata,
+        )
+        return Response(json.dumps(response_body(result)), media_type="application/json")
+
+    async def shard_infos(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """Each shard's info, or an entry with its error when it does not answer."""
+        tasks = [asyncio.ensure_future(h.info.remote()) for h in self.shards]
+        done, _ = await asyncio.wait(tasks, timeout=timeout_s)
+        infos = []
+        for number, task in enumerate(tasks):
+            if task in done and task.exception() is None:
+                infos.append(task.result())
+            else:
+                why = repr(unwrap(task.exception())) if task in done else "no answer in time"
+                infos.append({"shard": number, "error": why, "index_version": None})
+        return infos
+
+    @app.get("/v1/health")
+    async def health(self) -> dict[str, Any]:
+        infos = await self.shard_infos()
+        problems = [i["error"] for i in infos if i.get("error")] + (
+            [self.error] if self.error else []
+        )
+        return {
+            "status": "degraded" if problems else "ok",
+            "problems": problems,
+            "index_version": self.planner.manifest.index_version,
+        }
+
+    @app.get("/v1/ready")
+    async def ready(self) -> JSONResponse:
+        infos = await self.shard_infos()
+        versions = {i.get("index_version") for i in infos}
+        ok = len(versions) == 1 and None not in versions and not any(i.get("error") for i in infos)
+        body = {"ready": ok, "index_versions": sorted(v or "none" for v in versions)}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/v1/stats")
+    async def stats(self) -> dict[str, Any]:
+        m = self.planner.manifest
+        return {
+            "index_version": m.index_version,
+            "dim": m.dim,
+            "metric": m.metric,
+            "factory": m.factory,
+            "default_params": self.planner.defaults.to_dict(),
+            "router_error": self.error,
+            "shards": await self.shard_infos(),
+        }
