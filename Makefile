@@ -6,7 +6,7 @@ EXTRAS ?= cpu,serve,test,demo,bench
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 INDEX  ?= data/glove-index
 
-.PHONY: serve test lint bench clean
+.PHONY: serve demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,8 +14,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-# The main job: build the demo index from the bundled GloVe vectors if missing, then query it.
+RAY_ENV := RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+
+# The main job: build the demo index from the bundled GloVe vectors if missing, then serve it
+# on a local Ray in the foreground (HTTP on 127.0.0.1:8000; Ctrl-C stops it).
 serve: $(STAMP)
+	$(PY) scripts/demo.py --index $(INDEX) --build-only
+	$(RAY_ENV) $(VENV)/bin/serve run serve_config.yaml
+
+# The CLI demo without Ray: nearest words of a few GloVe words.
+demo: $(STAMP)
 	$(PY) scripts/demo.py --index $(INDEX)
 
 test: $(STAMP) lint

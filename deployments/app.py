@@ -21,16 +21,21 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     _, manifest = open_version(args.index_uri, args.index_version)
     options = args.shard.model_dump()
+    # versions and default params travel in user_config: changing them reconfigures the
+    # running replicas in place (a live swap) instead of replacing them
     shard_config = {"index_version": manifest.index_version}
     shards = [
         SHARD.options(
             name=f"shard-{i}", user_config=shard_config, **args.shard.deployment_options()
-        ).bind(args.index_uri, i, manifest.index_version, options)
+        ).bind(args.index_uri, i, options)
         for i in range(manifest.num_shards)
     ]
+    router_config = {"index_version": manifest.index_version, "default_params": args.default_params}
     router = ROUTER.options(
+        user_config=router_config,
         num_replicas=args.router_replicas,
         max_ongoing_requests=args.router_max_ongoing_requests,
         ray_actor_options={"num_cpus": 0},
     )
-    return router.bind(shards, args.model_dump())
+    fixed = args.model_dump(exclude={"index_version", "default_params"})
+    return router.bind(shards, fixed)

@@ -40,29 +40,33 @@ class LoadedShard:
 class ShardServer:
     """Searches one shard; batches concurrent calls; swaps index versions live."""
 
-    def __init__(self, index_uri: str, number: int, version: str | None, options: dict) -> None:
+    def __init__(self, index_uri: str, number: int, options: dict) -> None:
         self.opts = ShardOptions(**options)
         faiss.omp_set_num_threads(self.opts.omp_threads)
         self.uri, self.number = index_uri, number
-        self.current = LoadedShard(index_uri, number, version, self.opts)
-        self.wanted_version = self.current.version
+        # the version comes with user_config: Serve calls reconfigure before any request
+        self.current: LoadedShard | None = None
+        self.wanted_version: str | None = None
         self.error: str | None = None
         self.gpu_lock = asyncio.Lock()  # GPU indexes are not safe for concurrent search
         self._batched.set_max_batch_size(self.opts.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
-        log.info(
-            "shard %d serving %s on %s", number, self.current.version, self.current.placement.device
-        )
+
+    @property
+    def loaded(self) -> LoadedShard:
+        if self.current is None:
+            raise RuntimeError(f"shard {self.number} has no index loaded")
+        return self.current
 
     async def search(self, xq: np.ndarray, k: int, params: dict[str, Any]):
         """Top-k of prepared queries: ``(D, I, index_version)``."""
         if self.opts.max_batch_size <= 1:
-            return await self._run(self.current, xq, k, params)
+            return await self._run(self.loaded, xq, k, params)
         return await self._batched(xq, k, params)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def _batched(self, xqs: list, ks: list, params: list) -> list:
-        current = self.current  # one version for the whole batch
+        current = self.loaded  # one version for the whole batch
         groups: dict[tuple, list[int]] = {}
         for i, (k, p) in enumerate(zip(ks, params, strict=True)):
             groups.setdefault((k, tuple(sorted(p.items()))), []).append(i)
@@ -88,37 +92,43 @@ class ShardServer:
 
     async def reconstruct(self, ids: np.ndarray):
         """``(found, vectors)``: which ids live here and their stored vectors."""
-        shard = self.current.shard
+        shard = self.loaded.shard
         found = shard.contains(ids)
         return found, shard.reconstruct(ids[found]) if found.any() else None
 
     async def metadata(self, ids: np.ndarray, columns: list[str] | None) -> dict[int, dict]:
         """Metadata rows of the ids that live in this shard, by id."""
-        found = self.current.shard.contains(ids)
+        found = self.loaded.shard.contains(ids)
         if not found.any():
             return {}
-        rows = lookup_metadata(self.current.index, ids[found], columns).to_pylist()
+        rows = lookup_metadata(self.loaded.index, ids[found], columns).to_pylist()
         return {row["id"]: row for row in rows}
 
     async def reconfigure(self, config: dict) -> None:
-        """``{"index_version": V}``: load and verify V beside the current one, then swap."""
+        """``{"index_version": V}``: load and verify V beside the current one, then swap.
+
+        The first load must succeed (the replica cannot serve without an index); a later
+        failure keeps the current version serving and reports why in info and health.
+        """
         wanted = config.get("index_version")
-        if not wanted or wanted == self.current.version:
+        if self.current is not None and wanted in (None, self.current.version):
             self.wanted_version, self.error = self.current.version, None
             return
         self.wanted_version = wanted
         try:
             loaded = await asyncio.to_thread(LoadedShard, self.uri, self.number, wanted, self.opts)
-        except Exception as exc:  # any load failure: keep serving the old version, say why
+        except Exception as exc:
+            if self.current is None:
+                raise
             self.error = f"cannot load version {wanted}: {exc}"
             log.error("shard %d: %s", self.number, self.error)
             return
         self.current, self.error = loaded, None  # atomic: one reference swap
-        log.info("shard %d now serves %s", self.number, loaded.version)
+        log.info("shard %d serves %s on %s", self.number, loaded.version, loaded.placement.device)
 
     async def info(self) -> dict[str, Any]:
         """What /v1/stats and /v1/ready report for this replica."""
-        cur = self.current
+        cur = self.loaded
         entry = cur.index.manifest.shards[self.number]
         return {
             "shard": self.number,
@@ -134,7 +144,7 @@ class ShardServer:
 
     async def check_health(self) -> None:
         """Known-answer search: the probe vector must find its own id."""
-        cur = self.current
+        cur = self.loaded
         if cur.probe is None:
             return
         _, I, _ = await self._run(cur, cur.probe, 10, cur.index.resolve(None).to_dict())

@@ -1,4 +1,8 @@
-"""Build the demo index from the bundled GloVe vectors (if missing) and query it via the CLI."""
+"""Build the demo index from the bundled GloVe vectors (if missing) and query it via the CLI.
+
+python scripts/demo.py [WORD ...]     build if missing, then print the nearest words
+python scripts/demo.py --build-only   build if missing (what `make serve` runs first)
+"""
 
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--index", default="data/glove-index")
     ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--build-only", action="store_true", help="build the index if missing, stop")
     ap.add_argument("words", nargs="*", default=list(WORDS))
     args = ap.parse_args()
     source = os.path.join(os.path.dirname(args.index) or ".", "glove.parquet")
@@ -58,6 +63,8 @@ def main() -> int:
             "word",
         )
     shards_cli("inspect", args.index)
+    if args.build_only:
+        return 0
     ids = {w: i for i, w in enumerate(table.column("word").to_pylist())}
     for word in args.words:
         if word not in ids:
