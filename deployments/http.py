@@ -71,6 +71,8 @@ def parse_search(body: bytes, max_bytes: int) -> SearchRequest:
 def queries_of(req: SearchRequest, d: int) -> np.ndarray | None:
     """The (nq, d) float32 queries of a request, or None when it searches by ids."""
     if req.vectors is not None:
+        if not req.vectors:
+            return np.empty((0, d), dtype=np.float32)  # the planner says why that is wrong
         try:
             return np.asarray(req.vectors, dtype=np.float32).reshape(len(req.vectors), -1)
         except ValueError:

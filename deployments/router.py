@@ -62,7 +62,8 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 @app.middleware("http")
 async def _auth(request: Request, call_next):
     token = getattr(request.app.state, "token", None)
-    if token and request.url.path not in OPEN_PATHS:
+    path, root = request.scope["path"], request.scope.get("root_path", "")
+    if token and path.removeprefix(root) not in OPEN_PATHS:
         given = request.headers.get("authorization", "")
         expected = f"Bearer {token}"
         if not hmac.compare_digest(given.encode(), expected.encode()):

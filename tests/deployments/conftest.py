@@ -1,0 +1,92 @@
+"""One real local Ray + Serve for the whole session, and the apps the tests query."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+TOKEN = "s3cret-test-token"
+os.environ["VSEARCH_TEST_TOKEN"] = TOKEN  # before Ray starts: replicas inherit it
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_base():
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    ray.shutdown()
+
+
+def deploy(name: str, args: dict) -> None:
+    from ray import serve
+
+    from deployments.app import build_app
+
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+
+
+@pytest.fixture(scope="session")
+def indexes(tmp_path_factory):
+    """Three small indexes: flat (3 shards, ids, metadata), ivf (2 shards, tuned), tiny."""
+    from shards import BuildOptions, VectorSource, build_index
+    from tests.conftest import clustered
+
+    root = tmp_path_factory.mktemp("served")
+    xb = clustered(6000, 16, seed=1)
+    ids = np.arange(len(xb), dtype=np.int64) * 3 + 1
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(xb.ravel()), 16)
+    pq.write_table(
+        pa.table({"id": ids, "vector": vectors, "tag": [f"t{i}" for i in ids]}),
+        root / "flat.parquet",
+    )
+    src = VectorSource(str(root / "flat.parquet"), id_column="id", metadata_columns=["tag"])
+    build_index(src, str(root / "flat"), BuildOptions(num_shards=3, index="Flat", progress=False))
+    np.save(root / "xb.npy", xb)
+    build_index(
+        VectorSource(str(root / "xb.npy")),
+        str(root / "ivf"),
+        BuildOptions(num_shards=2, index="IVF32,Flat", progress=False),
+    )
+    np.save(root / "tiny.npy", xb[:500])
+    build_index(
+        VectorSource(str(root / "tiny.npy")),
+        str(root / "tiny"),
+        BuildOptions(index="Flat", progress=False),
+    )
+    return {"root": root, "xb": xb, "ids": ids}
+
+
+@pytest.fixture(scope="session")
+def apps(serve_base, indexes):
+    """Deploys flat, ivf and auth; returns their base URLs."""
+    root = indexes["root"]
+    t0 = time.time()
+    deploy("flat", {"index_uri": str(root / "flat"), "limits": {"max_body_bytes": 200_000}})
+    deploy("ivf", {"index_uri": str(root / "ivf")})
+    deploy("auth", {"index_uri": str(root / "tiny"), "auth_token_env": "VSEARCH_TEST_TOKEN"})
+    print(f"deployed 3 apps in {time.time() - t0:.1f} s")
+    return {name: f"{serve_base}/{name}" for name in ("flat", "ivf", "auth")}

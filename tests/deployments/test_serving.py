@@ -1,0 +1,158 @@
+"""HTTP and handle answers against in-process `shards`, errors, auth, readiness (real Ray)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from shards import ShardedIndex
+from tests.conftest import clustered
+from tests.shards.helpers import float_tolerance
+
+pytestmark = pytest.mark.ray
+
+
+def post(url: str, body, **kw) -> httpx.Response:
+    content = body if isinstance(body, bytes | str) else json.dumps(body)
+    headers = {"content-type": "application/json", **kw.pop("headers", {})}
+    return httpx.post(f"{url}/v1/search", content=content, headers=headers, timeout=30, **kw)
+
+
+@pytest.fixture(scope="module")
+def xq():
+    return clustered(20, 16, seed=5)
+
+
+def test_http_json_b64_and_handle_equal_in_process_flat(apps, indexes, xq):
+    from deployments.client import VsearchClient
+
+    ref = ShardedIndex.open(str(indexes["root"] / "flat"))
+    D, I = ref.search(xq, 10)
+    r = post(apps["flat"], {"vectors": xq.tolist(), "k": 10})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    np.testing.assert_array_equal(body["ids"], I)
+    # BLAS rounding differs with the thread count (replicas use 1 thread, this process 2)
+    tol = float_tolerance(indexes["xb"], xq, "l2")
+    np.testing.assert_allclose(body["scores"], D, rtol=0, atol=tol)
+    assert body["coverage"] == 1.0 and body["degraded"] is False
+    assert body["index_version"] == ref.index_version and body["took_ms"] > 0
+    b64 = base64.b64encode(xq.astype("<f4").tobytes()).decode()
+    r = post(apps["flat"], {"vectors_b64": b64, "k": 10})
+    np.testing.assert_array_equal(r.json()["ids"], I)
+    res = VsearchClient("flat").search(xq, 10)
+    np.testing.assert_array_equal(res.I, I)
+    assert res.D.dtype == np.float32 and res.I.dtype == np.int64
+
+
+def test_overrides_apply_per_request_even_concurrently(apps, indexes, xq):
+    ref = ShardedIndex.open(str(indexes["root"] / "ivf"))
+    settings = [{"nprobe": p} for p in (1, 2, 4, 8, 32)] * 4
+    expected = [ref.search(xq, 10, s)[1] for s in settings]
+    assert not np.array_equal(expected[0], expected[4])  # nprobe matters on this data
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda s: post(apps["ivf"], {"vectors": xq.tolist(), "params": s}), settings)
+        )
+    for exp, r in zip(expected, answers, strict=True):
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(r.json()["ids"], exp)
+
+
+def test_target_recall_is_honoured(apps, indexes, xq):
+    ref = ShardedIndex.open(str(indexes["root"] / "ivf"))
+    for target in (0.5, 0.9, 0.99):
+        r = post(apps["ivf"], {"vectors": xq.tolist(), "params": {"target_recall": target}})
+        assert r.status_code == 200, r.text
+        np.testing.assert_array_equal(r.json()["ids"], ref.search(xq, 10, target_recall=target)[1])
+
+
+def test_metadata_and_search_by_id(apps, indexes):
+    from deployments.client import VsearchClient
+
+    ref = ShardedIndex.open(str(indexes["root"] / "flat"))
+    ids = indexes["ids"][[0, 7, 100]]
+    r = post(apps["flat"], {"ids": ids.tolist(), "k": 5, "include_metadata": True})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    np.testing.assert_array_equal(body["ids"], ref.search_by_id(ids, 5)[1])
+    assert [[m["tag"] for m in row] for row in body["metadata"]] == [
+        [f"t{i}" for i in row] for row in body["ids"]
+    ]
+    res = VsearchClient("flat").search(ids=ids, k=5)
+    np.testing.assert_array_equal(res.I, body["ids"])
+
+
+NAN_BODY = '{"vectors": [[' + ", ".join(["NaN"] * 16) + ']], "k": 3}'
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ("{not json", 400, "bad_request"),
+        ("plain text", 400, "bad_request"),
+        ({"k": 3}, 400, "bad_request"),
+        ({"vectors": [[0.0] * 16], "ids": [1]}, 400, "bad_request"),
+        ({"vectors": [[0.0] * 15]}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16, [0.0] * 15]}, 400, "bad_request"),
+        ({"vectors": []}, 400, "invalid_query"),
+        (NAN_BODY, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "k": 0}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "k": 5000}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "params": {"bogus": 1}}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "params": {"nprobe": 4}}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "params": {"target_recall": 2}}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "min_coverage": 1.5}, 400, "bad_request"),
+        ({"vectors": [[0.0] * 16], "deadline_ms": 0}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "extra": 1}, 400, "bad_request"),
+        ({"vectors_b64": base64.b64encode(b"x" * 60).decode()}, 400, "bad_request"),
+        ({"vectors_b64": "***"}, 400, "bad_request"),
+        ({"ids": [2]}, 404, "unknown_id"),
+        ({"vectors": [[0.0] * 16] * 5000}, 413, "body_too_large"),
+        ({"vectors": [[0.5] * 16] * 600, "deadline_ms": 1}, 504, "deadline_exceeded"),
+    ],
+)
+def test_errors_are_json_with_status(apps, body, status, code):
+    r = post(apps["flat"], body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+    assert post(apps["flat"], {"vectors": [[0.1] * 16], "k": 2}).status_code == 200
+
+
+def test_unknown_route_is_json_404(apps):
+    r = httpx.get(f"{apps['flat']}/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "http_404"
+
+
+def test_auth(apps):
+    from tests.deployments.conftest import TOKEN
+
+    base = apps["auth"]
+    query = {"vectors": [[0.1] * 16], "k": 2}
+    good = {"authorization": f"Bearer {TOKEN}"}
+    assert post(base, query).status_code == 401
+    assert post(base, query, headers={"authorization": "Bearer nope"}).status_code == 401
+    assert post(base, query, headers=good).status_code == 200
+    for path in ("/v1/stats", "/v1/ready", "/docs", "/openapi.json"):
+        assert httpx.get(base + path).status_code == 401
+        assert httpx.get(base + path, headers=good).status_code == 200
+    assert httpx.get(base + "/v1/health").status_code == 200
+    assert post(apps["flat"], query).status_code == 200  # auth is per application
+
+
+def test_ready_stats_health_docs(apps, indexes):
+    ref = ShardedIndex.open(str(indexes["root"] / "flat"))
+    r = httpx.get(apps["flat"] + "/v1/ready")
+    assert r.status_code == 200 and r.json()["ready"] is True
+    stats = httpx.get(apps["flat"] + "/v1/stats").json()
+    assert [s["shard"] for s in stats["shards"]] == [0, 1, 2]
+    assert sum(s["ntotal"] for s in stats["shards"]) == ref.ntotal
+    assert {s["device"] for s in stats["shards"]} == {"cpu"}
+    assert httpx.get(apps["flat"] + "/v1/health").json()["status"] == "ok"
+    spec = httpx.get(apps["flat"] + "/openapi.json").json()
+    assert "/v1/search" in spec["paths"]
