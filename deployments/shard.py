@@ -48,6 +48,7 @@ class ShardServer:
         self.current: LoadedShard | None = None
         self.wanted_version: str | None = None
         self.error: str | None = None
+        self._swap_task: asyncio.Task | None = None
         self.gpu_lock = asyncio.Lock()  # GPU indexes are not safe for concurrent search
         self._batched.set_max_batch_size(self.opts.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
@@ -107,22 +108,34 @@ class ShardServer:
     async def reconfigure(self, config: dict) -> None:
         """``{"index_version": V}``: load and verify V beside the current one, then swap.
 
-        The first load must succeed (the replica cannot serve without an index); a later
-        failure keeps the current version serving and reports why in info and health.
+        The first load happens here (a replica cannot serve without an index). Later versions
+        load in the background: Serve routes no request to a replica while reconfigure runs,
+        so returning at once keeps queries flowing; a failed load keeps the current version
+        serving and reports why in info and health.
         """
         wanted = config.get("index_version")
-        if self.current is not None and wanted in (None, self.current.version):
+        if self.current is None:
+            self.current = await asyncio.to_thread(
+                LoadedShard, self.uri, self.number, wanted, self.opts
+            )
+            self.wanted_version = self.current.version
+            return
+        if wanted in (None, self.current.version):
             self.wanted_version, self.error = self.current.version, None
             return
         self.wanted_version = wanted
+        self._swap_task = asyncio.get_running_loop().create_task(self._swap(wanted))
+
+    async def _swap(self, wanted: str) -> None:
         try:
             loaded = await asyncio.to_thread(LoadedShard, self.uri, self.number, wanted, self.opts)
-        except Exception as exc:
-            if self.current is None:
-                raise
-            self.error = f"cannot load version {wanted}: {exc}"
-            log.error("shard %d: %s", self.number, self.error)
+        except Exception as exc:  # any load failure: keep serving the current version
+            if self.wanted_version == wanted:
+                self.error = f"cannot load version {wanted}: {exc}"
+                log.error("shard %d: %s", self.number, self.error)
             return
+        if self.wanted_version != wanted:
+            return  # a newer version was asked for meanwhile
         self.current, self.error = loaded, None  # atomic: one reference swap
         log.info("shard %d serves %s on %s", self.number, loaded.version, loaded.placement.device)
 

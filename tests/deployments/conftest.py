@@ -41,12 +41,27 @@ def serve_base():
     ray.shutdown()
 
 
-def deploy(name: str, args: dict) -> None:
-    from ray import serve
+APPS: dict[str, dict] = {}  # every application of the session, deployed together
 
-    from deployments.app import build_app
 
-    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+def deploy(name: str, args: dict, overrides: list[dict] | None = None) -> None:
+    """Deploy (or update) application ``name`` declaratively, as `serve deploy` would.
+
+    ``overrides`` (deployments' user_config, see deployments/versions.py) reach running
+    replicas through ``reconfigure``: a live swap without replacing them.
+    """
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    APPS[name] = {
+        "name": name,
+        "route_prefix": f"/{name}",
+        "import_path": "deployments.app:build_app",
+        "args": args,
+        "deployments": overrides or [],
+    }
+    config = ServeDeploySchema.model_validate({"applications": list(APPS.values())})
+    _get_global_client().deploy_apps(config, _blocking=True)
 
 
 @pytest.fixture(scope="session")
