@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
@@ -26,6 +27,8 @@ from deployments.http import (
     queries_of,
     response_body,
 )
+from deployments.metrics import RouterMetrics
+from deployments.scrape import scrape_cluster
 from shards.artefact import open_version
 from shards.errors import InvalidQuery, UnknownId, VsearchError
 from shards.merge import exclude_ids, merge_results
@@ -85,6 +88,7 @@ class Router:
         self.args = AppArgs(**args)
         self.shards = shards
         self.error: str | None = None
+        self.metrics = RouterMetrics()
         self.planner = self._planner(self.args.index_version, self.args.default_params)
         env = self.args.auth_token_env
         token = os.environ.get(env) if env else None
@@ -114,7 +118,23 @@ class Router:
 
     # ---- the search path (handle API) ----
 
-    async def search(
+    async def search(self, *args, **kwargs) -> dict[str, Any]:
+        """Search by vectors ``xq`` (nq, d) or by stored ``ids``; numpy in, numpy out.
+
+        Same arguments as ``_search``; counts the request by status class and its latency.
+        """
+        t0 = time.perf_counter()
+        try:
+            out = await self._search(*args, **kwargs)
+        except Exception as exc:
+            status = exc.status_code if isinstance(exc, VsearchError) else 500
+            self.metrics.requests.inc(tags={"status": f"{status // 100}xx"})
+            raise
+        self.metrics.requests.inc(tags={"status": "2xx"})
+        self.metrics.latency.observe(time.perf_counter() - t0)
+        return out
+
+    async def _search(
         self,
         xq: np.ndarray | None = None,
         k: int = 10,
@@ -128,7 +148,7 @@ class Router:
     ) -> dict[str, Any]:
         """Search by vectors ``xq`` (nq, d) or by stored ``ids``; numpy in, numpy out."""
         t0 = time.perf_counter()
-        planner = self.planner
+        planner, m = self.planner, self.metrics
         params = dict(params or {})
         target = params.pop("target_recall", None)
         k = planner.check_k(k)
@@ -141,10 +161,20 @@ class Router:
             xq = await self._vectors_of(ids, deadline)
         xq = planner.prepare(xq)
         kk = min(k + 1, planner.max_k) if ids is not None else k
+        m.k.observe(k)
+        m.queries.observe(len(xq))
+        if ov.nprobe is not None:
+            m.nprobe.observe(ov.nprobe)
+        t_fan = time.perf_counter()
         results, coverage = await self._fanout(
             "search", deadline, min_coverage, xq, kk, ov.to_dict()
         )
+        t_merge = time.perf_counter()
+        m.fanout.observe(t_merge - t_fan)
         D, I = merge_results([(r[0], r[1]) for r in results], planner.metric.keep_max)
+        m.merge.observe(time.perf_counter() - t_merge)
+        if coverage < 1.0:
+            m.degraded.inc()
         if ids is not None:
             D, I = exclude_ids(D, I, ids, k)
         out = {
@@ -266,6 +296,11 @@ class Router:
         ok = len(versions) == 1 and None not in versions and not any(i.get("error") for i in infos)
         body = {"ready": ok, "index_versions": sorted(v or "none" for v in versions)}
         return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_page(self) -> Response:
+        """Prometheus text: the metrics of every replica on every node, merged."""
+        return Response(await scrape_cluster(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:

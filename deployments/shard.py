@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments.config import ShardOptions
+from deployments.metrics import ShardMetrics
 from shards import ShardedIndex
 from shards._faiss import faiss
 from shards.gpu import place
@@ -50,6 +52,7 @@ class ShardServer:
         self.error: str | None = None
         self._swap_task: asyncio.Task | None = None
         self.gpu_lock = asyncio.Lock()  # GPU indexes are not safe for concurrent search
+        self.metrics, self.tags = ShardMetrics(), {"shard": str(number)}
         self._batched.set_max_batch_size(self.opts.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
 
@@ -82,14 +85,39 @@ class ShardServer:
                 start += n
         return out
 
-    async def _run(self, current: LoadedShard, xq: np.ndarray, k: int, params: dict):
+    async def _run(
+        self, current: LoadedShard, xq: np.ndarray, k: int, params: dict, record: bool = True
+    ):
         ov = SearchOverrides.parse(params)
-        if current.placement.device == "cpu":
-            D, I = await asyncio.to_thread(current.shard.search, xq, k, ov)
-        else:
-            async with self.gpu_lock:
+        m, tags = self.metrics, self.tags
+        t0 = time.perf_counter()
+        try:
+            if current.placement.device == "cpu":
                 D, I = await asyncio.to_thread(current.shard.search, xq, k, ov)
+            else:
+                async with self.gpu_lock:
+                    D, I = await asyncio.to_thread(current.shard.search, xq, k, ov)
+        except Exception:
+            m.errors.inc(tags=tags)
+            raise
+        if not record:  # health probes stay out of the search metrics
+            return D, I, current.version
+        m.latency.observe(time.perf_counter() - t0, tags=tags)
+        m.searches.inc(tags=tags)
+        m.queries.inc(len(xq), tags=tags)
+        m.batch.observe(len(xq), tags=tags)
         return D, I, current.version
+
+    def _publish(self, loaded: LoadedShard) -> None:
+        """Gauges describing the index now served."""
+        m, tags = self.metrics, self.tags
+        manifest = loaded.index.manifest
+        m.vectors.set(loaded.shard.ntotal, tags=tags)
+        m.dim.set(manifest.dim, tags=tags)
+        m.code_size.set(manifest.shards[self.number].files["index"].size, tags=tags)
+        m.gpu.set(float(loaded.placement.device != "cpu"), tags=tags)
+        m.cuvs.set(float(loaded.placement.cuvs), tags=tags)
+        m.build_s.set(float(manifest.build.get("total_seconds", 0.0)), tags=tags)
 
     async def reconstruct(self, ids: np.ndarray):
         """``(found, vectors)``: which ids live here and their stored vectors."""
@@ -119,6 +147,7 @@ class ShardServer:
                 LoadedShard, self.uri, self.number, wanted, self.opts
             )
             self.wanted_version = self.current.version
+            self._publish(self.current)
             return
         if wanted in (None, self.current.version):
             self.wanted_version, self.error = self.current.version, None
@@ -130,6 +159,7 @@ class ShardServer:
         try:
             loaded = await asyncio.to_thread(LoadedShard, self.uri, self.number, wanted, self.opts)
         except Exception as exc:  # any load failure: keep serving the current version
+            self.metrics.load_failures.inc(tags=self.tags)
             if self.wanted_version == wanted:
                 self.error = f"cannot load version {wanted}: {exc}"
                 log.error("shard %d: %s", self.number, self.error)
@@ -137,6 +167,7 @@ class ShardServer:
         if self.wanted_version != wanted:
             return  # a newer version was asked for meanwhile
         self.current, self.error = loaded, None  # atomic: one reference swap
+        self._publish(loaded)
         log.info("shard %d serves %s on %s", self.number, loaded.version, loaded.placement.device)
 
     async def info(self) -> dict[str, Any]:
@@ -160,6 +191,7 @@ class ShardServer:
         cur = self.loaded
         if cur.probe is None:
             return
-        _, I, _ = await self._run(cur, cur.probe, 10, cur.index.resolve(None).to_dict())
+        params = cur.index.resolve(None).to_dict()
+        _, I, _ = await self._run(cur, cur.probe, 10, params, record=False)
         if cur.probe_id not in I[0]:
             raise RuntimeError(f"shard {self.number}: known-answer search failed")

@@ -1,0 +1,68 @@
+"""Prometheus metrics of shards and router (Ray's metrics agent exports them per node).
+
+Metrics are created with ``ray.serve.metrics`` inside each replica; Serve adds the
+application, deployment and replica labels. Label values are bounded: shard numbers,
+devices and status classes, never raw request parameters.
+"""
+
+from __future__ import annotations
+
+from ray.serve.metrics import Counter, Gauge, Histogram
+
+LATENCY_S = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0]
+SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
+class ShardMetrics:
+    """The seed's per-index set plus latency and batch-size histograms, per shard replica."""
+
+    def __init__(self) -> None:
+        tags = ("shard",)
+        self.vectors = Gauge("vsearch_shard_vectors", "vectors served", tag_keys=tags)
+        self.dim = Gauge("vsearch_shard_dim", "vector dimension", tag_keys=tags)
+        self.code_size = Gauge("vsearch_shard_index_bytes", "index file size", tag_keys=tags)
+        self.gpu = Gauge("vsearch_shard_gpu_enabled", "1 when on a GPU", tag_keys=tags)
+        self.cuvs = Gauge("vsearch_shard_cuvs_enabled", "1 when cuVS is used", tag_keys=tags)
+        self.build_s = Gauge("vsearch_shard_build_seconds", "index build time", tag_keys=tags)
+        self.searches = Counter("vsearch_shard_searches_total", "search calls", tag_keys=tags)
+        self.queries = Counter("vsearch_shard_queries_total", "query vectors", tag_keys=tags)
+        self.errors = Counter("vsearch_shard_search_errors_total", "failed searches", tag_keys=tags)
+        self.load_failures = Counter(
+            "vsearch_shard_load_failures_total", "index versions that failed to load", tag_keys=tags
+        )
+        self.latency = Histogram(
+            "vsearch_shard_search_seconds",
+            "faiss search time per batch",
+            boundaries=LATENCY_S,
+            tag_keys=tags,
+        )
+        self.batch = Histogram(
+            "vsearch_shard_batch_queries",
+            "query vectors per search",
+            boundaries=SIZES,
+            tag_keys=tags,
+        )
+
+
+class RouterMetrics:
+    """End-to-end, fan-out and merge latency, coverage and request shape at the router."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "vsearch_requests_total", "requests by status class", tag_keys=("status",)
+        )
+        self.latency = Histogram(
+            "vsearch_request_seconds", "end-to-end request time", boundaries=LATENCY_S
+        )
+        self.fanout = Histogram(
+            "vsearch_fanout_seconds", "time for the shards to answer", boundaries=LATENCY_S
+        )
+        self.merge = Histogram("vsearch_merge_seconds", "top-k merge time", boundaries=LATENCY_S)
+        self.degraded = Counter("vsearch_degraded_total", "answers from fewer than all shards")
+        self.k = Histogram("vsearch_request_k", "k per request", boundaries=SIZES)
+        self.nprobe = Histogram(
+            "vsearch_request_nprobe", "effective nprobe per request", boundaries=SIZES
+        )
+        self.queries = Histogram(
+            "vsearch_request_queries", "query vectors per request", boundaries=SIZES
+        )

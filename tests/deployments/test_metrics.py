@@ -1,0 +1,50 @@
+"""One scrape of /metrics sees every replica's metrics with the right counts (real Ray)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.deployments.conftest import deploy
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def samples(text: str, name: str, app: str) -> list:
+    return [
+        s
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == name and s.labels.get("application") == app
+    ]
+
+
+def test_metrics_scrape_counts(serve_base, indexes):
+    root = indexes["root"]
+    deploy("metrics", {"index_uri": str(root / "flat")})
+    base = f"{serve_base}/metrics"
+    for _ in range(7):
+        assert httpx.post(base + "/v1/search", json={"vectors": [[0.2] * 16], "k": 3}).is_success
+    assert httpx.post(base + "/v1/search", json={"vectors": [[0.2] * 3]}).status_code == 400
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:  # Ray exports metrics every few seconds
+        text = httpx.get(base + "/metrics").text
+        ok = samples(text, "ray_vsearch_requests_total", "metrics")
+        if sum(s.value for s in ok if s.labels["status"] == "2xx") >= 7:
+            break
+        time.sleep(1)
+    requests = {
+        s.labels["status"]: s.value for s in samples(text, "ray_vsearch_requests_total", "metrics")
+    }
+    assert requests == {"2xx": 7, "4xx": 1}
+    searches = samples(text, "ray_vsearch_shard_searches_total", "metrics")
+    assert {s.labels["shard"] for s in searches} == {"0", "1", "2"}
+    assert sum(s.value for s in searches) == 7 * 3  # one search per shard per request
+    vectors = samples(text, "ray_vsearch_shard_vectors", "metrics")
+    assert sum(s.value for s in vectors) == len(indexes["ids"])
+    latency = samples(text, "ray_vsearch_request_seconds_count", "metrics")
+    assert sum(s.value for s in latency) == 7
+    assert samples(text, "ray_vsearch_shard_search_seconds_bucket", "metrics")
