@@ -1,0 +1,49 @@
+"""The checked-in configs are valid: Ray's cluster schema, Serve's schema, our AppArgs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deployments.config import AppArgs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_cluster_yaml_matches_rays_schema():
+    import json
+
+    import jsonschema
+    import ray.autoscaler
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    jsonschema.validate(config, schema)  # raises ValidationError when invalid
+    assert config["available_node_types"]["gpu_worker"]["max_workers"] >= 1
+    assert any("[gpu,serve]" in c for c in config["setup_commands"])
+    assert any("serve deploy" in c for c in config["head_start_ray_commands"])
+
+
+@pytest.mark.parametrize("path", ["serve_config.yaml", "deploy/serve_config.gpu.yaml"])
+def test_serve_configs_validate(path):
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / path).read_text()))
+    (app,) = config.applications
+    assert app.import_path == "deployments.app:build_app"
+    args = AppArgs.model_validate(app.args)
+    assert args.shard.autoscaling is not None
+    if "gpu" in path:
+        assert args.shard.num_gpus > 0 and args.auth_token_env
+
+
+def test_kuberay_service_carries_the_gpu_serve_config():
+    service = yaml.safe_load((ROOT / "deploy/kuberay-rayservice.yaml").read_text())
+    assert service["apiVersion"] == "ray.io/v1" and service["kind"] == "RayService"
+    gpu_config = yaml.safe_load((ROOT / "deploy/serve_config.gpu.yaml").read_text())
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == gpu_config
+    worker = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
