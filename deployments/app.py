@@ -9,6 +9,7 @@ from ray.serve import Application
 from deployments.config import AppArgs
 from deployments.router import Router
 from deployments.shard import ShardServer
+from deployments.versions import group_name, shard_groups
 from shards.artefact import open_version
 
 # @serve.deployment turns these classes into Deployments at import time (mypy cannot see it)
@@ -24,11 +25,12 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     # versions and default params travel in user_config: changing them reconfigures the
     # running replicas in place (a live swap) instead of replacing them
     shard_config = {"index_version": manifest.index_version}
+    groups = shard_groups(manifest.num_shards, args.shard.shards_per_replica)
     shards = [
         SHARD.options(
-            name=f"shard-{i}", user_config=shard_config, **args.shard.deployment_options()
-        ).bind(args.index_uri, i, options)
-        for i in range(manifest.num_shards)
+            name=group_name(g), user_config=shard_config, **args.shard.deployment_options()
+        ).bind(args.index_uri, g, options)
+        for g in groups
     ]
     router_config = {"index_version": manifest.index_version, "default_params": args.default_params}
     router = ROUTER.options(
@@ -38,4 +40,4 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         ray_actor_options={"num_cpus": 0},
     )
     fixed = args.model_dump(exclude={"index_version", "default_params"})
-    return router.bind(shards, fixed)
+    return router.bind(shards, [len(g) for g in groups], fixed)

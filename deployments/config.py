@@ -25,6 +25,9 @@ class ShardOptions(BaseModel):
     num_cpus: float = Field(0.0, ge=0, description="0 lets replicas share cores (see README)")
     num_gpus: float = Field(0.0, ge=0, description="> 0 clones the shard to the replica's GPU")
     omp_threads: PositiveInt = Field(1, description="OpenMP threads per replica")
+    shards_per_replica: PositiveInt = Field(
+        1, description="shards each replica serves (merged in the replica); 1 on GPU clusters"
+    )
     max_batch_size: PositiveInt = Field(16, description="@serve.batch size; 1 disables batching")
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     max_ongoing_requests: PositiveInt = 32
@@ -39,7 +42,13 @@ class ShardOptions(BaseModel):
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options``."""
         opts: dict[str, Any] = {
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "ray_actor_options": {
+                "num_cpus": self.num_cpus,
+                "num_gpus": self.num_gpus,
+                # every thread of the replica (searches run in a thread pool) starts with this
+                # many OpenMP threads; more than the cores oversubscribes them badly
+                "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(self.omp_threads)}},
+            },
             "max_ongoing_requests": self.max_ongoing_requests,
             "health_check_period_s": 5,
         }

@@ -84,9 +84,12 @@ def unwrap(exc: BaseException | None) -> BaseException | None:
 class Router:
     """Fans queries out to every shard deployment with a deadline and merges the top-k."""
 
-    def __init__(self, shards: list[DeploymentHandle], args: dict[str, Any]) -> None:
+    def __init__(
+        self, shards: list[DeploymentHandle], group_sizes: list[int], args: dict[str, Any]
+    ) -> None:
         self.args = AppArgs(**args)
-        self.shards = shards
+        self.shards = shards  # one handle per shard deployment (a group of shards)
+        self.group_sizes = group_sizes
         self.error: str | None = None
         self.metrics = RouterMetrics()
         self.planner = self._planner(self.args.index_version, self.args.default_params)
@@ -211,9 +214,15 @@ class Router:
         for exc in failures:  # a mistake in the request is the caller's, whatever the coverage
             if isinstance(exc, VsearchError) and exc.status_code < 500:
                 raise exc
-        coverage = len(answers) / len(tasks)
+        answered = sum(
+            n
+            for t, n in zip(tasks, self.group_sizes, strict=True)
+            if t in done and t.exception() is None
+        )
+        coverage = answered / sum(self.group_sizes)
         if coverage < min_coverage or not answers:
-            what = f"{len(answers)} of {len(tasks)} shards answered (min_coverage {min_coverage})"
+            total = sum(self.group_sizes)
+            what = f"{answered} of {total} shards answered (min_coverage {min_coverage})"
             if pending:
                 raise DeadlineExceeded(f"deadline passed: {what}")
             raise ShardsUnavailable(f"{what}; first failure: {failures[0]!r}")
@@ -268,13 +277,17 @@ class Router:
         """Each shard's info, or an entry with its error when it does not answer."""
         tasks = [asyncio.ensure_future(h.info.remote()) for h in self.shards]
         done, _ = await asyncio.wait(tasks, timeout=timeout_s)
-        infos = []
-        for number, task in enumerate(tasks):
+        infos, first = [], 0
+        for task, size in zip(tasks, self.group_sizes, strict=True):
             if task in done and task.exception() is None:
-                infos.append(task.result())
+                infos.extend(task.result())
             else:
                 why = repr(unwrap(task.exception())) if task in done else "no answer in time"
-                infos.append({"shard": number, "error": why, "index_version": None})
+                infos.extend(
+                    {"shard": n, "error": why, "index_version": None}
+                    for n in range(first, first + size)
+                )
+            first += size
         return infos
 
     @app.get("/v1/health")

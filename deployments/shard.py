@@ -1,4 +1,4 @@
-"""The shard deployment: one replica serves one shard of one index version."""
+"""The shard deployment: each replica serves a group of shards (one by default) of a version."""
 
 from __future__ import annotations
 
@@ -14,56 +14,62 @@ from deployments.config import ShardOptions
 from deployments.metrics import ShardMetrics
 from shards import ShardedIndex
 from shards._faiss import faiss
-from shards.gpu import place
+from shards.gpu import Placement, place
 from shards.metadata import lookup_metadata
 from shards.params import SearchOverrides
 
 log = logging.getLogger("ray.serve")
 
 
-class LoadedShard:
-    """A shard with the device it lives on and a known answer for health checks."""
+class LoadedShards:
+    """Shards of one version on their device, with a known answer for health checks."""
 
-    def __init__(self, uri: str, number: int, version: str | None, opts: ShardOptions) -> None:
-        self.index = ShardedIndex.open(uri, version, shards=[number], mmap=opts.mmap)
-        self.shard = self.index.shards[number]
+    def __init__(self, uri: str, numbers: list[int], version: str | None, opts: ShardOptions):
+        self.index = ShardedIndex.open(uri, version, shards=numbers, mmap=opts.mmap)
         device = "cuda:0" if opts.num_gpus > 0 else "cpu"
-        self.shard.index, self.placement = place(self.shard.index, device)
-        rows = self.shard.live_rows()
-        self.probe_id = int(self.shard.ids[rows[0]]) if len(rows) else None
+        self.placement = Placement("cpu")
+        for shard in self.index.shards.values():
+            shard.index, self.placement = place(shard.index, device)
+        first = self.index.shards[numbers[0]]
+        rows = first.live_rows()
+        self.probe_id = int(first.ids[rows[0]]) if len(rows) else None
         self.probe = self.index.reconstruct([self.probe_id]) if len(rows) else None
 
     @property
     def version(self) -> str:
         return self.index.index_version
 
+    def search(self, xq: np.ndarray, k: int, ov: SearchOverrides):
+        return self.index.search_prepared(xq, k, ov)
+
 
 @serve.deployment(name="shard")
 class ShardServer:
-    """Searches one shard; batches concurrent calls; swaps index versions live."""
+    """Searches its shards; batches concurrent calls; swaps index versions live."""
 
-    def __init__(self, index_uri: str, number: int, options: dict) -> None:
+    def __init__(self, index_uri: str, numbers: list[int], options: dict) -> None:
         self.opts = ShardOptions(**options)
         faiss.omp_set_num_threads(self.opts.omp_threads)
-        self.uri, self.number = index_uri, number
+        self.uri, self.numbers = index_uri, list(numbers)
         # the version comes with user_config: Serve calls reconfigure before any request
-        self.current: LoadedShard | None = None
+        self.current: LoadedShards | None = None
         self.wanted_version: str | None = None
         self.error: str | None = None
         self._swap_task: asyncio.Task | None = None
         self.gpu_lock = asyncio.Lock()  # GPU indexes are not safe for concurrent search
-        self.metrics, self.tags = ShardMetrics(), {"shard": str(number)}
+        label = f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
+        self.metrics, self.tags = ShardMetrics(), {"shard": label}
         self._batched.set_max_batch_size(self.opts.max_batch_size)
         self._batched.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
 
     @property
-    def loaded(self) -> LoadedShard:
+    def loaded(self) -> LoadedShards:
         if self.current is None:
-            raise RuntimeError(f"shard {self.number} has no index loaded")
+            raise RuntimeError(f"shards {self.numbers} have no index loaded")
         return self.current
 
     async def search(self, xq: np.ndarray, k: int, params: dict[str, Any]):
-        """Top-k of prepared queries: ``(D, I, index_version)``."""
+        """Top-k of prepared queries over this replica's shards: ``(D, I, index_version)``."""
         if self.opts.max_batch_size <= 1:
             return await self._run(self.loaded, xq, k, params)
         return await self._batched(xq, k, params)
@@ -86,17 +92,17 @@ class ShardServer:
         return out
 
     async def _run(
-        self, current: LoadedShard, xq: np.ndarray, k: int, params: dict, record: bool = True
+        self, current: LoadedShards, xq: np.ndarray, k: int, params: dict, record: bool = True
     ):
         ov = SearchOverrides.parse(params)
         m, tags = self.metrics, self.tags
         t0 = time.perf_counter()
         try:
             if current.placement.device == "cpu":
-                D, I = await asyncio.to_thread(current.shard.search, xq, k, ov)
+                D, I = await asyncio.to_thread(current.search, xq, k, ov)
             else:
                 async with self.gpu_lock:
-                    D, I = await asyncio.to_thread(current.shard.search, xq, k, ov)
+                    D, I = await asyncio.to_thread(current.search, xq, k, ov)
         except Exception:
             m.errors.inc(tags=tags)
             raise
@@ -108,29 +114,36 @@ class ShardServer:
         m.batch.observe(len(xq), tags=tags)
         return D, I, current.version
 
-    def _publish(self, loaded: LoadedShard) -> None:
+    def _publish(self, loaded: LoadedShards) -> None:
         """Gauges describing the index now served."""
         m, tags = self.metrics, self.tags
         manifest = loaded.index.manifest
-        m.vectors.set(loaded.shard.ntotal, tags=tags)
+        m.vectors.set(loaded.index.ntotal, tags=tags)
         m.dim.set(manifest.dim, tags=tags)
-        m.code_size.set(manifest.shards[self.number].files["index"].size, tags=tags)
+        m.code_size.set(
+            sum(manifest.shards[i].files["index"].size for i in self.numbers), tags=tags
+        )
         m.gpu.set(float(loaded.placement.device != "cpu"), tags=tags)
         m.cuvs.set(float(loaded.placement.cuvs), tags=tags)
         m.build_s.set(float(manifest.build.get("total_seconds", 0.0)), tags=tags)
 
     async def reconstruct(self, ids: np.ndarray):
         """``(found, vectors)``: which ids live here and their stored vectors."""
-        shard = self.loaded.shard
-        found = shard.contains(ids)
-        return found, shard.reconstruct(ids[found]) if found.any() else None
+        index = self.loaded.index
+        found = np.zeros(len(ids), dtype=bool)
+        for shard in index.shards.values():
+            found |= shard.contains(ids)
+        return found, index.reconstruct(ids[found]) if found.any() else None
 
     async def metadata(self, ids: np.ndarray, columns: list[str] | None) -> dict[int, dict]:
-        """Metadata rows of the ids that live in this shard, by id."""
-        found = self.loaded.shard.contains(ids)
+        """Metadata rows of the ids that live in these shards, by id."""
+        index = self.loaded.index
+        found = np.zeros(len(ids), dtype=bool)
+        for shard in index.shards.values():
+            found |= shard.contains(ids)
         if not found.any():
             return {}
-        rows = lookup_metadata(self.loaded.index, ids[found], columns).to_pylist()
+        rows = lookup_metadata(index, ids[found], columns).to_pylist()
         return {row["id"]: row for row in rows}
 
     async def reconfigure(self, config: dict) -> None:
@@ -144,7 +157,7 @@ class ShardServer:
         wanted = config.get("index_version")
         if self.current is None:
             self.current = await asyncio.to_thread(
-                LoadedShard, self.uri, self.number, wanted, self.opts
+                LoadedShards, self.uri, self.numbers, wanted, self.opts
             )
             self.wanted_version = self.current.version
             self._publish(self.current)
@@ -157,34 +170,40 @@ class ShardServer:
 
     async def _swap(self, wanted: str) -> None:
         try:
-            loaded = await asyncio.to_thread(LoadedShard, self.uri, self.number, wanted, self.opts)
+            loaded = await asyncio.to_thread(
+                LoadedShards, self.uri, self.numbers, wanted, self.opts
+            )
         except Exception as exc:  # any load failure: keep serving the current version
             self.metrics.load_failures.inc(tags=self.tags)
             if self.wanted_version == wanted:
                 self.error = f"cannot load version {wanted}: {exc}"
-                log.error("shard %d: %s", self.number, self.error)
+                log.error("shards %s: %s", self.numbers, self.error)
             return
         if self.wanted_version != wanted:
             return  # a newer version was asked for meanwhile
         self.current, self.error = loaded, None  # atomic: one reference swap
         self._publish(loaded)
-        log.info("shard %d serves %s on %s", self.number, loaded.version, loaded.placement.device)
+        log.info("shards %s serve %s on %s", self.numbers, loaded.version, loaded.placement.device)
 
-    async def info(self) -> dict[str, Any]:
-        """What /v1/stats and /v1/ready report for this replica."""
+    async def info(self) -> list[dict[str, Any]]:
+        """One entry per shard for /v1/stats and /v1/ready."""
         cur = self.loaded
-        entry = cur.index.manifest.shards[self.number]
-        return {
-            "shard": self.number,
-            "index_version": cur.version,
-            "wanted_version": self.wanted_version,
-            "error": self.error,
-            "ntotal": cur.shard.ntotal,
-            "factory": cur.index.manifest.factory,
-            "device": cur.placement.device,
-            "cuvs": cur.placement.cuvs,
-            "index_bytes": entry.files["index"].size,
-        }
+        manifest = cur.index.manifest
+        return [
+            {
+                "shard": number,
+                "index_version": cur.version,
+                "wanted_version": self.wanted_version,
+                "error": self.error,
+                "ntotal": shard.ntotal,
+                "factory": manifest.factory,
+                "device": cur.placement.device,
+                "cuvs": cur.placement.cuvs,
+                "index_bytes": manifest.shards[number].files["index"].size,
+                "replica_shards": self.numbers,
+            }
+            for number, shard in cur.index.shards.items()
+        ]
 
     async def check_health(self) -> None:
         """Known-answer search: the probe vector must find its own id."""
@@ -194,4 +213,4 @@ class ShardServer:
         params = cur.index.resolve(None).to_dict()
         _, I, _ = await self._run(cur, cur.probe, 10, params, record=False)
         if cur.probe_id not in I[0]:
-            raise RuntimeError(f"shard {self.number}: known-answer search failed")
+            raise RuntimeError(f"shards {self.numbers}: known-answer search failed")

@@ -11,13 +11,28 @@ from __future__ import annotations
 from typing import Any
 
 
+def shard_groups(num_shards: int, per_replica: int) -> list[list[int]]:
+    """Shard numbers of each shard deployment: consecutive groups of ``per_replica``."""
+    return [
+        list(range(i, min(i + per_replica, num_shards))) for i in range(0, num_shards, per_replica)
+    ]
+
+
+def group_name(numbers: list[int]) -> str:
+    """Deployment name of a group: ``shard-3``, or ``shards-0-3`` for several."""
+    return f"shard-{numbers[0]}" if len(numbers) == 1 else f"shards-{numbers[0]}-{numbers[-1]}"
+
+
 def swap_overrides(
-    num_shards: int, index_version: str, default_params: dict[str, Any] | None = None
+    num_shards: int,
+    index_version: str,
+    default_params: dict[str, Any] | None = None,
+    shards_per_replica: int = 1,
 ) -> list[dict[str, Any]]:
     """The ``applications[].deployments`` list that moves every replica to ``index_version``."""
     shards = [
-        {"name": f"shard-{i}", "user_config": {"index_version": index_version}}
-        for i in range(num_shards)
+        {"name": group_name(g), "user_config": {"index_version": index_version}}
+        for g in shard_groups(num_shards, shards_per_replica)
     ]
     router = {"index_version": index_version, "default_params": default_params or {}}
     return [*shards, {"name": "router", "user_config": router}]

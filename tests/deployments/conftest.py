@@ -41,27 +41,10 @@ def serve_base():
     ray.shutdown()
 
 
-APPS: dict[str, dict] = {}  # every application of the session, deployed together
-
-
 def deploy(name: str, args: dict, overrides: list[dict] | None = None) -> None:
-    """Deploy (or update) application ``name`` declaratively, as `serve deploy` would.
+    from deployments.local import deploy as deploy_app
 
-    ``overrides`` (deployments' user_config, see deployments/versions.py) reach running
-    replicas through ``reconfigure``: a live swap without replacing them.
-    """
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeDeploySchema
-
-    APPS[name] = {
-        "name": name,
-        "route_prefix": f"/{name}",
-        "import_path": "deployments.app:build_app",
-        "args": args,
-        "deployments": overrides or [],
-    }
-    config = ServeDeploySchema.model_validate({"applications": list(APPS.values())})
-    _get_global_client().deploy_apps(config, _blocking=True)
+    deploy_app(name, args, overrides)
 
 
 @pytest.fixture(scope="session")

@@ -33,8 +33,12 @@ def test_metrics_scrape_counts(serve_base, indexes):
     while time.time() < deadline:  # Ray exports metrics every few seconds
         text = httpx.get(base + "/metrics").text
         ok = samples(text, "ray_vsearch_requests_total", "metrics")
-        if sum(s.value for s in ok if s.labels["status"] == "2xx") >= 7:
-            break
+        searched = samples(text, "ray_vsearch_shard_searches_total", "metrics")
+        if (
+            sum(s.value for s in ok if s.labels["status"] == "2xx") >= 7
+            and sum(s.value for s in searched) >= 21
+        ):
+            break  # every replica exported (each exports on its own schedule)
         time.sleep(1)
     requests = {
         s.labels["status"]: s.value for s in samples(text, "ray_vsearch_requests_total", "metrics")

@@ -156,3 +156,18 @@ def test_ready_stats_health_docs(apps, indexes):
     assert httpx.get(apps["flat"] + "/v1/health").json()["status"] == "ok"
     spec = httpx.get(apps["flat"] + "/openapi.json").json()
     assert "/v1/search" in spec["paths"]
+
+
+def test_several_shards_per_replica(serve_base, indexes, xq):
+    from tests.deployments.conftest import deploy
+
+    root = indexes["root"]
+    deploy("grouped", {"index_uri": str(root / "flat"), "shard": {"shards_per_replica": 2}})
+    base = f"{serve_base}/grouped"
+    ref = ShardedIndex.open(str(root / "flat"))
+    r = post(base, {"vectors": xq.tolist(), "k": 10})
+    assert r.status_code == 200 and r.json()["coverage"] == 1.0
+    np.testing.assert_array_equal(r.json()["ids"], ref.search(xq, 10)[1])
+    stats = httpx.get(base + "/v1/stats").json()["shards"]
+    assert [s["replica_shards"] for s in stats] == [[0, 1], [0, 1], [2]]
+    assert httpx.get(base + "/v1/ready").json()["ready"] is True

@@ -1,0 +1,224 @@
+"""Serving overhead: in-process `shards` vs the handle path vs HTTP (JSON and base64).
+
+    python -m bench.serving [--quick]
+
+Same 4 GloVe shards everywhere (the automatic index at its tuned defaults); single queries and
+batches of 64, concurrency 1, 8 and 32, shard-side @serve.batch on and off. Writes
+bench/results/serving.json and serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from bench.core import RESULTS, build
+from bench.glove import load
+from shards import ShardedIndex
+from shards._faiss import faiss
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def drive(call, payloads: list, concurrency: int, faiss_threads: int | None = None) -> dict:
+    """Run ``call(payload)`` over all payloads with ``concurrency`` threads; latency stats.
+
+    ``faiss_threads``: OpenMP threads of each calling thread (OpenMP's setting is per thread).
+    """
+    lat = np.empty(len(payloads))
+
+    def one(i: int) -> None:
+        t0 = time.perf_counter()
+        call(payloads[i])
+        lat[i] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    init = None if faiss_threads is None else (lambda: faiss.omp_set_num_threads(faiss_threads))
+    with ThreadPoolExecutor(concurrency, initializer=init) as pool:
+        list(pool.map(one, range(len(payloads))))
+    wall = time.perf_counter() - t0
+    return {
+        "requests": len(payloads),
+        "seconds": wall,
+        "requests_per_s": len(payloads) / wall,
+        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+    }
+
+
+def paths(index: ShardedIndex, url: str):
+    import httpx
+
+    from deployments.client import VsearchClient
+
+    client = VsearchClient("bench")
+    http = httpx.Client(
+        base_url=url,
+        timeout=60,
+        limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+    )
+
+    def http_json(xq):
+        r = http.post("/v1/search", json={"vectors": xq.tolist(), "k": 10})
+        assert r.status_code == 200, r.text
+
+    def http_b64(xq):
+        b64 = base64.b64encode(xq.astype("<f4").tobytes()).decode()
+        r = http.post("/v1/search", json={"vectors_b64": b64, "k": 10})
+        assert r.status_code == 200, r.text
+
+    return {
+        "in-process": lambda xq: index.search(xq, 10),
+        "handle": lambda xq: client.search(xq, 10),
+        "http-json": http_json,
+        "http-b64": http_b64,
+    }
+
+
+def run(
+    quick: bool,
+    workdir: str,
+    only: list[str] | None = None,
+    batches: tuple[int, ...] = (16, 1),
+    group: int = 1,
+) -> dict:
+    import ray
+
+    from deployments.local import deploy
+
+    ds = load(n_db=50_000, n_queries=2_000) if quick else load()
+    index_path = os.path.join(workdir, f"{ds.name}-auto-4")
+    if not os.path.exists(os.path.join(index_path, "CURRENT")):
+        build(ds, index_path, "auto", 4)
+    index = ShardedIndex.open(index_path)
+    port = free_port()
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
+    )
+    from ray import serve
+
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}/bench"
+    n_single = 100 if quick else 400
+    n_batch = 10 if quick else 60
+    rows = []
+    for batch in batches:
+        shard = {
+            "num_replicas": 1,
+            "max_batch_size": batch,
+            "omp_threads": 1,
+            "shards_per_replica": group,
+        }
+        deploy("bench", {"index_uri": index_path, "shard": shard})
+        for name, call in paths(index, url).items():
+            if (name == "in-process" and batch != batches[0]) or (only and name not in only):
+                continue
+            for nq, count in ((1, n_single), (64, n_batch)):
+                for conc in (1, 8, 32):
+                    starts = np.random.default_rng(0).integers(0, len(ds.xq) - nq, count * conc)
+                    payloads = [ds.xq[s : s + nq] for s in starts]
+                    call(payloads[0])  # warm-up
+                    # in process: all cores for one caller, one thread each for several
+                    threads = (os.cpu_count() if conc == 1 else 1) if name == "in-process" else None
+                    stats = drive(call, payloads, conc, threads)
+                    row = {
+                        "path": name,
+                        "shard_batch": batch if name != "in-process" else None,
+                        "nq": nq,
+                        "concurrency": conc,
+                        **stats,
+                        "queries_per_s": stats["requests_per_s"] * nq,
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr)
+    ray.shutdown()
+    return {
+        "command": "python -m bench.serving" + (" --quick" if quick else ""),
+        "dataset": ds.name,
+        "factory": index.manifest.factory,
+        "params": index.manifest.default_params,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "in_process_faiss_threads": faiss.omp_get_max_threads(),
+            "replica_omp_threads": 1,
+            "python": platform.python_version(),
+            "ray_env": {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE")},
+        },
+        "rows": rows,
+    }
+
+
+def markdown(r: dict) -> str:
+    base = {(x["nq"], x["concurrency"]): x for x in r["rows"] if x["path"] == "in-process"}
+    if not base:
+        return json.dumps(r["rows"], indent=1)
+    lines = [
+        f"# Serving benchmark: `{r['command']}`",
+        "",
+        f"{r['dataset']}, 4 shards, `{r['factory']}` at {r['params']}; "
+        f"{r['machine']['cpus']} CPUs; in-process faiss threads "
+        f"{r['machine']['in_process_faiss_threads']}, replicas 1 OpenMP thread each.",
+        "",
+        "| path | shard batch | queries/request | concurrency | queries/s | vs in-process | "
+        "p50 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for x in r["rows"]:
+        ref = base[(x["nq"], x["concurrency"])]
+        lines.append(
+            f"| {x['path']} | {x['shard_batch'] or '-'} | {x['nq']} | {x['concurrency']} | "
+            f"{x['queries_per_s']:,.0f} | {x['queries_per_s'] / ref['queries_per_s']:.0%} | "
+            f"{x['p50_ms']:.2f} | {x['p99_ms']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=RESULTS)
+    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "cache", "idx"))
+    ap.add_argument(
+        "--paths", help="comma-separated subset of in-process,handle,http-json,http-b64"
+    )
+    ap.add_argument("--batches", default="16,1", help="shard @serve.batch sizes to compare")
+    ap.add_argument("--group", type=int, default=1, help="shards per replica")
+    args = ap.parse_args()
+    result = run(
+        args.quick,
+        args.workdir,
+        args.paths.split(",") if args.paths else None,
+        tuple(int(b) for b in args.batches.split(",")),
+        args.group,
+    )
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "serving.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    with open(os.path.join(args.out, "serving.md"), "w") as f:
+        f.write(markdown(result))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
