@@ -27,6 +27,12 @@ class VsearchClient:
 
     def __init__(self, app_name: str = "vsearch") -> None:
         self.handle = serve.get_app_handle(app_name)
+        # With RAY_SERVE_THROUGHPUT_OPTIMIZED=1 a driver's .result() needs the handle's router
+        # on its own event loop (Ray 2.60; a private option of DeploymentHandle._init).
+        try:
+            self.handle._init(_run_router_in_separate_loop=True)
+        except (TypeError, RuntimeError):
+            pass  # already initialised, or an older Ray without the option
 
     def search(
         self,
