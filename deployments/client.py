@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,10 +30,9 @@ class VsearchClient:
         self.handle = serve.get_app_handle(app_name)
         # With RAY_SERVE_THROUGHPUT_OPTIMIZED=1 a driver's .result() needs the handle's router
         # on its own event loop (Ray 2.60; a private option of DeploymentHandle._init).
-        try:
+        # (TypeError/RuntimeError: an older Ray without the option, or already initialised)
+        with contextlib.suppress(TypeError, RuntimeError):
             self.handle._init(_run_router_in_separate_loop=True)
-        except (TypeError, RuntimeError):
-            pass  # already initialised, or an older Ray without the option
 
     def search(
         self,
