@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
 from deployments.config import AppArgs
 from deployments.router import Router
@@ -37,6 +38,10 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         user_config=router_config,
         num_replicas=args.router_replicas,
         max_ongoing_requests=args.router_max_ongoing_requests,
+        max_queued_requests=args.router_max_queued_requests,
+        backpressure_config=BackpressureConfig(
+            status_code=args.overload_status, retry_after_s=args.retry_after_s
+        ),
         ray_actor_options={"num_cpus": 0},
     )
     fixed = args.model_dump(exclude={"index_version", "default_params"})

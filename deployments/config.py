@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -86,3 +86,8 @@ class AppArgs(BaseModel):
     )
     router_replicas: PositiveInt = 1
     router_max_ongoing_requests: PositiveInt = 64
+    router_max_queued_requests: int = Field(
+        256, ge=-1, description="requests queued per caller before overload answers; -1: no limit"
+    )
+    overload_status: Literal[429, 503] = Field(503, description="HTTP status when overloaded")
+    retry_after_s: PositiveInt = Field(1, description="Retry-After of overload answers")

@@ -171,3 +171,31 @@ def test_several_shards_per_replica(serve_base, indexes, xq):
     stats = httpx.get(base + "/v1/stats").json()["shards"]
     assert [s["replica_shards"] for s in stats] == [[0, 1], [0, 1], [2]]
     assert httpx.get(base + "/v1/ready").json()["ready"] is True
+
+
+def test_overload_answers_429_with_retry_after(serve_base, indexes):
+    from tests.deployments.conftest import deploy
+
+    deploy(
+        "overload",
+        {
+            "index_uri": str(indexes["root"] / "ivf"),
+            "router_max_ongoing_requests": 1,
+            "router_max_queued_requests": 1,
+            "overload_status": 429,
+            "retry_after_s": 2,
+        },
+    )
+    url = f"{serve_base}/overload/v1/search"
+    heavy = {
+        "vectors": clustered(1000, 16, seed=9).tolist(),
+        "k": 50,
+        "params": {"nprobe": 32},
+        "deadline_ms": 30000,
+    }
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda _: httpx.post(url, json=heavy, timeout=60), range(16)))
+    codes = sorted(r.status_code for r in answers)
+    assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
+    assert all(r.headers.get("retry-after") == "2" for r in answers if r.status_code == 429)
+    assert httpx.post(url, json={"vectors": [[0.1] * 16], "k": 2}).status_code == 200
