@@ -199,3 +199,22 @@ def test_overload_answers_429_with_retry_after(serve_base, indexes):
     assert set(codes) <= {200, 429} and 200 in codes and 429 in codes, codes
     assert all(r.headers.get("retry-after") == "2" for r in answers if r.status_code == 429)
     assert httpx.post(url, json={"vectors": [[0.1] * 16], "k": 2}).status_code == 200
+
+
+def test_shared_http_contract_check(apps, indexes, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    check = Path(__file__).resolve().parents[3] / "shared" / "checks" / "http_contract.py"
+    if not check.exists():
+        pytest.skip("the shared HTTP contract check is not beside this checkout")
+    np.save(tmp_path / "q.npy", indexes["xb"][:16])
+    proc = subprocess.run(
+        [sys.executable, str(check), apps["flat"], str(tmp_path / "q.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert " 0 failed" in proc.stdout
