@@ -170,17 +170,20 @@ def main() -> int:
     import threading
 
     tops = {}
-    spies = [
-        threading.Thread(
-            target=lambda r=r, p=p: tops.__setitem__(r, pyspy_top(p, 8, f"/tmp/pyspy-{r}.txt"))
-        )
-        for r, p in pids.items()
-    ]
-    for t in spies:
-        t.start()
-    drive(paths["handle"], batches * 2, 8)
-    for t in spies:
-        t.join()
+    for path_name in ("handle", "http-b64"):
+        spies = [
+            threading.Thread(
+                target=lambda r=f"{r}, {path_name} path", p=p: tops.__setitem__(
+                    r, pyspy_top(p, 8, f"/tmp/pyspy-{p}.txt")
+                )
+            )
+            for r, p in pids.items()
+        ]
+        for t in spies:
+            t.start()
+        drive(paths[path_name], batches * 3, 8)
+        for t in spies:
+            t.join()
     result["pyspy_top_self"] = tops
     ray.shutdown()
     os.makedirs(RESULTS, exist_ok=True)
@@ -212,7 +215,7 @@ def markdown(r: dict) -> str:
             f"| {name} | {p['queries_per_s']:,.0f} | {cells} | {sum(p['cpu_s'].values()):.2f} |"
         )
     for role, top in r.get("pyspy_top_self", {}).items():
-        lines += ["", f"py-spy, {role} replica (self time, handle path):", ""]
+        lines += ["", f"py-spy, {role} (self time):", ""]
         lines += [f"- {share:.0%} {fn}" for fn, share in top]
     return "\n".join(lines) + "\n"
 
