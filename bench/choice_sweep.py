@@ -10,7 +10,6 @@ The thresholds in shards/choice.py come from this table (docs/INDEX_CHOICE.md).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,8 +17,9 @@ import time
 
 import numpy as np
 
-from bench.core import RESULTS, single_query
+from bench.core import single_query
 from bench.glove import load, recall_at
+from bench.results import parser, write
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 from shards.choice import estimate_bytes, nlist_for, pq_m_for
 
@@ -106,18 +106,8 @@ def markdown(r: dict) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=RESULTS)
-    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "cache", "sweep"))
-    args = ap.parse_args()
-    result = run(args.quick, args.workdir)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "choice_sweep.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
-    with open(os.path.join(args.out, "choice_sweep.md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    args = parser(__doc__, "sweep").parse_args()
+    print(write(args.out, "choice_sweep", run(args.quick, args.workdir), markdown))
     return 0
 
 

@@ -8,7 +8,6 @@ Writes bench/results/core.json and core.md (or --out DIR).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -19,10 +18,9 @@ import numpy as np
 
 from bench import flat_bound
 from bench.glove import Dataset, load, recall_at
+from bench.results import parser, write
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 from shards._faiss import faiss
-
-RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
 def build(ds: Dataset, out: str, index: str, shards: int) -> tuple[ShardedIndex, float]:
@@ -120,11 +118,7 @@ def run(quick: bool, out_dir: str, workdir: str) -> dict:
         },
         "flat_bound": flat_bound.measure(ds.xb, ds.xq),
     }
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "core.json"), "w") as f:
-        json.dump(result, f, indent=2, default=float)
-    with open(os.path.join(out_dir, "core.md"), "w") as f:
-        f.write(markdown(result))
+    write(out_dir, "core", result, markdown)
     return result
 
 
@@ -178,11 +172,7 @@ def markdown(r: dict) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=RESULTS)
-    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "cache", "idx"))
-    args = ap.parse_args()
+    args = parser(__doc__).parse_args()
     result = run(args.quick, args.out, args.workdir)
     print(markdown(result))
     return 0

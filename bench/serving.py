@@ -9,14 +9,11 @@ bench/results/serving.json and serving.md.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
 import platform
-import socket
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,16 +22,13 @@ import numpy as np
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from bench.core import RESULTS, build
+from bench.core import build
 from bench.glove import load
+from bench.results import parser, write
 from shards import ShardedIndex
 from shards._faiss import faiss
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+PATHS = ("in-process", "handle", "http-json", "http-b64")
 
 
 def drive(call, payloads: list, concurrency: int, faiss_threads: int | None = None) -> dict:
@@ -101,24 +95,14 @@ def run(
 ) -> dict:
     import ray
 
-    from deployments.local import deploy
+    from deployments.local import deploy, start_local
 
     ds = load(n_db=50_000, n_queries=2_000) if quick else load()
     index_path = os.path.join(workdir, f"{ds.name}-auto-4")
     if not os.path.exists(os.path.join(index_path, "CURRENT")):
         build(ds, index_path, "auto", 4)
     index = ShardedIndex.open(index_path)
-    port = free_port()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
-    )
-    from ray import serve
-
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}/bench"
+    url = start_local() + "/bench"
     n_single = 50 if quick else 200
     n_batch = 8 if quick else 30
     rows = []
@@ -203,14 +187,9 @@ def markdown(r: dict) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default=RESULTS)
-    ap.add_argument("--workdir", default=os.path.join(os.path.dirname(__file__), "cache", "idx"))
-    ap.add_argument(
-        "--paths", help="comma-separated subset of in-process,handle,http-json,http-b64"
-    )
-    ap.add_argument("--batches", default="16,1", help="shard @serve.batch sizes to compare")
+    ap = parser(__doc__)
+    ap.add_argument("--paths", help="comma-separated subset of " + ",".join(PATHS))
+    ap.add_argument("--batches", default="1,16", help="shard @serve.batch sizes to compare")
     ap.add_argument("--group", type=int, default=1, help="shards per replica")
     ap.add_argument("--name", default="serving", help="results file name (without extension)")
     args = ap.parse_args()
@@ -221,12 +200,7 @@ def main() -> int:
         tuple(int(b) for b in args.batches.split(",")),
         args.group,
     )
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{args.name}.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, f"{args.name}.md"), "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
+    print(write(args.out, args.name, result, markdown))
     return 0
 
 

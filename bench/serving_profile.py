@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -26,9 +25,9 @@ import numpy as np
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from bench.core import RESULTS
 from bench.glove import load
-from bench.serving import drive, free_port
+from bench.results import RESULTS, write
+from bench.serving import drive
 from shards import ShardedIndex
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -102,10 +101,9 @@ def pyspy_top(pid: int, seconds: int, out: str) -> list[tuple[str, float]]:
 def main() -> int:
     import httpx
     import ray
-    from ray import serve
 
     from deployments.client import VsearchClient
-    from deployments.local import deploy
+    from deployments.local import deploy, start_local
 
     ds = load()
     index_path = os.path.join(os.path.dirname(__file__), "cache", "idx", f"{ds.name}-auto-4")
@@ -119,17 +117,10 @@ def main() -> int:
     inproc_cpu = (c1.user - c0.user) + (c1.system - c0.system)
     inproc = {"seconds": time.perf_counter() - t0, "cpu_s": inproc_cpu}
 
-    port = free_port()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    base = start_local()
     deploy("bench", {"index_uri": index_path, "shard": {"shards_per_replica": 4}})
     client = VsearchClient("bench")
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}/bench", timeout=60)
+    http = httpx.Client(base_url=f"{base}/bench", timeout=60)
 
     def b64(xq):
         body = {"vectors_b64": base64.b64encode(xq.astype("<f4").tobytes()).decode(), "k": 10}
@@ -186,11 +177,7 @@ def main() -> int:
             t.join()
     result["pyspy_top_self"] = tops
     ray.shutdown()
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, "serving_profile.json"), "w") as f:
-        json.dump(result, f, indent=2)
-    with open(os.path.join(RESULTS, "serving_profile.md"), "w") as f:
-        f.write(markdown(result))
+    write(RESULTS, "serving_profile", result, markdown)
     print(markdown(result))
     return 0
 

@@ -29,3 +29,34 @@ def deploy(name: str, args: dict[str, Any], overrides: list[dict[str, Any]] | No
     }
     config = ServeDeploySchema.model_validate({"applications": list(APPS.values())})
     _get_global_client().deploy_apps(config, _blocking=True)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local(num_cpus: int = 2) -> str:
+    """Start a local Ray (no dashboard, its own temp dir) and Serve on 127.0.0.1.
+
+    Returns the HTTP base URL. Set RAY_AUTH_MODE=disabled before importing ray (Ray 2.60
+    otherwise wants a token for its CLIs).
+    """
+    import tempfile
+
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
 import time
 
 import numpy as np
@@ -18,26 +16,13 @@ TOKEN = "s3cret-test-token"
 os.environ["VSEARCH_TEST_TOKEN"] = TOKEN  # before Ray starts: replicas inherit it
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def serve_base():
     import ray
-    from ray import serve
 
-    port = free_port()
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),
-    )
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
+    from deployments.local import start_local
+
+    yield start_local()
     ray.shutdown()
 
 

@@ -1,0 +1,31 @@
+"""Shared plumbing of the benchmark entry points: arguments and result files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+CACHE = os.path.join(os.path.dirname(__file__), "cache")
+
+
+def parser(doc: str | None, workdir: str = "idx") -> argparse.ArgumentParser:
+    """--quick, --out (results folder) and --workdir (cache of built indexes)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a small run (the CI smoke test)")
+    ap.add_argument("--out", default=RESULTS, help="folder for the .json and .md results")
+    ap.add_argument("--workdir", default=os.path.join(CACHE, workdir))
+    return ap
+
+
+def write(out_dir: str, name: str, result: dict, markdown: Callable[[dict], str]) -> str:
+    """Write ``name``.json and ``name``.md under ``out_dir``; returns the markdown."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+        json.dump(result, f, indent=2, default=float)
+    text = markdown(result)
+    with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
+        f.write(text)
+    return text
