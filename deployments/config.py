@@ -17,6 +17,13 @@ class Autoscaling(BaseModel):
     target_ongoing_requests: PositiveFloat = 4.0
 
 
+class Faults(BaseModel):
+    """Fault injection for tests and drills; off unless set. Never set in production."""
+
+    fail_shards: list[int] = Field(default_factory=list, description="these shards raise")
+    delay_ms: dict[int, int] = Field(default_factory=dict, description="shard -> added delay")
+
+
 class ShardOptions(BaseModel):
     """Options applied to every shard deployment."""
 
@@ -34,6 +41,7 @@ class ShardOptions(BaseModel):
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     max_ongoing_requests: PositiveInt = 32
     mmap: bool = Field(False, description="memory-map index files (local folders)")
+    faults: Faults | None = Field(None, description="fault injection (testing only)")
 
     @model_validator(mode="after")
     def _one_scaling(self) -> ShardOptions:

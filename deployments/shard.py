@@ -70,6 +70,8 @@ class ShardServer:
 
     async def search(self, xq: np.ndarray, k: int, params: dict[str, Any]):
         """Top-k of prepared queries over this replica's shards: ``(D, I, index_version)``."""
+        if self.opts.faults is not None:
+            await self._inject(self.opts.faults)
         if self.opts.max_batch_size <= 1:
             return await self._run(self.loaded, xq, k, params)
         return await self._batched(xq, k, params)
@@ -113,6 +115,13 @@ class ShardServer:
         m.queries.inc(len(xq), tags=tags)
         m.batch.observe(len(xq), tags=tags)
         return D, I, current.version
+
+    async def _inject(self, faults) -> None:
+        delay = max((faults.delay_ms.get(n, 0) for n in self.numbers), default=0)
+        if delay:
+            await asyncio.sleep(delay / 1000)
+        if set(self.numbers) & set(faults.fail_shards):
+            raise RuntimeError(f"injected fault in shards {self.numbers}")
 
     def _publish(self, loaded: LoadedShards) -> None:
         """Gauges describing the index now served."""

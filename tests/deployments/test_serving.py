@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -218,3 +219,45 @@ def test_shared_http_contract_check(apps, indexes, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert " 0 failed" in proc.stdout
+
+
+def test_partial_coverage_503_and_504(serve_base, indexes, xq):
+    from tests.deployments.conftest import deploy
+
+    faults = {"fail_shards": [1], "delay_ms": {2: 800}}
+    deploy("faulty", {"index_uri": str(indexes["root"] / "flat"), "shard": {"faults": faults}})
+    url = f"{serve_base}/faulty/v1/search"
+    query = {"vectors": xq[:3].tolist(), "k": 5, "deadline_ms": 3000}
+    r = httpx.post(url, json=query, timeout=30)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "shards_unavailable"
+    r = httpx.post(url, json={**query, "min_coverage": 0.6}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["coverage"] == pytest.approx(2 / 3) and r.json()["degraded"] is True
+    t0 = time.perf_counter()
+    r = httpx.post(url, json={**query, "deadline_ms": 200, "min_coverage": 0.3}, timeout=30)
+    assert r.status_code == 200 and r.json()["coverage"] == pytest.approx(1 / 3)
+    assert time.perf_counter() - t0 < 0.7  # the slow shard was not waited for
+    r = httpx.post(url, json={**query, "deadline_ms": 200, "min_coverage": 0.5}, timeout=30)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+
+
+def test_default_params_change_live(serve_base, indexes, xq):
+    from deployments.versions import swap_overrides
+    from tests.deployments.conftest import deploy
+
+    root = indexes["root"]
+    ref = ShardedIndex.open(str(root / "ivf"))
+    args = {"index_uri": str(root / "ivf")}
+    deploy("defaults", args)
+    url = f"{serve_base}/defaults"
+    before = post(url, {"vectors": xq.tolist()}).json()["ids"]
+    np.testing.assert_array_equal(before, ref.search(xq, 10)[1])
+    deploy("defaults", args, swap_overrides(2, ref.index_version, {"nprobe": 1}))
+    np.testing.assert_array_equal(
+        post(url, {"vectors": xq.tolist()}).json()["ids"], ref.search(xq, 10, {"nprobe": 1})[1]
+    )
+    assert httpx.get(url + "/v1/stats").json()["default_params"]["nprobe"] == 1
+    deploy("defaults", args, swap_overrides(2, ref.index_version, {"nprobe": 10**6}))
+    health = httpx.get(url + "/v1/health").json()
+    assert health["status"] == "degraded" and "nprobe" in " ".join(health["problems"])
+    assert httpx.get(url + "/v1/stats").json()["default_params"]["nprobe"] == 1  # kept
