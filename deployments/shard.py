@@ -139,17 +139,13 @@ class ShardServer:
     async def reconstruct(self, ids: np.ndarray):
         """``(found, vectors)``: which ids live here and their stored vectors."""
         index = self.loaded.index
-        found = np.zeros(len(ids), dtype=bool)
-        for shard in index.shards.values():
-            found |= shard.contains(ids)
+        found = index.contains(ids)
         return found, index.reconstruct(ids[found]) if found.any() else None
 
     async def metadata(self, ids: np.ndarray, columns: list[str] | None) -> dict[int, dict]:
         """Metadata rows of the ids that live in these shards, by id."""
         index = self.loaded.index
-        found = np.zeros(len(ids), dtype=bool)
-        for shard in index.shards.values():
-            found |= shard.contains(ids)
+        found = index.contains(ids)
         if not found.any():
             return {}
         rows = lookup_metadata(index, ids[found], columns).to_pylist()

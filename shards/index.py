@@ -126,6 +126,14 @@ class ShardedIndex:
         D, I = self.search_prepared(xq, min(k + 1, MAX_K), ov)
         return exclude_ids(D, I, ids, k)
 
+    def contains(self, ids: Any) -> np.ndarray:
+        """Bool per id: live in one of the loaded shards."""
+        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        found = np.zeros(len(ids), dtype=bool)
+        for shard in self.shards.values():
+            found |= shard.contains(ids)
+        return found
+
     def reconstruct(self, ids: Any) -> np.ndarray:
         """Stored vectors (as indexed: normalised for cosine) of ``ids``, (n, d) float32.
 
