@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 
+from shards.gpu import GpuOptions
 from shards.planner import MAX_K, MAX_QUERIES
 
 
@@ -24,19 +25,33 @@ class Faults(BaseModel):
     delay_ms: dict[int, int] = Field(default_factory=dict, description="shard -> added delay")
 
 
+class GpuSettings(BaseModel):
+    """How a GPU replica holds its shards (used when ``num_gpus`` > 0)."""
+
+    float16: bool = Field(False, description="Flat: float16 vectors; IVF-PQ: float16 tables")
+    use_cuvs: bool | None = Field(None, description="None: cuVS when faiss has it")
+    temp_memory_mb: int | None = Field(None, ge=0, description="scratch memory per GPU")
+    multi_gpu: Literal["replicate", "shard"] = Field(
+        "replicate", description="num_gpus >= 2: copies split the queries, or IVF lists split"
+    )
+
+
 class ShardOptions(BaseModel):
     """Options applied to every shard deployment."""
 
     num_replicas: PositiveInt | None = Field(1, description="fixed replicas (or autoscaling)")
     autoscaling: Autoscaling | None = Field(None, description="replaces num_replicas if set")
     num_cpus: float = Field(0.0, ge=0, description="0 lets replicas share cores (see README)")
-    num_gpus: float = Field(0.0, ge=0, description="> 0 clones the shard to the replica's GPU")
+    num_gpus: float = Field(
+        0.0, ge=0, description="> 0 clones the shards to the replica's GPU(s); 2 uses two GPUs"
+    )
+    gpu: GpuSettings = Field(default_factory=GpuSettings)
     omp_threads: PositiveInt = Field(1, description="OpenMP threads per replica")
     shards_per_replica: PositiveInt = Field(
         1, description="shards each replica serves (merged in the replica); 1 on GPU clusters"
     )
-    max_batch_size: PositiveInt = Field(
-        1, description="@serve.batch size at the shard; 1 (off) measured fastest on CPU"
+    max_batch_size: PositiveInt | None = Field(
+        None, description="@serve.batch size at the shard; default 1 (off) on CPU, 64 on GPU"
     )
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     max_ongoing_requests: PositiveInt = 32
@@ -47,7 +62,29 @@ class ShardOptions(BaseModel):
     def _one_scaling(self) -> ShardOptions:
         if self.autoscaling is not None:
             self.num_replicas = None
+        if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
+            raise ValueError("num_gpus above 1 must be a whole number of GPUs")
         return self
+
+    @property
+    def batch_size(self) -> int:
+        """@serve.batch size: as set, else off on CPU (measured fastest) and 64 on GPU."""
+        if self.max_batch_size is not None:
+            return self.max_batch_size
+        return 64 if self.num_gpus > 0 else 1
+
+    def device(self) -> str | GpuOptions:
+        """Where the replica puts its shards: "cpu", or its GPUs (Ray numbers them from 0)."""
+        if self.num_gpus <= 0:
+            return "cpu"
+        g = self.gpu
+        return GpuOptions(
+            devices=tuple(range(max(1, int(self.num_gpus)))),
+            multi_gpu=g.multi_gpu,
+            float16=g.float16,
+            use_cuvs=g.use_cuvs,
+            temp_memory_mb=g.temp_memory_mb,
+        )
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options``."""

@@ -40,7 +40,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local(num_cpus: int = 2) -> str:
+def start_local(num_cpus: int = 2, num_gpus: int | None = None) -> str:
     """Start a local Ray (no dashboard, its own temp dir) and Serve on 127.0.0.1.
 
     Returns the HTTP base URL. Set RAY_AUTH_MODE=disabled before importing ray (Ray 2.60
@@ -54,6 +54,7 @@ def start_local(num_cpus: int = 2) -> str:
     port = free_port()
     ray.init(
         num_cpus=num_cpus,
+        num_gpus=num_gpus,
         include_dashboard=False,
         log_to_driver=False,
         _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"),

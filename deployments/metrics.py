@@ -23,6 +23,14 @@ class ShardMetrics:
         self.code_size = Gauge("vsearch_shard_index_bytes", "index file size", tag_keys=tags)
         self.gpu = Gauge("vsearch_shard_gpu_enabled", "1 when on a GPU", tag_keys=tags)
         self.cuvs = Gauge("vsearch_shard_cuvs_enabled", "1 when cuVS is used", tag_keys=tags)
+        self.gpu_index_bytes = Gauge(
+            "vsearch_shard_gpu_index_bytes", "GPU memory the shard clones took", tag_keys=tags
+        )
+        self.gpu_memory = Gauge(
+            "vsearch_shard_gpu_memory_used_bytes",
+            "memory in use on the replica's GPUs",
+            tag_keys=tags,
+        )
         self.build_s = Gauge("vsearch_shard_build_seconds", "index build time", tag_keys=tags)
         self.searches = Counter("vsearch_shard_searches_total", "search calls", tag_keys=tags)
         self.queries = Counter("vsearch_shard_queries_total", "query vectors", tag_keys=tags)

@@ -14,7 +14,7 @@ from deployments.config import ShardOptions
 from deployments.metrics import ShardMetrics
 from shards import ShardedIndex
 from shards._faiss import faiss
-from shards.gpu import Placement, place
+from shards.gpu import gpu_memory_in_use
 from shards.metadata import lookup_metadata
 from shards.params import SearchOverrides
 
@@ -26,10 +26,7 @@ class LoadedShards:
 
     def __init__(self, uri: str, numbers: list[int], version: str | None, opts: ShardOptions):
         self.index = ShardedIndex.open(uri, version, shards=numbers, mmap=opts.mmap)
-        device = "cuda:0" if opts.num_gpus > 0 else "cpu"
-        self.placement = Placement("cpu")
-        for shard in self.index.shards.values():
-            shard.index, self.placement = place(shard.index, device)
+        self.placement = self.index.place(opts.device())
         first = self.index.shards[numbers[0]]
         rows = first.live_rows()
         self.probe_id = int(first.ids[rows[0]]) if len(rows) else None
@@ -56,10 +53,9 @@ class ShardServer:
         self.wanted_version: str | None = None
         self.error: str | None = None
         self._swap_task: asyncio.Task | None = None
-        self.gpu_lock = asyncio.Lock()  # GPU indexes are not safe for concurrent search
         label = f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
         self.metrics, self.tags = ShardMetrics(), {"shard": label}
-        self._batched.set_max_batch_size(self.opts.max_batch_size)
+        self._batched.set_max_batch_size(self.opts.batch_size)
         self._batched.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
 
     @property
@@ -72,7 +68,7 @@ class ShardServer:
         """Top-k of prepared queries over this replica's shards: ``(D, I, index_version)``."""
         if self.opts.faults is not None:
             await self._inject(self.opts.faults)
-        if self.opts.max_batch_size <= 1:
+        if self.opts.batch_size <= 1:
             return await self._run(self.loaded, xq, k, params)
         return await self._batched(xq, k, params)
 
@@ -100,11 +96,8 @@ class ShardServer:
         m, tags = self.metrics, self.tags
         t0 = time.perf_counter()
         try:
-            if current.placement.device == "cpu":
-                D, I = await asyncio.to_thread(current.search, xq, k, ov)
-            else:
-                async with self.gpu_lock:
-                    D, I = await asyncio.to_thread(current.search, xq, k, ov)
+            # each GPU clone serialises its own searches (shards.gpu.Placed)
+            D, I = await asyncio.to_thread(current.search, xq, k, ov)
         except Exception:
             m.errors.inc(tags=tags)
             raise
@@ -132,8 +125,9 @@ class ShardServer:
         m.code_size.set(
             sum(manifest.shards[i].files["index"].size for i in self.numbers), tags=tags
         )
-        m.gpu.set(float(loaded.placement.device != "cpu"), tags=tags)
+        m.gpu.set(float(loaded.placement.on_gpu), tags=tags)
         m.cuvs.set(float(loaded.placement.cuvs), tags=tags)
+        m.gpu_index_bytes.set(float(loaded.placement.gpu_bytes), tags=tags)
         m.build_s.set(float(manifest.build.get("total_seconds", 0.0)), tags=tags)
 
     async def reconstruct(self, ids: np.ndarray):
@@ -194,6 +188,9 @@ class ShardServer:
         """One entry per shard for /v1/stats and /v1/ready."""
         cur = self.loaded
         manifest = cur.index.manifest
+        gpu_used = gpu_memory_in_use(cur.placement) if cur.placement.on_gpu else None
+        if gpu_used is not None:
+            self.metrics.gpu_memory.set(float(gpu_used), tags=self.tags)
         return [
             {
                 "shard": number,
@@ -204,6 +201,10 @@ class ShardServer:
                 "factory": manifest.factory,
                 "device": cur.placement.device,
                 "cuvs": cur.placement.cuvs,
+                "float16": cur.placement.float16,
+                "multi_gpu": cur.placement.multi_gpu,
+                "gpu_index_bytes": cur.placement.gpu_bytes,
+                "gpu_memory_used_bytes": gpu_used,
                 "index_bytes": manifest.shards[number].files["index"].size,
                 "replica_shards": self.numbers,
             }

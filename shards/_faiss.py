@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 try:
     import faiss
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
@@ -10,6 +12,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "or, on a CUDA machine, the 'gpu' extra (pip install 'vsearch[gpu]', faiss-gpu-cuvs); "
         "never both, they install the same module"
     ) from exc
+
+# The stubs shipped with faiss lack the GPU classes and some CPU ones (IndexHNSWCagra...):
+# code that uses those goes through this untyped handle to the same module.
+faiss_ext: Any = faiss
 
 BLAS_MIN_QUERIES = 8
 
@@ -25,4 +31,4 @@ def use_blas_from(queries: int, d: int) -> None:
     faiss.cvar.distance_compute_blas_threshold = max(1, queries * d)
 
 
-__all__ = ["BLAS_MIN_QUERIES", "faiss", "use_blas_from"]
+__all__ = ["BLAS_MIN_QUERIES", "faiss", "faiss_ext", "use_blas_from"]

@@ -22,6 +22,7 @@ from shards.progress import progress
 SearchFn = Callable[[np.ndarray, int, SearchOverrides], tuple[np.ndarray, np.ndarray]]
 K_FACTORS = (4, 8, 2, 16, 3, 6, 1.5, 1)  # likely-good runs first: they set the pruning bound
 EF_SEARCHES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+ITOPK_SIZES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 STOP_RECALL = 0.995  # runs stop here: the curve serves targets up to about 0.99
 MARGIN = 0.005  # resolved points must beat the target by this much (sampling error of the curve)
 
@@ -38,6 +39,8 @@ def grid(knobs: Knobs) -> list[list[SearchOverrides]]:
     """Override settings to measure, as runs of increasing cost (a run can stop early)."""
     if knobs.hnsw:
         return [[SearchOverrides(ef_search=ef) for ef in EF_SEARCHES]]
+    if knobs.cagra:
+        return [[SearchOverrides(itopk_size=size) for size in ITOPK_SIZES]]
     if knobs.nlist is None:
         return [[SearchOverrides()]]
     nprobes = nprobe_steps(knobs.nlist)

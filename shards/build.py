@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from shards import autotune
+from shards import autotune, cagra
 from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
 from shards.artefact import ShardData, new_version_name, write_version
-from shards.choice import choose_index, estimate_bytes
-from shards.errors import InvalidInput, TargetUnreachable
+from shards.choice import choose_index, estimate_bytes, template_index
+from shards.errors import GpuUnavailable, InvalidInput, TargetUnreachable
+from shards.gpu import gpu_count, has_cuvs, parse_device
 from shards.index import ShardedIndex
 from shards.manifest import Manifest
 from shards.metric import Metric, prepare_vectors
@@ -47,6 +48,8 @@ class BuildOptions:
     default_recall: float = 0.95  # the tuned defaults are the cheapest meeting this
     seed: int = 0
     progress: bool = True
+    target: str = "cpu"  # "gpu": the automatic choice picks indexes a GPU serves
+    graph_device: str = "auto"  # builds CAGRA graphs: "cuda:N", "cpu", or "auto" (GPU 0 if any)
 
 
 def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manifest:
@@ -60,9 +63,13 @@ def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manif
     factory, reason = _factory(source, opts, metric)
     template = _trained_template(source, factory, metric, opts)
     t_train = time.perf_counter() - t0
-    tune = opts.tune and bool(Knobs.of(template).names())
+    degree = cagra.parse_factory(factory)
+    knobs = Knobs.of(template if degree is None else cagra.empty(source.d, degree, 0))
+    tune = opts.tune and bool(knobs.names())
     held = _tuning_queries(source, metric, opts) if tune else None
     datas, held_rows = _add_all(source, template, metric, opts, held)
+    if degree is not None:
+        _to_cagra(datas, degree, metric, opts)
     t_add = time.perf_counter() - t0 - t_train
     manifest = Manifest(
         index_version=new_version_name(),
@@ -105,12 +112,41 @@ def _factory(source: VectorSource, opts: BuildOptions, metric: Metric) -> tuple[
         num_shards=opts.num_shards,
         memory_budget=opts.memory_budget,
         prefer_hnsw=opts.index == "hnsw",
+        target=opts.target,
+        gpu_build=opts.target == "gpu" and _build_gpu(opts) is not None,
     )
     return choice.factory, choice.reason
 
 
+def _build_gpu(opts: BuildOptions) -> int | None:
+    """The GPU that builds CAGRA graphs, or None (the CPU twin)."""
+    if opts.graph_device == "auto":
+        return 0 if gpu_count() > 0 and has_cuvs() else None
+    gpus = parse_device(opts.graph_device)
+    if gpus is None:
+        return None
+    if len(gpus) != 1 or gpus[0] >= gpu_count() or not has_cuvs():
+        raise GpuUnavailable(
+            f"graph device {opts.graph_device!r} asked for, but faiss sees {gpu_count()} GPU(s)"
+            f"{'' if has_cuvs() else ' and no cuVS'}; use 'cpu' or install the 'gpu' extra"
+        )
+    return gpus[0]
+
+
+def _to_cagra(datas: list[ShardData], degree: int, metric: Metric, opts: BuildOptions) -> None:
+    """Replace each shard's collected vectors by its CAGRA graph (GPU, or the CPU twin)."""
+    device = _build_gpu(opts)
+    where = "CPU (no GPU with cuVS)" if device is None else f"GPU {device}"
+    for data in progress(datas, f"CAGRA graphs on {where}", len(datas), "shard", opts.progress):
+        flat: Any = data.index  # the IndexFlat that collected the shard's vectors
+        x = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+        data.index = cagra.build(x, degree, metric.faiss_metric, device=device)
+
+
 def _trained_template(source: VectorSource, factory: str, metric: Metric, opts: BuildOptions):
-    template = faiss.index_factory(source.d, factory, metric.faiss_metric)
+    if cagra.parse_factory(factory) is not None:
+        return faiss.IndexFlat(source.d, metric.faiss_metric)  # collects; graphs come later
+    template = template_index(factory, source.d, metric.faiss_metric)
     if not template.is_trained:
         ivf = faiss.try_extract_index_ivf(template)
         size = opts.train_size or max(20_000, 64 * (ivf.nlist if ivf is not None else 256))

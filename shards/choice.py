@@ -16,6 +16,9 @@ from shards.metric import Metric
 # at recall@10 0.95 (batched and single queries) and is chosen (docs/INDEX_CHOICE.md).
 FLAT_MAX = 20_000
 HNSW_M = 32
+# On a GPU, exact search stays the choice up to this many vectors per shard: a Flat scan of
+# 250,000 x 96 floats is under 0.1 GB per query batch (docs/GPU.md has the measurements).
+GPU_FLAT_MAX = 250_000
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,32 @@ def pq_m_for(d: int) -> int:
     return d
 
 
+def pq8_m_for(d: int) -> int:
+    """Sub-quantizers of 8-bit PQ for the GPU: 2 dims each up to d=128, else 4 (or near)."""
+    want = 2 if d <= 128 else 4
+    for dsub in range(want, d + 1):
+        if d % dsub == 0:
+            return d // dsub
+    return 1
+
+
+def template_index(factory: str, d: int, metric_type: int = faiss.METRIC_L2) -> faiss.Index:
+    """An empty index for ``factory``: a faiss factory string or ``CAGRA[<degree>]``.
+
+    Raises:
+        InvalidInput: the string is neither.
+    """
+    from shards import cagra
+
+    degree = cagra.parse_factory(factory)
+    if degree is not None:
+        return cagra.empty(d, degree, metric_type)
+    try:
+        return faiss.index_factory(d, factory, metric_type)
+    except RuntimeError as exc:
+        raise InvalidInput(f"invalid faiss factory string {factory!r}: {exc}") from None
+
+
 def choose_index(
     n_per_shard: int,
     d: int,
@@ -50,11 +79,16 @@ def choose_index(
     num_shards: int = 1,
     memory_budget: int | None = None,
     prefer_hnsw: bool = False,
+    target: str = "cpu",
+    gpu_build: bool = False,
 ) -> Choice:
     """Pick a factory string for shards of ``n_per_shard`` vectors of dimension ``d``.
 
     ``memory_budget`` is in bytes per shard; the quantizer is trained on all shards' data,
     so IVF list counts follow the total size ``n_per_shard * num_shards``.
+
+    ``target="gpu"`` picks indexes a GPU serves: Flat, then CAGRA when ``gpu_build`` (a GPU
+    with cuVS builds the graph), else 8-bit IVF-PQ with the exact re-rank on the CPU.
 
     Raises:
         InvalidInput: nothing fits ``memory_budget``, or sizes are not positive.
@@ -65,6 +99,10 @@ def choose_index(
     nlist = nlist_for(n_per_shard * num_shards)
     quantizer = f"IVF{nlist}" if nlist <= 8192 else f"IVF{nlist}_HNSW32"
     m = pq_m_for(d)
+    if target not in ("cpu", "gpu"):
+        raise InvalidInput(f"target must be 'cpu' or 'gpu', got {target!r}")
+    if target == "gpu":
+        return _choose_gpu(n_per_shard, d, quantizer, memory_budget, gpu_build)
     if prefer_hnsw:
         candidates = [(f"HNSW{HNSW_M},Flat", "HNSW asked for")]
     elif n_per_shard <= FLAT_MAX:
@@ -77,8 +115,28 @@ def choose_index(
         ]
     # Under a tight memory budget, fall back to the compressed codes alone (lossy).
     candidates.append((f"{quantizer},PQ{m}x4fs", "memory budget: PQ codes without refinement"))
+    return _first_fitting(candidates, n_per_shard, d, memory_budget)
+
+
+def _choose_gpu(
+    n: int, d: int, quantizer: str, memory_budget: int | None, gpu_build: bool
+) -> Choice:
+    if n <= GPU_FLAT_MAX:
+        candidates = [("Flat", f"GPU, n <= {GPU_FLAT_MAX:,}: exact search")]
+    else:
+        candidates = []
+        if gpu_build:
+            candidates.append(("CAGRA64", f"GPU, n > {GPU_FLAT_MAX:,}: CAGRA graph (cuVS)"))
+        candidates.append(
+            (f"{quantizer},PQ{pq8_m_for(d)},RFlat", "GPU: IVF-PQ, exact re-rank on the CPU")
+        )
+    candidates.append((f"{quantizer},PQ{pq8_m_for(d)}", "memory budget: IVF-PQ codes only"))
+    return _first_fitting(candidates, n, d, memory_budget)
+
+
+def _first_fitting(candidates, n: int, d: int, memory_budget: int | None) -> Choice:
     for factory, reason in candidates:
-        need = estimate_bytes(factory, n_per_shard, d)
+        need = estimate_bytes(factory, n, d)
         if memory_budget is None or need <= memory_budget:
             return Choice(factory, reason, need)
     raise InvalidInput(
@@ -89,11 +147,8 @@ def choose_index(
 
 def estimate_bytes(factory: str, n: int, d: int) -> int:
     """Estimated size in bytes of ``factory`` holding ``n`` vectors (as serialised/in RAM)."""
-    try:
-        index = faiss.index_factory(d, factory)
-    except RuntimeError as exc:
-        raise InvalidInput(f"invalid faiss factory string {factory!r}: {exc}") from None
-    return _estimate(index, n)
+    template = template_index(factory, d)  # owns the sub-indexes _estimate walks
+    return _estimate(template, n)
 
 
 def _estimate(index: faiss.Index, n: int) -> int:

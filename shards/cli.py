@@ -35,7 +35,20 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("input", help=".npy (n, d) float array, or Parquet with a vector column")
     b.add_argument("--out", required=True, help="index root folder or pyarrow.fs URI")
     b.add_argument("--shards", type=int, default=1)
-    b.add_argument("--index", default="auto", help="auto (default), hnsw, or a faiss factory")
+    b.add_argument(
+        "--index", default="auto", help="auto (default), hnsw, CAGRA[<degree>] or a faiss factory"
+    )
+    b.add_argument(
+        "--target",
+        default="cpu",
+        choices=["cpu", "gpu"],
+        help="device the index will be served from (the automatic choice depends on it)",
+    )
+    b.add_argument(
+        "--graph-device",
+        default="auto",
+        help="builds CAGRA graphs: cuda:N, cpu, or auto (GPU 0 when there is one)",
+    )
     b.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
     b.add_argument("--partition", default="hash", choices=["hash", "range"])
     b.add_argument("--id-column", help="int64 id column (Parquet); default: row number")
@@ -63,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ef-search", type=int)
     s.add_argument("--quantizer-ef-search", type=int)
     s.add_argument("--k-factor", type=float)
+    s.add_argument("--itopk-size", type=int, help="CAGRA candidate list size")
+    s.add_argument("--search-width", type=int, help="CAGRA (GPU) nodes expanded per step")
+    s.add_argument("--device", default="cpu", help="cpu (default), cuda:N or cuda:N,M")
     s.add_argument("--target-recall", type=float)
     s.add_argument("--version", help="index version (default: CURRENT)")
     s.add_argument("--output", help="write arrays D and I to this .npz")
@@ -122,6 +138,8 @@ def _build(args) -> int:
         tune=not args.no_tune,
         default_recall=args.default_recall,
         seed=args.seed,
+        target=args.target,
+        graph_device=args.graph_device,
     )
     m = build_index(source, args.out, opts)
     print(
@@ -137,11 +155,14 @@ def _search(args) -> int:
     if args.output is None and args.show is None:
         raise InvalidInput("give --output OUT.npz and/or --print")
     index = ShardedIndex.open(args.dir, args.version)
+    index.place(args.device)
     params = {
         "nprobe": args.nprobe,
         "ef_search": args.ef_search,
         "quantizer_ef_search": args.quantizer_ef_search,
         "k_factor": args.k_factor,
+        "itopk_size": args.itopk_size,
+        "search_width": args.search_width,
     }
     if args.queries:
         D, I = index.search(np.load(args.queries), args.k, params, target_recall=args.target_recall)

@@ -95,3 +95,10 @@ class GpuOutOfMemory(VsearchError):
 
     status_code = 503
     code = "gpu_out_of_memory"
+
+
+class GpuUnsupportedIndex(VsearchError):
+    """The index type has no GPU form (or needs cuVS, which this faiss build lacks)."""
+
+    status_code = 503
+    code = "gpu_unsupported_index"

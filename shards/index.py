@@ -14,6 +14,7 @@ from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
 from shards.artefact import ShardData, new_version_name, open_version, read_shard, write_version
 from shards.coarse import coarse_assign, quantizer_digest
 from shards.errors import InvalidInput, InvalidQuery, UnknownId, UnsupportedOperation
+from shards.gpu import GpuOptions, Placement
 from shards.manifest import Manifest
 from shards.merge import exclude_ids, merge_results
 from shards.metric import Metric, prepare_vectors
@@ -67,6 +68,23 @@ class ShardedIndex:
         # a version folder opened directly publishes new versions beside itself
         root = uri.rstrip("/").rsplit("/", 1)[0] if store.path() == Store(uri).path() else uri
         return cls(manifest, loaded, root)
+
+    def place(self, device: str | GpuOptions) -> Placement:
+        """Search every loaded shard from ``device`` ("cpu", "cuda:N", or GpuOptions).
+
+        Raises:
+            GpuUnavailable, GpuUnsupportedIndex, GpuOutOfMemory: see ``shards.gpu.to_gpu``.
+        """
+        placements = [shard.place(device) for shard in self.shards.values()]
+        if placements[0].on_gpu:
+            self.shared_coarse = False  # each GPU clone assigns its own queries
+        return Placement(
+            placements[0].device,
+            cuvs=placements[0].cuvs,
+            float16=placements[0].float16,
+            multi_gpu=placements[0].multi_gpu,
+            gpu_bytes=sum(p.gpu_bytes for p in placements),
+        )
 
     @property
     def dim(self) -> int:

@@ -11,10 +11,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from shards._faiss import faiss
+from shards._faiss import faiss, faiss_ext
 from shards.errors import InvalidQuery
 
 EF_SEARCH_MAX = 4096
+ITOPK_MAX = 512  # cuVS CAGRA's largest intermediate list for single-block search
+SEARCH_WIDTH_MAX = 64
+CAGRA_ITOPK_DEFAULT = 64
 HNSW_PARAMS: Any = faiss.SearchParametersHNSW  # type: ignore[attr-defined]  # missing in stubs
 K_FACTOR_MAX = 64.0
 
@@ -27,6 +30,8 @@ class SearchOverrides:
     ef_search: int | None = None
     quantizer_ef_search: int | None = None
     k_factor: float | None = None
+    itopk_size: int | None = None  # CAGRA: candidate list size (HNSW efSearch on the CPU)
+    search_width: int | None = None  # CAGRA on GPU: graph nodes expanded per iteration
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | SearchOverrides | None) -> SearchOverrides:
@@ -75,6 +80,7 @@ class Knobs:
     hnsw: bool = False  # ef_search
     quantizer_hnsw: bool = False  # quantizer_ef_search
     refine: bool = False  # k_factor
+    cagra: bool = False  # itopk_size, search_width
 
     @classmethod
     def of(cls, index: faiss.Index) -> Knobs:
@@ -92,6 +98,8 @@ class Knobs:
             names.append("quantizer_ef_search")
         if self.refine:
             names.append("k_factor")
+        if self.cagra:
+            names += ["itopk_size", "search_width"]
         return names
 
     def check(self, ov: SearchOverrides, k: int) -> None:
@@ -109,6 +117,10 @@ class Knobs:
                 raise InvalidQuery(f"{name} must be in [1, {EF_SEARCH_MAX}], got {value}")
         if ov.k_factor is not None and not 1.0 <= ov.k_factor <= K_FACTOR_MAX:
             raise InvalidQuery(f"k_factor must be in [1, {K_FACTOR_MAX:g}], got {ov.k_factor}")
+        for name, top in (("itopk_size", ITOPK_MAX), ("search_width", SEARCH_WIDTH_MAX)):
+            value = getattr(ov, name)
+            if value is not None and not 1 <= value <= top:
+                raise InvalidQuery(f"{name} must be in [1, {top}], got {value}")
 
 
 def _walk(index: faiss.Index, found: dict[str, Any]) -> None:
@@ -122,45 +134,66 @@ def _walk(index: faiss.Index, found: dict[str, Any]) -> None:
         found["nlist"] = int(index.nlist)
         quantizer = faiss.downcast_index(index.quantizer)
         found["quantizer_hnsw"] = isinstance(quantizer, faiss.IndexHNSW)
+    elif isinstance(index, faiss_ext.IndexHNSWCagra):
+        found["cagra"] = True
     elif isinstance(index, faiss.IndexHNSW):
         found["hnsw"] = True
 
 
+# GPU classes exist only in faiss-gpu builds; an empty tuple matches nothing on faiss-cpu
+GPU_CAGRA: tuple = tuple(getattr(faiss, n) for n in ("GpuIndexCagra",) if hasattr(faiss, n))
+GPU_IVF: tuple = tuple(getattr(faiss, n) for n in ("GpuIndexIVF",) if hasattr(faiss, n))
+
+
 def make_params(
-    index: faiss.Index, ov: SearchOverrides, sel: faiss.IDSelector | None = None
+    index: faiss.Index, ov: SearchOverrides, sel: faiss.IDSelector | None = None, k: int = 1
 ) -> tuple[faiss.SearchParameters | None, list[Any]]:
-    """Build the per-call parameter object for ``index``.
+    """Build the per-call parameter object for ``index`` (CPU or GPU) and ``k`` results.
 
     Returns ``(params, keepalive)``: keep ``keepalive`` referenced until the search returns,
     since faiss holds raw pointers to the nested objects.
     """
     keep: list[Any] = []
-    params = _params_for(faiss.downcast_index(index), ov, sel, keep)
+    params = _params_for(faiss.downcast_index(index), ov, sel, keep, k)
     return params, keep
 
 
-def _params_for(index, ov: SearchOverrides, sel, keep: list[Any]) -> Any:
+def _params_for(index, ov: SearchOverrides, sel, keep: list[Any], k: int) -> Any:
     p: Any
-    if isinstance(index, faiss.IndexRefine):
-        inner = _params_for(faiss.downcast_index(index.base_index), ov, sel, keep)
+    if isinstance(index, GPU_CAGRA):
+        # GpuIndexCagra reads its parameters as SearchParametersCagra: always pass one
+        p = faiss_ext.SearchParametersCagra()
+        itopk = ov.itopk_size if ov.itopk_size is not None else CAGRA_ITOPK_DEFAULT
+        p.itopk_size = max(itopk, k)  # cuVS keeps at least k candidates
+        p.search_width = ov.search_width if ov.search_width is not None else 1
+    elif isinstance(index, faiss.IndexRefine):
+        k_base = k * float(ov.k_factor if ov.k_factor is not None else index.k_factor)
+        inner = _params_for(faiss.downcast_index(index.base_index), ov, sel, keep, int(k_base))
         p = faiss.IndexRefineSearchParameters()
         p.k_factor = float(ov.k_factor if ov.k_factor is not None else index.k_factor)
         if inner is not None:
             p.base_index_params = inner
+    elif isinstance(index, faiss_ext.IndexShards):  # IVF split over GPUs: same params for each
+        return _params_for(faiss.downcast_index(index.at(0)), ov, sel, keep, k)
     elif isinstance(index, faiss.IndexPreTransform):
-        inner = _params_for(faiss.downcast_index(index.index), ov, sel, keep)
+        inner = _params_for(faiss.downcast_index(index.index), ov, sel, keep, k)
         if inner is None:
             return None
         p = faiss.SearchParametersPreTransform()
         p.index_params = inner
-    elif isinstance(index, faiss.IndexIVF):
+    elif isinstance(index, (faiss.IndexIVF, *GPU_IVF)):
         p = faiss.SearchParametersIVF()
-        p.nprobe = int(ov.nprobe if ov.nprobe is not None else index.nprobe)
+        ivf: Any = index  # a CPU or GPU IVF index
+        p.nprobe = int(ov.nprobe if ov.nprobe is not None else ivf.nprobe)
         if ov.quantizer_ef_search is not None:
             q = HNSW_PARAMS()
             q.efSearch = ov.quantizer_ef_search
             keep.append(q)
             p.quantizer_params = q
+    elif isinstance(index, faiss_ext.IndexHNSWCagra):
+        p = HNSW_PARAMS()  # the CPU form of CAGRA: its candidate list is HNSW's efSearch
+        itopk = ov.itopk_size if ov.itopk_size is not None else CAGRA_ITOPK_DEFAULT
+        p.efSearch = max(itopk, k)
     elif isinstance(index, faiss.IndexHNSW):
         p = HNSW_PARAMS()
         p.efSearch = int(ov.ef_search if ov.ef_search is not None else index.hnsw.efSearch)

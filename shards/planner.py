@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from shards import autotune
-from shards._faiss import faiss
+from shards.choice import template_index
 from shards.errors import InvalidQuery, UnsupportedOperation
 from shards.manifest import Manifest
 from shards.metric import Metric, prepare_vectors
@@ -28,7 +28,7 @@ class QueryPlanner:
         self.metric = Metric.parse(manifest.metric)
         self.dim = manifest.dim
         self.max_k, self.max_queries = max_k, max_queries
-        template = faiss.index_factory(manifest.dim, manifest.factory, self.metric.faiss_metric)
+        template = template_index(manifest.factory, manifest.dim, self.metric.faiss_metric)
         self.knobs = Knobs.of(template)
         self.defaults = SearchOverrides.parse(manifest.default_params)
 

@@ -11,6 +11,7 @@ from shards._faiss import faiss
 from shards.artefact import ShardData
 from shards.coarse import search_preassigned, tune_fastscan
 from shards.errors import InvalidInput, UnknownId, UnsupportedOperation
+from shards.gpu import GpuOptions, Placed, Placement, place
 from shards.merge import merge_results, translate_ids
 from shards.params import SearchOverrides, make_params
 
@@ -39,6 +40,13 @@ class Shard:
         self._sorted_ids, self._sorted_rows = self.ids[order], order
         self._lock = threading.Lock()
         self._state = _State(None, None, None, None, np.empty(0, np.int64))
+        self.placed = Placed([self.index], Placement("cpu"))
+
+    def place(self, device: str | GpuOptions) -> Placement:
+        """Search from ``device`` ("cpu", "cuda:N" or GpuOptions); the CPU index stays the
+        source of truth for reconstruction, updates and compaction."""
+        self.placed = place(self.index, device)
+        return self.placed.placement
 
     @property
     def ntotal(self) -> int:
@@ -55,10 +63,12 @@ class Shard:
         ``coarse``: the IVF assignment from ``coarse.coarse_assign``, shared by all shards.
         """
         st = self._state
-        if coarse is not None:
+        if self.placed.placement.on_gpu:
+            D, I = self.placed.search(xq, k, ov, st.selector)
+        elif coarse is not None:
             D, I = search_preassigned(self.index, xq, k, ov, st.selector, coarse)
         else:
-            params, _keep = make_params(self.index, ov, st.selector)
+            params, _keep = make_params(self.index, ov, st.selector, k)
             D, I = self.index.search(xq, k, params=params)
         result = (D, translate_ids(I, self.ids))
         if st.delta is not None:

@@ -1,0 +1,118 @@
+"""GPU tests (marker ``gpu``; skipped without a CUDA GPU and faiss-gpu-cuvs).
+
+Each has a CPU twin in test_gpu_twins.py. Brute force on the CPU is the oracle.
+"""
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from shards._faiss import faiss
+from shards.errors import GpuOutOfMemory, InvalidQuery
+from shards.gpu import GpuOptions, gpu_memory, has_cuvs, to_gpu
+from tests.shards.helpers import brute_force, build, recall
+
+pytestmark = pytest.mark.gpu
+
+
+def test_gpu_flat_equals_cpu_flat(tmp_path, data):
+    xb, xq = data
+    index = build(tmp_path, xb, index="Flat", num_shards=2)
+    Dc, Ic = index.search(xq, 10)
+    where = index.place("cuda:0")
+    assert where.on_gpu and where.device == "cuda:0" and where.gpu_bytes > 0
+    assert where.cuvs == has_cuvs()
+    Dg, Ig = index.search(xq, 10)
+    np.testing.assert_allclose(Dg, Dc, rtol=1e-4, atol=1e-3)
+    assert (Ig == Ic).mean() > 0.99  # ties may order differently
+    _, gt = brute_force(xb, xq, 10, "l2")
+    assert recall(Ig, gt) > 0.99
+
+
+def test_gpu_float16_flat_is_close(tmp_path, data):
+    xb, xq = data
+    index = build(tmp_path, xb, index="Flat")
+    index.place(GpuOptions(float16=True))
+    _, gt = brute_force(xb, xq, 10, "l2")
+    assert recall(index.search(xq, 10)[1], gt) > 0.97
+
+
+def test_gpu_ivfpq_with_cpu_rerank_meets_its_recall(tmp_path, data):
+    xb, xq = data
+    index = build(tmp_path, xb, index="IVF64,PQ16,RFlat")  # 8-bit PQ: the GPU form
+    index.place("cuda:0")
+    _, gt = brute_force(xb, xq, 10, "l2")
+    assert recall(index.search(xq, 10, {"nprobe": 16, "k_factor": 8})[1], gt) >= 0.95
+    coarse = recall(index.search(xq, 10, {"nprobe": 1, "k_factor": 1})[1], gt)
+    assert coarse < 0.95  # the overrides reach the GPU index
+    with pytest.raises(InvalidQuery, match="k_factor"):
+        index.search(xq, 1024, {"k_factor": 4})  # 4,096 candidates: over the GPU's 2,048
+
+
+def test_gpu_cagra_built_on_gpu_meets_recall(tmp_path, data):
+    xb, xq = data
+    index = build(tmp_path, xb, index="CAGRA32", graph_device="cuda:0")
+    assert isinstance(faiss.downcast_index(index.shards[0].index), faiss.IndexHNSWCagra)
+    _, gt = brute_force(xb, xq, 10, "l2")
+    cpu = recall(index.search(xq, 10, {"itopk_size": 64})[1], gt)
+    index.place("cuda:0")
+    gpu = recall(index.search(xq, 10, {"itopk_size": 64})[1], gt)
+    assert gpu >= 0.95 and cpu >= 0.9
+    low = recall(index.search(xq, 10, {"itopk_size": 16})[1], gt)
+    wide = recall(index.search(xq, 10, {"itopk_size": 128, "search_width": 4})[1], gt)
+    assert wide >= low and wide >= 0.98
+
+
+def test_gpu_cagra_from_cpu_twin(tmp_path, data):
+    xb, xq = data
+    index = build(tmp_path, xb, index="CAGRA32", graph_device="cpu", tune=False)
+    index.place("cuda:0")
+    _, gt = brute_force(xb, xq, 10, "l2")
+    assert recall(index.search(xq, 10, {"itopk_size": 64})[1], gt) >= 0.95
+
+
+def test_gpu_deletes_are_filtered(tmp_path, data):
+    xb, xq = data
+    index = build(tmp_path, xb, index="Flat")
+    _, I = index.search(xq, 10)
+    gone = np.unique(I[:, :3])
+    index.delete(gone)
+    index.place("cuda:0")
+    _, I2 = index.search(xq, 10)
+    assert not np.isin(I2, gone).any()
+
+
+def test_gpu_refuses_what_does_not_fit_before_cloning():
+    free, _ = gpu_memory(0)
+    huge = faiss.IndexFlatL2(64)
+    huge.ntotal = free // (64 * 4) * 2  # claims twice the free memory; nothing is copied
+    with pytest.raises(GpuOutOfMemory, match="MiB is free"):
+        to_gpu(huge, GpuOptions())
+    assert gpu_memory(0)[0] >= free * 0.95
+
+
+def test_gpu_concurrent_requests_on_one_index(tmp_path, data):
+    xb, xq = data
+    index = build(tmp_path, xb, index="IVF64,PQ16,RFlat")
+    index.place("cuda:0")
+    settings = [{"nprobe": p, "k_factor": kf} for p in (1, 4, 16, 64) for kf in (1, 4)]
+    expected = [index.search(xq, 10, s) for s in settings]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda s: index.search(xq, 10, s), settings * 4))
+    for i, (_, I) in enumerate(got):
+        np.testing.assert_array_equal(I, expected[i % len(settings)][1])
+
+
+def test_gpu_two_replicas_equal_one(tmp_path, data):
+    xb, xq = data
+    index = build(tmp_path, xb, index="Flat")
+    one = to_gpu(index.shards[0].index, GpuOptions())
+    two = to_gpu(index.shards[0].index, GpuOptions(devices=(0, 0)))  # two clones, one card
+    assert len(two.indexes) == 2
+    from shards.params import SearchOverrides
+
+    D1, I1 = one.search(xq, 10, SearchOverrides())
+    D2, I2 = two.search(xq, 10, SearchOverrides())
+    assert (I1 == I2).mean() > 0.99
+    np.testing.assert_allclose(D1, D2, rtol=1e-4, atol=1e-3)
