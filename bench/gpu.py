@@ -69,6 +69,8 @@ def timed(fn: Callable[[], object]) -> float:
 def measure(search: Callable, xq: np.ndarray, gt: np.ndarray, singles: int) -> dict:
     """recall@10 and QPS at batch 1,024 over all queries; QPS and p50 at batch 1."""
     search(xq[:BATCH])  # warm-up (GPU kernels, caches)
+    for i in range(5):
+        search(xq[i : i + 1])  # single-query kernels are other ones
     parts: list[np.ndarray] = []
     t = timed(lambda: parts.extend(search(xq[i : i + BATCH])[1] for i in range(0, len(xq), BATCH)))
     I = np.vstack(parts)
@@ -126,9 +128,16 @@ def run_dataset(
     ]
     log(rows[-1])
 
-    def add(index_name: str, cpu_index, params_list: list[dict], cpu_params: dict | None, extra):
+    def add(
+        index_name: str,
+        cpu_index,
+        params_list: list[dict],
+        cpu_params: dict | None,
+        extra,
+        options: GpuOptions | None = None,
+    ):
         t = time.perf_counter()
-        placed = place(cpu_index, GpuOptions() if device != "cpu" else "cpu")
+        placed = place(cpu_index, (options or GpuOptions()) if device != "cpu" else "cpu")
         clone_s = time.perf_counter() - t
         for params in params_list:
             row = {
@@ -136,6 +145,7 @@ def run_dataset(
                 "index": index_name,
                 "device": placed.placement.device,
                 "cuvs": placed.placement.cuvs,
+                "float16": placed.placement.float16,
                 "params": params,
                 "gpu_bytes": placed.placement.gpu_bytes,
                 "clone_s": clone_s,
@@ -160,10 +170,21 @@ def run_dataset(
     flat = faiss.IndexFlat(d, metric)
     flat.add(xb)
     add("Flat", flat, [{}], None, {})
+    if device != "cpu":
+        add(
+            "Flat",
+            flat,
+            [{}],
+            None,
+            {"note": "faiss's own GPU kernels"},
+            GpuOptions(use_cuvs=False),
+        )
+        add("Flat", flat, [{}], None, {}, GpuOptions(float16=True))
     bytes_per_query = n * d * 4
     for row in rows:
         if row["index"] == "Flat" and row["device"] != "cpu":
-            row["scan_bytes_per_s_1"] = row["qps_1"] * bytes_per_query
+            scanned = bytes_per_query // (2 if row["float16"] else 1)
+            row["scan_bytes_per_s_1"] = row["qps_1"] * scanned
             row["tflops_batch"] = row["qps_batch"] * 2 * n * d / 1e12
     del flat
 
@@ -186,8 +207,42 @@ def run_dataset(
         t0 = time.perf_counter()
         graph = cagra.build(xb, 64, metric, device=None if device == "cpu" else 0)
         t_build = time.perf_counter() - t0
-        itopk = [{"itopk_size": s} for s in (32, 64, 128)]
-        add("CAGRA64", graph, itopk, {"itopk_size": 64}, {"build_s_gpu": t_build})
+        settings = [{"itopk_size": s} for s in (32, 64, 128)] + [
+            {"itopk_size": 128, "search_width": 4},
+            {"itopk_size": 256, "search_width": 8},
+        ]
+        add("CAGRA64", graph, settings, {"itopk_size": 64}, {"build_s_gpu": t_build})
+        if device != "cpu":
+            rows.extend(native_cagra(name, xb, xq, gt, metric, singles, log))
+    return rows
+
+
+def native_cagra(name, xb, xq, gt, metric: int, singles: int, log) -> list[dict]:
+    """The CAGRA index as cuVS built it, searched before its round trip through the CPU form
+    (a check of the conversion), and a build with cuVS's connectivity guarantee."""
+    from shards._faiss import faiss_ext
+    from shards.gpu import resources
+
+    rows = []
+    for connect in (False, True):
+        config = faiss_ext.GpuIndexCagraConfig()
+        config.graph_degree, config.intermediate_graph_degree = 64, 128
+        config.guarantee_connectivity = connect
+        native = faiss_ext.GpuIndexCagra(resources(0), xb.shape[1], metric, config)
+        t_build = timed(lambda native=native: native.train(xb))
+        placed = Placed([native], Placement("cuda:0", cuvs=True))
+        for params in ({"itopk_size": 64}, {"itopk_size": 128}):
+            row = {
+                "dataset": name,
+                "index": "CAGRA64 native" + (" connected" if connect else ""),
+                "device": "cuda:0",
+                "params": params,
+                "build_s_gpu": t_build,
+                **measure(searcher(placed, params), xq, gt, singles),
+            }
+            rows.append(row)
+            log(row)
+        del placed, native
     return rows
 
 
