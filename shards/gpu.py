@@ -63,7 +63,9 @@ class Placement:
     cuvs: bool = False
     float16: bool = False
     multi_gpu: str | None = None
-    gpu_bytes: int = 0  # device memory the clone took (measured), all devices together
+    # device memory the clones took (measured), all devices together; the first clone on a
+    # GPU also allocates the process's scratch memory there
+    gpu_bytes: int = 0
 
     @property
     def on_gpu(self) -> bool:
