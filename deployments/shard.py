@@ -218,5 +218,7 @@ class ShardServer:
             return
         params = cur.index.resolve(None).to_dict()
         _, I, _ = await self._run(cur, cur.probe, 10, params, record=False)
+        if cur.placement.on_gpu:  # every health check refreshes the GPU memory gauge
+            self.metrics.gpu_memory.set(float(gpu_memory_in_use(cur.placement)), tags=self.tags)
         if cur.probe_id not in I[0]:
             raise RuntimeError(f"shards {self.numbers}: known-answer search failed")

@@ -47,3 +47,22 @@ def test_kuberay_service_carries_the_gpu_serve_config():
     worker = service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
     limits = worker["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
+
+
+def test_shard_options_place_replicas_on_their_gpus():
+    from deployments.config import ShardOptions
+    from shards.gpu import GpuOptions
+
+    cpu = ShardOptions()
+    assert cpu.device() == "cpu" and cpu.batch_size == 1
+    two = ShardOptions(
+        num_gpus=2, gpu={"multi_gpu": "shard", "float16": True, "temp_memory_mb": 512}
+    )
+    assert two.device() == GpuOptions(
+        devices=(0, 1), multi_gpu="shard", float16=True, temp_memory_mb=512
+    )
+    assert two.batch_size == 64  # batches feed the GPU
+    assert ShardOptions(num_gpus=0.5).device() == GpuOptions(devices=(0,))
+    assert ShardOptions(num_gpus=1, max_batch_size=8).batch_size == 8
+    with pytest.raises(ValueError, match="whole number"):
+        ShardOptions(num_gpus=1.5)

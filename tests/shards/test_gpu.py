@@ -116,3 +116,19 @@ def test_gpu_two_replicas_equal_one(tmp_path, data):
     D2, I2 = two.search(xq, 10, SearchOverrides())
     assert (I1 == I2).mean() > 0.99
     np.testing.assert_allclose(D1, D2, rtol=1e-4, atol=1e-3)
+
+
+def test_gpu_ivf_sharded_over_two_clones_equals_one(tmp_path, data):
+    from shards.params import SearchOverrides
+
+    xb, xq = data
+    index = build(tmp_path, xb, index="IVF64,Flat", tune=False)
+    cpu = index.shards[0].index
+    one = to_gpu(cpu, GpuOptions())
+    two = to_gpu(cpu, GpuOptions(devices=(0, 0), multi_gpu="shard"))  # IVF lists split in two
+    assert two.placement.multi_gpu == "shard" and two.placement.device == "cuda:0,0"
+    ov = SearchOverrides(nprobe=8)
+    D1, I1 = one.search(xq, 10, ov)
+    D2, I2 = two.search(xq, 10, ov)
+    assert (I1 == I2).mean() > 0.99
+    np.testing.assert_allclose(D1, D2, rtol=1e-4, atol=1e-3)
