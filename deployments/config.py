@@ -56,6 +56,9 @@ class ShardOptions(BaseModel):
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     max_ongoing_requests: PositiveInt = 32
     mmap: bool = Field(False, description="memory-map index files (local folders)")
+    reload_retry_s: PositiveFloat = Field(
+        10.0, description="a replica whose index failed to load retries after this long"
+    )
     faults: Faults | None = Field(None, description="fault injection (testing only)")
 
     @model_validator(mode="after")
@@ -133,6 +136,9 @@ class AppArgs(BaseModel):
     router_max_ongoing_requests: PositiveInt = 64
     router_max_queued_requests: int = Field(
         256, ge=-1, description="requests queued per caller before overload answers; -1: no limit"
+    )
+    replica_retries: int = Field(
+        2, ge=0, description="a shard call whose replica died is retried on another replica"
     )
     overload_status: Literal[429, 503] = Field(503, description="HTTP status when overloaded")
     retry_after_s: PositiveInt = Field(1, description="Retry-After of overload answers")

@@ -67,6 +67,9 @@ class RouterMetrics:
         )
         self.merge = Histogram("vsearch_merge_seconds", "top-k merge time", boundaries=LATENCY_S)
         self.degraded = Counter("vsearch_degraded_total", "answers from fewer than all shards")
+        self.retries = Counter(
+            "vsearch_shard_retries_total", "shard calls retried after their replica died"
+        )
         self.k = Histogram("vsearch_request_k", "k per request", boundaries=SIZES)
         self.nprobe = Histogram(
             "vsearch_request_nprobe", "effective nprobe per request", boundaries=SIZES

@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
@@ -30,7 +31,7 @@ from deployments.http import (
 from deployments.metrics import RouterMetrics
 from deployments.scrape import scrape_cluster
 from shards.artefact import open_version
-from shards.errors import InvalidQuery, UnknownId, VsearchError
+from shards.errors import IndexLoadError, InvalidQuery, UnknownId, VsearchError
 from shards.merge import exclude_ids, merge_results
 from shards.params import SearchOverrides
 from shards.planner import QueryPlanner
@@ -110,12 +111,32 @@ class Router:
         self.group_sizes = group_sizes
         self.error: str | None = None
         self.metrics = RouterMetrics()
-        self.planner = self._planner(self.args.index_version, self.args.default_params)
+        self._plan: QueryPlanner | None = None
+        self._load_planner()  # on failure the router starts anyway and says why (no crash loop)
         env = self.args.auth_token_env
         token = os.environ.get(env) if env else None
         if env and not token:
             raise RuntimeError(f"auth_token_env names {env}, but that variable is empty")
         app.state.token = token
+
+    @property
+    def planner(self) -> QueryPlanner:
+        if self._plan is None:
+            raise IndexLoadError(self.error or "the index manifest is not loaded")
+        return self._plan
+
+    def _load_planner(self) -> None:
+        try:
+            self._plan = self._planner(self.args.index_version, self.args.default_params)
+            self.error = None
+        except Exception as exc:
+            self.error = f"cannot open the index at {self.args.index_uri}: {exc}"
+            log.error(self.error)
+
+    async def check_health(self) -> None:
+        """Serve's periodic check; a router that could not read the manifest retries here."""
+        if self._plan is None:
+            await asyncio.to_thread(self._load_planner)
 
     def _planner(self, version: str | None, defaults: dict[str, Any]) -> QueryPlanner:
         _, manifest = open_version(self.args.index_uri, version)
@@ -128,7 +149,7 @@ class Router:
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """``{"index_version": V, "default_params": {...}}``; a bad config keeps the old one."""
         try:
-            self.planner = self._planner(
+            self._plan = self._planner(
                 config.get("index_version") or self.args.index_version,
                 config.get("default_params", self.args.default_params),
             )
@@ -219,7 +240,7 @@ class Router:
 
     async def _fanout(self, method: str, deadline: float, min_coverage: float, *args):
         """Call ``method`` on every shard; ``(answers, coverage)`` or raise by coverage rules."""
-        tasks = [asyncio.ensure_future(getattr(h, method).remote(*args)) for h in self.shards]
+        tasks = [asyncio.ensure_future(self._call(h, method, deadline, args)) for h in self.shards]
         done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
         for task in pending:
             task.cancel()
@@ -245,6 +266,18 @@ class Router:
                 raise DeadlineExceeded(f"deadline passed: {what}")
             raise ShardsUnavailable(f"{what}; first failure: {failures[0]!r}")
         return answers, coverage
+
+    async def _call(self, handle: DeploymentHandle, method: str, deadline: float, args: tuple):
+        """One shard call; retried while time is left when its replica dies under it (Serve
+        drops the dead replica, so the retry goes to another one)."""
+        for attempt in range(self.args.replica_retries + 1):
+            try:
+                return await getattr(handle, method).remote(*args)
+            except RayActorError:
+                if attempt == self.args.replica_retries or time.monotonic() >= deadline:
+                    raise
+                self.metrics.retries.inc()
+        raise AssertionError("unreachable")
 
     async def _vectors_of(self, ids: np.ndarray, deadline: float) -> np.ndarray:
         answers, _ = await self._fanout("reconstruct", deadline, 1.0, ids)
@@ -317,14 +350,19 @@ class Router:
         return {
             "status": "degraded" if problems else "ok",
             "problems": problems,
-            "index_version": self.planner.manifest.index_version,
+            "index_version": self._plan.manifest.index_version if self._plan else None,
         }
 
     @app.get("/v1/ready")
     async def ready(self) -> JSONResponse:
         infos = await self.shard_infos()
         versions = {i.get("index_version") for i in infos}
-        ok = len(versions) == 1 and None not in versions and not any(i.get("error") for i in infos)
+        ok = (
+            self._plan is not None
+            and len(versions) == 1
+            and None not in versions
+            and not any(i.get("error") for i in infos)
+        )
         body = {"ready": ok, "index_versions": sorted(v or "none" for v in versions)}
         return JSONResponse(body, status_code=200 if ok else 503)
 
@@ -335,6 +373,8 @@ class Router:
 
     @app.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
+        if self._plan is None:
+            return {"router_error": self.error, "shards": await self.shard_infos()}
         m = self.planner.manifest
         return {
             "index_version": m.index_version,

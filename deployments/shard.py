@@ -14,6 +14,7 @@ from deployments.config import ShardOptions
 from deployments.metrics import ShardMetrics
 from shards import ShardedIndex
 from shards._faiss import faiss
+from shards.errors import IndexLoadError
 from shards.gpu import gpu_memory_in_use
 from shards.metadata import lookup_metadata
 from shards.params import SearchOverrides
@@ -53,6 +54,7 @@ class ShardServer:
         self.wanted_version: str | None = None
         self.error: str | None = None
         self._swap_task: asyncio.Task | None = None
+        self._retry_at: float | None = None  # when to retry a failed first load
         label = f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
         self.metrics, self.tags = ShardMetrics(), {"shard": label}
         self._batched.set_max_batch_size(self.opts.batch_size)
@@ -61,7 +63,7 @@ class ShardServer:
     @property
     def loaded(self) -> LoadedShards:
         if self.current is None:
-            raise RuntimeError(f"shards {self.numbers} have no index loaded")
+            raise IndexLoadError(self.error or f"shards {self.numbers} have no index loaded")
         return self.current
 
     async def search(self, xq: np.ndarray, k: int, params: dict[str, Any]):
@@ -155,17 +157,36 @@ class ShardServer:
         """
         wanted = config.get("index_version")
         if self.current is None:
-            self.current = await asyncio.to_thread(
-                LoadedShards, self.uri, self.numbers, wanted, self.opts
-            )
-            self.wanted_version = self.current.version
-            self._publish(self.current)
+            self.wanted_version = wanted
+            await self._first_load()
             return
         if wanted in (None, self.current.version):
             self.wanted_version, self.error = self.current.version, None
             return
         self.wanted_version = wanted
         self._swap_task = asyncio.get_running_loop().create_task(self._swap(wanted))
+
+    async def _first_load(self) -> None:
+        """Load the wanted version; on failure keep the replica up, say why, retry later.
+
+        A replica that raised here would be restarted by Serve and fail again (a crash loop);
+        instead it answers 503 ``index_unavailable`` with the reason until a retry succeeds.
+        """
+        try:
+            loaded = await asyncio.to_thread(
+                LoadedShards, self.uri, self.numbers, self.wanted_version, self.opts
+            )
+        except Exception as exc:
+            self.metrics.load_failures.inc(tags=self.tags)
+            self.error = f"cannot load version {self.wanted_version or 'CURRENT'}: {exc}"
+            self._retry_at = time.monotonic() + self.opts.reload_retry_s
+            log.error(
+                "shards %s: %s (retry in %s s)", self.numbers, self.error, self.opts.reload_retry_s
+            )
+            return
+        self.current, self.error, self._retry_at = loaded, None, None
+        self.wanted_version = loaded.version
+        self._publish(loaded)
 
     async def _swap(self, wanted: str) -> None:
         try:
@@ -186,6 +207,17 @@ class ShardServer:
 
     async def info(self) -> list[dict[str, Any]]:
         """One entry per shard for /v1/stats and /v1/ready."""
+        if self.current is None:
+            return [
+                {
+                    "shard": n,
+                    "index_version": None,
+                    "wanted_version": self.wanted_version,
+                    "error": self.error,
+                    "replica_shards": self.numbers,
+                }
+                for n in self.numbers
+            ]
         cur = self.loaded
         manifest = cur.index.manifest
         gpu_used = gpu_memory_in_use(cur.placement) if cur.placement.on_gpu else None
@@ -212,7 +244,16 @@ class ShardServer:
         ]
 
     async def check_health(self) -> None:
-        """Known-answer search: the probe vector must find its own id."""
+        """Known-answer search: the probe vector must find its own id.
+
+        A replica whose first load failed is healthy (restarting it would not help) but not
+        ready; each health check past the retry time tries the load again in the background.
+        """
+        if self.current is None:
+            if self._retry_at is not None and time.monotonic() >= self._retry_at:
+                self._retry_at = None
+                self._swap_task = asyncio.get_running_loop().create_task(self._first_load())
+            return
         cur = self.loaded
         if cur.probe is None:
             return
