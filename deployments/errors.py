@@ -16,6 +16,13 @@ class Unauthorized(VsearchError):
     code = "unauthorized"
 
 
+class UnsupportedMediaType(VsearchError):
+    """The request body is not declared as JSON."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class BodyTooLarge(VsearchError):
     status_code = 413
     code = "body_too_large"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from deployments.errors import BadRequest, BodyTooLarge
+from deployments.errors import BadRequest, BodyTooLarge, UnsupportedMediaType
 from shards.errors import VsearchError
 
 
@@ -52,8 +52,14 @@ class SearchResponse(BaseModel):
     metadata: list[list[dict[str, Any] | None]] | None = None
 
 
-def parse_search(body: bytes, max_bytes: int) -> SearchRequest:
-    """Parse and validate a request body (BodyTooLarge, BadRequest)."""
+def parse_search(body: bytes, max_bytes: int, content_type: str = "") -> SearchRequest:
+    """Parse and validate a request body (UnsupportedMediaType, BodyTooLarge, BadRequest).
+
+    A body without a content type is read as JSON; any other declared type is refused.
+    """
+    media = content_type.split(";")[0].strip().lower()
+    if media and media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(f"content-type must be application/json, got {media!r}")
     if len(body) > max_bytes:
         raise BodyTooLarge(f"request body is {len(body):,} bytes; the limit is {max_bytes:,}")
     try:

@@ -190,7 +190,11 @@ class Router:
     ) -> dict[str, Any]:
         """Search by vectors ``xq`` (nq, d) or by stored ``ids``; numpy in, numpy out."""
         t0 = time.perf_counter()
+        if (xq is None) == (ids is None):
+            raise InvalidQuery("give exactly one of query vectors or ids")
         planner, m = self.planner, self.metrics
+        if params is not None and not isinstance(params, dict):
+            raise InvalidQuery(f"params must be a mapping, got {type(params).__name__}")
         params = dict(params or {})
         target = params.pop("target_recall", None)
         k = planner.check_k(k)
@@ -312,7 +316,11 @@ class Router:
         },
     )
     async def http_search(self, request: Request) -> Response:
-        req = parse_search(await request.body(), self.args.limits.max_body_bytes)
+        req = parse_search(
+            await request.body(),
+            self.args.limits.max_body_bytes,
+            request.headers.get("content-type", ""),
+        )
         result = await self.search(
             queries_of(req, self.planner.dim),
             req.k,

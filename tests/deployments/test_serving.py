@@ -90,6 +90,7 @@ def test_metadata_and_search_by_id(apps, indexes):
 
 
 NAN_BODY = '{"vectors": [[' + ", ".join(["NaN"] * 16) + ']], "k": 3}'
+INF_BODY = '{"vectors": [[' + ", ".join(["1e400"] * 16) + ']], "k": 3}'
 
 
 @pytest.mark.parametrize(
@@ -103,6 +104,17 @@ NAN_BODY = '{"vectors": [[' + ", ".join(["NaN"] * 16) + ']], "k": 3}'
         ({"vectors": [[0.0] * 16, [0.0] * 15]}, 400, "bad_request"),
         ({"vectors": []}, 400, "invalid_query"),
         (NAN_BODY, 400, "invalid_query"),
+        (INF_BODY, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16] * 1025}, 400, "invalid_query"),  # max_queries 1024
+        ({"vectors": [[0.0] * 16], "k": "ten"}, 400, "bad_request"),
+        ({"vectors": [[0.0] * 16], "k": 2.5}, 400, "bad_request"),
+        ({"vectors": [[0.0] * 16], "deadline_ms": -5}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "deadline_ms": 10**9}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "min_coverage": "all"}, 400, "bad_request"),
+        ({"vectors": [[0.0] * 16], "params": {"itopk_size": 64}}, 400, "invalid_query"),
+        ({"vectors": [[0.0] * 16], "params": "nprobe=4"}, 400, "bad_request"),
+        ({"vectors": "abc"}, 400, "bad_request"),
+        ({"ids": [-1]}, 404, "unknown_id"),
         ({"vectors": [[0.0] * 16], "k": 0}, 400, "invalid_query"),
         ({"vectors": [[0.0] * 16], "k": 5000}, 400, "invalid_query"),
         ({"vectors": [[0.0] * 16], "params": {"bogus": 1}}, 400, "invalid_query"),
@@ -123,6 +135,42 @@ def test_errors_are_json_with_status(apps, body, status, code):
     assert r.status_code == status, r.text
     assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
     assert post(apps["flat"], {"vectors": [[0.1] * 16], "k": 2}).status_code == 200
+
+
+def test_wrong_content_type_is_415(apps):
+    body = {"vectors": [[0.1] * 16], "k": 2}
+    r = post(apps["flat"], body, headers={"content-type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    r = post(apps["flat"], body, headers={"content-type": "application/json; charset=utf-8"})
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda c, x: c.search(x[:, :15], 5), "InvalidQuery"),
+        (lambda c, x: c.search(np.full_like(x, np.nan), 5), "InvalidQuery"),
+        (lambda c, x: c.search(np.full_like(x, np.inf), 5), "InvalidQuery"),
+        (lambda c, x: c.search(x[:0], 5), "InvalidQuery"),
+        (lambda c, x: c.search(x, 0), "InvalidQuery"),
+        (lambda c, x: c.search(x, 5000), "InvalidQuery"),
+        (lambda c, x: c.search(np.repeat(x, 60, axis=0), 5), "InvalidQuery"),  # 1,200 > 1,024
+        (lambda c, x: c.search(x, 5, {"nprobe": 4}), "InvalidQuery"),
+        (lambda c, x: c.search(x, 5, {"bogus": 1}), "InvalidQuery"),
+        (lambda c, x: c.search(x, 5, min_coverage=1.5), "InvalidQuery"),
+        (lambda c, x: c.search(x, 5, deadline_ms=-1), "InvalidQuery"),
+        (lambda c, x: c.search(ids=[2], k=5), "UnknownId"),
+        (lambda c, x: c.search(x, 5, ids=[1]), "InvalidQuery"),
+    ],
+)
+def test_handle_rejects_bad_input_with_typed_errors(apps, xq, call, error):
+    from deployments.client import VsearchClient
+
+    client = VsearchClient("flat")
+    with pytest.raises(Exception) as info:
+        call(client, xq)
+    assert type(info.value).__name__ == error, repr(info.value)
+    assert client.search(xq[:2], 3).I.shape == (2, 3)  # the next valid query still works
 
 
 def test_unknown_route_is_json_404(apps):
