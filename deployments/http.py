@@ -40,6 +40,32 @@ class SearchRequest(BaseModel):
         return self
 
 
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="stable machine-readable code, e.g. invalid_query")
+    message: str = Field(..., description="what is wrong, for a person")
+
+
+class ErrorBody(BaseModel):
+    """Body of every error answer."""
+
+    error: ErrorDetail
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses."""
+    what = {
+        400: "invalid request (schema, dimension, NaN/Inf, k, overrides, deadline)",
+        401: "missing or wrong bearer token (when auth is on)",
+        404: "unknown id",
+        413: "body larger than the limit",
+        415: "body not declared as JSON",
+        429: "overloaded (with Retry-After), when overload_status is 429",
+        503: "overloaded (with Retry-After), too few shards, or index unavailable",
+        504: "the deadline passed before enough shards answered",
+    }
+    return {s: {"model": ErrorBody, "description": what[s]} for s in statuses}
+
+
 class SearchResponse(BaseModel):
     """Body of a successful search (documented in OpenAPI)."""
 

@@ -24,6 +24,7 @@ from deployments.http import (
     SearchRequest,
     SearchResponse,
     error_body,
+    error_responses,
     parse_search,
     queries_of,
     response_body,
@@ -308,6 +309,7 @@ class Router:
     @app.post(
         "/v1/search",
         response_model=SearchResponse,
+        responses=error_responses(400, 401, 404, 413, 415, 429, 503, 504),
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -361,7 +363,7 @@ class Router:
             "index_version": self._plan.manifest.index_version if self._plan else None,
         }
 
-    @app.get("/v1/ready")
+    @app.get("/v1/ready", responses=error_responses(401, 503))
     async def ready(self) -> JSONResponse:
         infos = await self.shard_infos()
         versions = {i.get("index_version") for i in infos}
@@ -374,12 +376,12 @@ class Router:
         body = {"ready": ok, "index_versions": sorted(v or "none" for v in versions)}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses(401))
     async def metrics_page(self) -> Response:
         """Prometheus text: the metrics of every replica on every node, merged."""
         return Response(await scrape_cluster(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/stats")
+    @app.get("/v1/stats", responses=error_responses(401))
     async def stats(self) -> dict[str, Any]:
         if self._plan is None:
             return {"router_error": self.error, "shards": await self.shard_infos()}
