@@ -42,7 +42,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         backpressure_config=BackpressureConfig(
             status_code=args.overload_status, retry_after_s=args.retry_after_s
         ),
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options={"num_cpus": 0, "resources": args.router_resources},
     )
     fixed = args.model_dump(exclude={"index_version", "default_params"})
     return router.bind(shards, [len(g) for g in groups], fixed)

@@ -46,6 +46,9 @@ class ShardOptions(BaseModel):
         0.0, ge=0, description="> 0 clones the shards to the replica's GPU(s); 2 uses two GPUs"
     )
     gpu: GpuSettings = Field(default_factory=GpuSettings)
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each replica needs (node pinning)"
+    )
     omp_threads: PositiveInt = Field(1, description="OpenMP threads per replica")
     shards_per_replica: PositiveInt = Field(
         1, description="shards each replica serves (merged in the replica); 1 on GPU clusters"
@@ -95,6 +98,7 @@ class ShardOptions(BaseModel):
             "ray_actor_options": {
                 "num_cpus": self.num_cpus,
                 "num_gpus": self.num_gpus,
+                "resources": self.resources,
                 # every thread of the replica (searches run in a thread pool) starts with this
                 # many OpenMP threads; more than the cores oversubscribes them badly
                 "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(self.omp_threads)}},
@@ -133,6 +137,9 @@ class AppArgs(BaseModel):
         None, description="name of an env var holding a bearer token; unset: no auth"
     )
     router_replicas: PositiveInt = 1
+    router_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources of the router (node pinning)"
+    )
     router_max_ongoing_requests: PositiveInt = 64
     router_max_queued_requests: int = Field(
         256, ge=-1, description="requests queued per caller before overload answers; -1: no limit"
