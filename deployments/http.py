@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,7 +21,9 @@ class SearchRequest(BaseModel):
 
     vectors: list[list[float]] | None = Field(None, description="queries, one list per vector")
     vectors_b64: str | None = Field(None, description="base64 of little-endian float32, row-major")
-    ids: list[int] | None = Field(None, description="search with these stored vectors")
+    ids: list[Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]] | None = Field(
+        None, description="search with these stored vectors (64-bit ids)"
+    )
     k: int = Field(10, description="results per query")
     params: dict[str, Any] | None = Field(
         None, description="nprobe, ef_search, quantizer_ef_search, k_factor, target_recall"

@@ -94,6 +94,25 @@ class BearerAuth:
 app.add_middleware(BearerAuth)
 
 
+def id_array(ids: Any) -> np.ndarray:
+    """``ids`` as a non-empty 1-D int64 array, or InvalidQuery."""
+    try:
+        raw = np.atleast_1d(np.asarray(ids))
+        if raw.dtype.kind == "O":  # Python ints beyond uint64, or mixed types
+            raw = np.asarray(ids, dtype=np.int64)
+    except (OverflowError, ValueError, TypeError):
+        raise InvalidQuery("ids must be 64-bit integers") from None
+    if raw.size == 0:
+        raise InvalidQuery("ids must be a non-empty list of integers")
+    too_big = raw.dtype.kind == "u" and raw.max() > np.iinfo(np.int64).max
+    if raw.dtype.kind not in "iu" or too_big:
+        raise InvalidQuery("ids must be 64-bit integers")
+    out = raw.astype(np.int64)
+    if out.ndim != 1 or len(out) == 0:
+        raise InvalidQuery("ids must be a non-empty list of integers")
+    return out
+
+
 def unwrap(exc: BaseException | None) -> BaseException | None:
     """The exception raised inside a replica (Ray wraps it in a RayTaskError)."""
     return getattr(exc, "cause", None) or exc
@@ -204,7 +223,7 @@ class Router:
             raise InvalidQuery(f"min_coverage must be in [0, 1], got {min_coverage}")
         deadline = time.monotonic() + self._deadline_s(deadline_ms)
         if ids is not None:
-            ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+            ids = id_array(ids)
             xq = await self._vectors_of(ids, deadline)
         xq = planner.prepare(xq)
         kk = min(k + 1, planner.max_k) if ids is not None else k

@@ -172,3 +172,22 @@ def test_corrupt_files_at_start_are_reported_not_crash_looped(serve_base, indexe
     assert r.status_code == 200 and r.json()["coverage"] == 1.0
     print(f"\ncorrupt at start: 503 + reasons, no restart loop; ready {recovery:.1f} s after fix")
     assert np.isfinite(recovery)
+
+
+def test_slow_shard_deadline_bounds_the_tail(serve_base, indexes):
+    faults = {"delay_ms": {2: 3000}}  # one shard takes 3 s per call
+    deploy("slow", {"index_uri": str(indexes["root"] / "flat"), "shard": {"faults": faults}})
+    url = f"{serve_base}/slow/v1/search"
+    query = {"vectors": clustered(2, 16, seed=14).tolist(), "k": 5, "deadline_ms": 250}
+    latencies = []
+    with httpx.Client(timeout=30) as http:
+        for _ in range(30):
+            t0 = time.perf_counter()
+            r = http.post(url, json={**query, "min_coverage": 0.6})
+            latencies.append(time.perf_counter() - t0)
+            assert r.status_code == 200 and r.json()["coverage"] == pytest.approx(2 / 3)
+        r = http.post(url, json=query)  # full coverage needed: the deadline answers, quickly
+        assert r.status_code == 504
+    p50, p99 = np.percentile(latencies, [50, 99])
+    print(f"\nslow shard (3 s): deadline 250 ms, p50 {1e3 * p50:.0f} ms, p99 {1e3 * p99:.0f} ms")
+    assert p99 < 0.25 + 0.5  # bounded by the deadline, not by the slow shard

@@ -115,6 +115,9 @@ INF_BODY = '{"vectors": [[' + ", ".join(["1e400"] * 16) + ']], "k": 3}'
         ({"vectors": [[0.0] * 16], "params": "nprobe=4"}, 400, "bad_request"),
         ({"vectors": "abc"}, 400, "bad_request"),
         ({"ids": [-1]}, 404, "unknown_id"),
+        ({"ids": [2**64]}, 400, "bad_request"),  # found by the schema fuzzing: was a 500
+        ({"ids": [2**63]}, 400, "bad_request"),
+        ({"ids": []}, 400, "invalid_query"),
         ({"vectors": [[0.0] * 16], "k": 0}, 400, "invalid_query"),
         ({"vectors": [[0.0] * 16], "k": 5000}, 400, "invalid_query"),
         ({"vectors": [[0.0] * 16], "params": {"bogus": 1}}, 400, "invalid_query"),
@@ -161,6 +164,8 @@ def test_wrong_content_type_is_415(apps):
         (lambda c, x: c.search(x, 5, deadline_ms=-1), "InvalidQuery"),
         (lambda c, x: c.search(ids=[2], k=5), "UnknownId"),
         (lambda c, x: c.search(x, 5, ids=[1]), "InvalidQuery"),
+        (lambda c, x: c.search(ids=[2**63], k=5), "InvalidQuery"),
+        (lambda c, x: c.search(ids=[1.5], k=5), "InvalidQuery"),
     ],
 )
 def test_handle_rejects_bad_input_with_typed_errors(apps, xq, call, error):
