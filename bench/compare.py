@@ -1,0 +1,292 @@
+"""vsearch against the systems its users would pick instead, side by side on the same data.
+
+    python -m bench.compare [--quick] [--systems a,b,...]      (make bench-peers)
+
+One run, one machine, the same GloVe vectors (cosine, 10,000 held-out queries of which
+``--queries`` are used) for every system: recall@10 against queries per second, for batches of
+256 queries and for single queries sent by 8 concurrent callers, with p50/p99 latency, build
+time and the resident memory the build added. vsearch runs in process (`shards`), through its
+Ray Serve handle and through its HTTP API (1 shard, the automatic index, `target_recall`
+settings). Writes ``compare.json``, ``compare.md`` and ``compare.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from bench.glove import load
+from bench.results import parser, write
+from bench.systems import K, System, peers
+from shards._faiss import faiss
+
+BATCH = 256
+CONCURRENCY = 8
+TARGETS = (0.9, 0.95, 0.975, 0.99)
+SINGLES_MAX_S = 20.0  # the single-query phase of one setting stops after this long
+
+
+class VsearchInProcess(System):
+    name = "vsearch in-process"
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+
+    def build(self, xb):
+        from shards import BuildOptions, ShardedIndex, VectorSource, build_index
+
+        src = os.path.join(self.workdir, "compare-db.npy")
+        np.save(src, xb)
+        self.root = os.path.join(self.workdir, "compare-vsearch")
+        opts = BuildOptions(metric="ip", progress=False)
+        build_index(VectorSource(src), self.root, opts)
+        self.index = ShardedIndex.open(self.root)
+
+    def settings(self):
+        return [{"target_recall": t} for t in TARGETS]
+
+    def search(self, xq, k, setting):
+        return self.index.search(xq, k, target_recall=setting["target_recall"])[1]
+
+
+class VsearchHandle(System):
+    name = "vsearch handle"
+    kind = "service"
+
+    def __init__(self, local: VsearchInProcess) -> None:
+        self.local = local
+
+    def build(self, xb):
+        from deployments.client import VsearchClient
+        from deployments.local import deploy, start_local
+
+        self.url = start_local() + "/compare"
+        deploy("compare", {"index_uri": self.local.root, "shard": {"omp_threads": 2}})
+        self.client = VsearchClient("compare")
+
+    def settings(self):
+        return [{"target_recall": t} for t in TARGETS]
+
+    def search(self, xq, k, setting):
+        return self.client.search(xq, k, dict(setting), deadline_ms=30_000).I
+
+
+class VsearchHttp(VsearchHandle):
+    name = "vsearch HTTP"
+
+    def __init__(self, handle: VsearchHandle) -> None:
+        self.handle = handle
+
+    def build(self, xb):
+        import httpx
+
+        self.http = httpx.Client(
+            base_url=self.handle.url, timeout=60, limits=httpx.Limits(max_connections=64)
+        )
+
+    def search(self, xq, k, setting):
+        body = {
+            "vectors_b64": base64.b64encode(xq.astype("<f4").tobytes()).decode(),
+            "k": k,
+            "params": dict(setting),
+            "deadline_ms": 30_000,
+        }
+        r = self.http.post("/v1/search", json=body)
+        r.raise_for_status()
+        return np.array(r.json()["ids"], dtype=np.int64)
+
+
+def rss_mib() -> float:
+    """Resident memory of this process and its children (engines that run a server)."""
+    import psutil
+
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
+    return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+
+
+def measure(system: System, xq: np.ndarray, gt: np.ndarray, setting: dict, singles: int):
+    system.search(xq[:BATCH], K, setting)  # warm-up
+    t0 = time.perf_counter()
+    I = np.vstack([system.search(xq[i : i + BATCH], K, setting) for i in range(0, len(xq), BATCH)])
+    t_batch = time.perf_counter() - t0
+    lat: list[float] = []
+    next_query = iter(range(singles))  # shared by the callers; next() is atomic under the GIL
+    t0 = time.perf_counter()
+
+    def caller() -> None:
+        faiss.omp_set_num_threads(1)
+        for i in next_query:
+            if time.perf_counter() - t0 > SINGLES_MAX_S:
+                break  # slow systems: a time-capped sample
+            t = time.perf_counter()
+            system.search(xq[i : i + 1], K, setting)
+            lat.append(time.perf_counter() - t)
+
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        for f in [pool.submit(caller) for _ in range(CONCURRENCY)]:
+            f.result()
+    t_single = time.perf_counter() - t0
+    return {
+        "recall": float((I[:, :K, None] == gt[:, None, :K]).any(axis=2).mean()),
+        "qps_batch": len(xq) / t_batch,
+        "qps_single_c8": len(lat) / t_single,
+        "singles": len(lat),
+        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+    }
+
+
+def run(args) -> dict:
+    ds = load(n_db=50_000, n_queries=2_000) if args.quick else load()
+    nq = min(args.queries, len(ds.xq))
+    xq, gt = ds.xq[:nq], ds.gt[:nq]
+    singles = min(nq, 100 if args.quick else 500)
+    os.makedirs(args.workdir, exist_ok=True)
+    local = VsearchInProcess(args.workdir)
+    handle = VsearchHandle(local)
+    systems: list[System] = [local, handle, VsearchHttp(handle), *peers(1024)]
+    wanted = set(args.systems.split(",")) if args.systems else None
+    rows: list[dict[str, Any]] = []
+    for system in systems:
+        if (
+            wanted
+            and not any(w in system.name for w in wanted)
+            and system.name
+            not in (
+                "vsearch in-process",
+                "vsearch handle",
+            )
+        ):
+            continue
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        before = rss_mib()
+        t0 = time.perf_counter()
+        try:
+            system.build(ds.xb)
+        except Exception as exc:  # a peer that cannot run here: say why, go on
+            rows.append({"system": system.name, "error": f"build failed: {exc!r}"[:300]})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            continue
+        build_s, mem = time.perf_counter() - t0, rss_mib() - before
+        for setting in system.settings():
+            try:
+                stats = measure(system, xq, gt, setting, singles)
+            except Exception as exc:
+                stats = {"error": f"search failed: {exc!r}"[:300]}
+            rows.append(
+                {
+                    "system": system.name,
+                    "kind": system.kind,
+                    "setting": setting,
+                    "build_s": build_s,
+                    "build_rss_mib": mem,
+                    **stats,
+                }
+            )
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    for system in systems:
+        system.close()
+    import ray
+
+    ray.shutdown()
+    return {
+        "command": "python -m bench.compare " + " ".join(sys.argv[1:]),
+        "dataset": ds.name,
+        "queries": nq,
+        "singles": singles,
+        "cpus": os.cpu_count(),
+        "rows": rows,
+    }
+
+
+def best_at(rows: list[dict], system: str, key: str, floor: float = 0.95) -> dict | None:
+    ok = [r for r in rows if r["system"] == system and r.get("recall", 0) >= floor]
+    return max(ok, key=lambda r: r[key]) if ok else None
+
+
+def markdown(r: dict) -> str:
+    systems = list(dict.fromkeys(x["system"] for x in r["rows"]))
+    lines = [
+        f"# vsearch against its peers: `{r['command']}`",
+        "",
+        f"{r['dataset']} (cosine), {r['queries']:,} held-out queries (batches of {BATCH}), "
+        f"{r['singles']} single queries from {CONCURRENCY} concurrent callers; {r['cpus']} CPUs, "
+        "every system in the same run. Best QPS among each system's settings with "
+        "recall@10 >= 0.95:",
+        "",
+        "| system | batched QPS | recall | setting | single-query QPS (c8) | recall | p50 ms | "
+        "p99 ms | build s | build RSS MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in systems:
+        errors = [x["error"] for x in r["rows"] if x["system"] == name and "error" in x]
+        b = best_at(r["rows"], name, "qps_batch")
+        s = best_at(r["rows"], name, "qps_single_c8")
+        if b is None or s is None:
+            why = errors[0] if errors else "no setting reached recall 0.95"
+            lines.append(f"| {name} | - | - | - | - | - | - | - | - | {why} |")
+            continue
+        lines.append(
+            f"| {name} | {b['qps_batch']:,.0f} | {b['recall']:.3f} | {b['setting'] or '-'} | "
+            f"{s['qps_single_c8']:,.0f} | {s['recall']:.3f} | {s['p50_ms']:.2f} | "
+            f"{s['p99_ms']:.2f} | {b['build_s']:.1f} | {b['build_rss_mib']:,.0f} |"
+        )
+    lines += ["", f"![recall against QPS]({r.get('plot', 'compare.png')})", ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot(r: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for ax, key, title in (
+        (axes[0], "qps_batch", f"batches of {BATCH}"),
+        (axes[1], "qps_single_c8", f"single queries, {CONCURRENCY} callers"),
+    ):
+        for name in dict.fromkeys(x["system"] for x in r["rows"]):
+            pts = sorted(
+                (x["recall"], x[key]) for x in r["rows"] if x["system"] == name and key in x
+            )
+            if pts:
+                style = "-o" if name.startswith("vsearch") else "--."
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
+        ax.set_xlabel("recall@10")
+        ax.set_ylabel("queries per second")
+        ax.set_yscale("log")
+        ax.axvline(0.95, color="grey", lw=0.5)
+        ax.set_title(f"{r['dataset']}: {title}")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = parser(__doc__, workdir="compare")
+    ap.add_argument("--queries", type=int, default=2_000, help="held-out queries to use")
+    ap.add_argument("--systems", help="only these peers (substrings of their names)")
+    ap.add_argument("--name", default="compare", help="results file name (without extension)")
+    args = ap.parse_args()
+    result = run(args)
+    result["plot"] = f"{args.name}.png"
+    print(write(args.out, args.name, result, markdown))
+    plot(result, os.path.join(args.out, f"{args.name}.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
