@@ -6,7 +6,7 @@ EXTRAS ?= cpu,serve,test,demo,bench
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 INDEX  ?= data/glove-index
 
-.PHONY: serve demo test lint bench soak clean
+.PHONY: serve demo test lint bench bench-peers soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.core $(ARGS)
+
+# vsearch against FAISS, hnswlib, usearch, Qdrant local, Milvus Lite and LanceDB (installs the
+# `peers` extra first; hnswlib compiles from source), then the capacity model.
+bench-peers: $(STAMP)
+	$(PY) -m pip install -q -e ".[$(EXTRAS),peers]"
+	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(PY) -m bench.compare $(ARGS)
+	$(PY) -m bench.capacity $(ARGS)
 
 # A bounded load run (60 s at concurrency 16 over loopback HTTP): errors, p50/p99, Serve RSS.
 soak: $(STAMP)
