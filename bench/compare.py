@@ -257,13 +257,15 @@ def plot(r: dict, path: str) -> None:
         (axes[0], "qps_batch", f"batches of {BATCH}"),
         (axes[1], "qps_single_c8", f"single queries, {CONCURRENCY} callers"),
     ):
-        for name in dict.fromkeys(x["system"] for x in r["rows"]):
+        names = list(dict.fromkeys(x["system"] for x in r["rows"]))
+        for i, name in enumerate(names):
             pts = sorted(
                 (x["recall"], x[key]) for x in r["rows"] if x["system"] == name and key in x
             )
             if pts:
                 style = "-o" if name.startswith("vsearch") else "--."
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=name)
+                color = plt.cm.tab20(i / max(1, len(names) - 1))
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=name)
         ax.set_xlabel("recall@10")
         ax.set_ylabel("queries per second")
         ax.set_yscale("log")
@@ -273,6 +275,12 @@ def plot(r: dict, path: str) -> None:
     axes[1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def replot(json_path: str) -> None:
+    """Redraw the plot of a results file (``python -c 'from bench.compare import replot; ...'``)."""
+    with open(json_path) as f:
+        plot(json.load(f), json_path[: -len(".json")] + ".png")
 
 
 def main() -> int:
