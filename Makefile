@@ -42,7 +42,8 @@ bench: $(STAMP)
 bench-peers: $(STAMP)
 	$(PY) -m pip install -q -e ".[$(EXTRAS),peers]"
 	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(PY) -m bench.compare $(ARGS)
-	$(PY) -m bench.capacity $(ARGS)
+	$(PY) -m bench.scaling $(ARGS)
+	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(PY) -m bench.capacity $(ARGS)
 
 # A bounded load run (60 s at concurrency 16 over loopback HTTP): errors, p50/p99, Serve RSS.
 soak: $(STAMP)
