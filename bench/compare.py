@@ -106,6 +106,28 @@ class VsearchHttp(VsearchHandle):
         return np.array(r.json()["ids"], dtype=np.int64)
 
 
+class VsearchHttpDirect(VsearchHttp):
+    """HTTP straight to the router replica: Serve's direct ingress port (on with
+    RAY_SERVE_THROUGHPUT_OPTIMIZED), skipping the Python proxy on the main port."""
+
+    name = "vsearch HTTP direct"
+
+    def build(self, xb):
+        import httpx
+
+        low = int(os.environ.get("RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT", "30000"))
+        for port in range(low, low + 20):
+            base = f"http://127.0.0.1:{port}/compare"
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                continue
+        else:
+            raise RuntimeError("no direct ingress port answers (RAY_SERVE_THROUGHPUT_OPTIMIZED?)")
+        self.http = httpx.Client(base_url=base, timeout=60, limits=httpx.Limits(max_connections=64))
+
+
 def rss_mib() -> float:
     """Resident memory of this process and its children (engines that run a server)."""
     import psutil
@@ -155,7 +177,13 @@ def run(args) -> dict:
     os.makedirs(args.workdir, exist_ok=True)
     local = VsearchInProcess(args.workdir)
     handle = VsearchHandle(local)
-    systems: list[System] = [local, handle, VsearchHttp(handle), *peers(1024)]
+    systems: list[System] = [
+        local,
+        handle,
+        VsearchHttp(handle),
+        VsearchHttpDirect(handle),
+        *peers(1024),
+    ]
     wanted = set(args.systems.split(",")) if args.systems else None
     rows: list[dict[str, Any]] = []
     built: list[System] = []
