@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from bench.results import RESULTS, parser, write
+from bench.results import RESULTS, line_plot, parser, write
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -224,22 +224,9 @@ def markdown(r: dict) -> str:
 
 
 def plot(r: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
     s = [x["shards"] for x in r["fanout"]]
-    ax.plot(s, [x["p50_ms"] for x in r["fanout"]], "-o", label="p50")
-    ax.plot(s, [x["p99_ms"] for x in r["fanout"]], "-o", label="p99")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("shards per query (fan-out)")
-    ax.set_ylabel("ms (modelled from measured shard latency)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    series = {q: [x[f"{q}_ms"] for x in r["fanout"]] for q in ("p50", "p99")}
+    line_plot(path, s, series, "shards per query (fan-out)", "ms (modelled from measured calls)")
 
 
 def main() -> int:

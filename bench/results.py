@@ -29,3 +29,23 @@ def write(out_dir: str, name: str, result: dict, markdown: Callable[[dict], str]
     with open(os.path.join(out_dir, f"{name}.md"), "w") as f:
         f.write(text)
     return text
+
+
+def line_plot(path: str, x: list, series: dict[str, list], xlabel: str, ylabel: str) -> None:
+    """A small PNG: ``series`` (label -> y values) against ``x`` on a log2 axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, ys in series.items():
+        ax.plot(x, ys, "-o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

@@ -16,7 +16,7 @@ import sys
 from bench.compare import measure
 from bench.core import build
 from bench.glove import load
-from bench.results import parser, write
+from bench.results import line_plot, parser, write
 from bench.systems import System
 from shards import ShardedIndex
 from shards._faiss import faiss
@@ -76,23 +76,12 @@ def markdown(r: dict) -> str:
 
 
 def plot(r: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    series = {
+        "batches of 256": [x["qps_batch"] for x in r["rows"]],
+        "single queries, 8 callers": [x["qps_single_c8"] for x in r["rows"]],
+    }
     s = [x["shards"] for x in r["rows"]]
-    ax.plot(s, [x["qps_batch"] for x in r["rows"]], "-o", label="batches of 256")
-    ax.plot(s, [x["qps_single_c8"] for x in r["rows"]], "-o", label="single queries, 8 callers")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(s, [str(v) for v in s])
-    ax.set_xlabel("shards (one process)")
-    ax.set_ylabel("queries per second at recall@10 0.95")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    line_plot(path, s, series, "shards (one process)", "queries per second at recall@10 0.95")
 
 
 def main() -> int:
