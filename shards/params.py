@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from shards._faiss import faiss, faiss_ext
@@ -64,12 +64,18 @@ class SearchOverrides:
 
     def over(self, defaults: SearchOverrides) -> SearchOverrides:
         """These overrides laid over ``defaults``."""
-        mine = {k: v for k, v in asdict(self).items() if v is not None}
-        return SearchOverrides(**{**asdict(defaults), **mine})
+        merged = {}
+        for name in _FIELDS:  # per request: plain getattr, not dataclasses.asdict (deep copies)
+            mine = getattr(self, name)
+            merged[name] = mine if mine is not None else getattr(defaults, name)
+        return SearchOverrides(**merged)
 
     def to_dict(self) -> dict[str, Any]:
         """The set knobs only."""
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k in _FIELDS if (v := getattr(self, k)) is not None}
+
+
+_FIELDS = tuple(f.name for f in fields(SearchOverrides))
 
 
 @dataclass(frozen=True)

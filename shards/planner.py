@@ -31,6 +31,7 @@ class QueryPlanner:
         template = template_index(manifest.factory, manifest.dim, self.metric.faiss_metric)
         self.knobs = Knobs.of(template)
         self.defaults = SearchOverrides.parse(manifest.default_params)
+        self._resolved: dict[float, dict[str, Any]] = {}
 
     def check_k(self, k: Any) -> int:
         """``k`` as an int, or InvalidQuery unless it is an integer in [1, max_k]."""
@@ -62,7 +63,13 @@ class QueryPlanner:
     def _tuned(self, target: float) -> dict[str, Any]:
         if not self.knobs.names():
             return {}  # exact index: every target is met
-        curve = (self.manifest.tuning or {}).get("curve")
-        if not curve:
-            raise UnsupportedOperation("this index was not tuned: run `python -m shards autotune`")
-        return autotune.resolve(curve, target)
+        if target not in self._resolved:  # per request otherwise: cache the curve lookup
+            curve = (self.manifest.tuning or {}).get("curve")
+            if not curve:
+                raise UnsupportedOperation(
+                    "this index was not tuned: run `python -m shards autotune`"
+                )
+            if len(self._resolved) > 1024:
+                self._resolved.clear()
+            self._resolved[target] = autotune.resolve(curve, target)
+        return dict(self._resolved[target])
