@@ -34,16 +34,14 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check shards deployments tests bench scripts
 	$(PY) -m mypy shards deployments
 
+# Every CPU benchmark (core, compare, scaling, capacity); ARGS=--quick for a short run.
 bench: $(STAMP)
-	$(PY) -m bench.core $(ARGS)
+	$(PY) -m bench $(ARGS)
 
-# vsearch against FAISS, hnswlib, usearch, Qdrant local, Milvus Lite and LanceDB (installs the
-# `peers` extra first; hnswlib compiles from source), then the capacity model.
+# The same with the peers installed first (the `peers` extra; hnswlib compiles from source).
 bench-peers: $(STAMP)
 	$(PY) -m pip install -q -e ".[$(EXTRAS),peers]"
-	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(PY) -m bench.compare $(ARGS)
-	$(PY) -m bench.scaling $(ARGS)
-	RAY_SERVE_THROUGHPUT_OPTIMIZED=1 $(PY) -m bench.capacity $(ARGS)
+	$(PY) -m bench $(ARGS)
 
 # A bounded load run (60 s at concurrency 16 over loopback HTTP): errors, p50/p99, Serve RSS.
 soak: $(STAMP)
