@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deployments.errors import BadRequest, BodyTooLarge, UnsupportedMediaType
-from shards.errors import VsearchError
+from shards.errors import InvalidQuery, VsearchError
 
 
 class SearchRequest(BaseModel):
@@ -143,3 +143,22 @@ def response_body(result: dict[str, Any]) -> dict[str, Any]:
 
 def error_body(exc: VsearchError) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": exc.message}}
+
+
+def id_array(ids: Any) -> np.ndarray:
+    """``ids`` as a non-empty 1-D int64 array, or InvalidQuery."""
+    try:
+        raw = np.atleast_1d(np.asarray(ids))
+        if raw.dtype.kind == "O":  # Python ints beyond uint64, or mixed types
+            raw = np.asarray(ids, dtype=np.int64)
+    except (OverflowError, ValueError, TypeError):
+        raise InvalidQuery("ids must be 64-bit integers") from None
+    if raw.size == 0:
+        raise InvalidQuery("ids must be a non-empty list of integers")
+    too_big = raw.dtype.kind == "u" and raw.max() > np.iinfo(np.int64).max
+    if raw.dtype.kind not in "iu" or too_big:
+        raise InvalidQuery("ids must be 64-bit integers")
+    out = raw.astype(np.int64)
+    if out.ndim != 1 or len(out) == 0:
+        raise InvalidQuery("ids must be a non-empty list of integers")
+    return out

@@ -1,7 +1,6 @@
 """The router: HTTP ingress and handle API; fans each query out to every shard and merges."""
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -9,26 +8,25 @@ import time
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException
 
 from deployments.config import AppArgs
-from deployments.errors import BadRequest, DeadlineExceeded, ShardsUnavailable, Unauthorized
+from deployments.errors import DeadlineExceeded, ShardsUnavailable
 from deployments.http import (
     SearchRequest,
     SearchResponse,
-    error_body,
     error_responses,
+    id_array,
     parse_search,
     queries_of,
     response_body,
 )
+from deployments.ingress import app
 from deployments.metrics import RouterMetrics
 from deployments.scrape import scrape_cluster
 from shards.artefact import open_version
@@ -38,79 +36,6 @@ from shards.params import SearchOverrides
 from shards.planner import QueryPlanner
 
 log = logging.getLogger("ray.serve")
-OPEN_PATHS = {"/v1/health"}
-
-app = FastAPI(
-    title="vsearch",
-    description="Sharded vector search on FAISS. Errors: {'error': {'code', 'message'}}.",
-    version="0.1.0",
-)
-
-
-@app.exception_handler(VsearchError)
-async def _vsearch_error(request: Request, exc: VsearchError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    return JSONResponse(error_body(BadRequest(str(exc.errors()[0]["msg"]))), status_code=400)
-
-
-@app.exception_handler(HTTPException)
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-    body = {"error": {"code": f"http_{exc.status_code}", "message": str(exc.detail)}}
-    return JSONResponse(body, status_code=exc.status_code)
-
-
-class BearerAuth:
-    """Pure ASGI middleware: every route but /v1/health needs the bearer token, when set.
-
-    (Starlette's ``@app.middleware("http")`` costs about a millisecond per request.)
-    """
-
-    def __init__(self, asgi_app) -> None:
-        self.app = asgi_app
-
-    async def __call__(self, scope, receive, send) -> None:
-        serving = scope.get("app", app)  # the app instance Serve runs (it may not be `app`)
-        token = getattr(serving.state, "token", None) if scope["type"] == "http" else None
-        if token:
-            path = scope["path"].removeprefix(scope.get("root_path", ""))
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if path not in OPEN_PATHS and not hmac.compare_digest(
-                given, f"Bearer {token}".encode()
-            ):
-                exc = Unauthorized("missing or wrong bearer token")
-                response = JSONResponse(
-                    error_body(exc), status_code=401, headers={"WWW-Authenticate": "Bearer"}
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-app.add_middleware(BearerAuth)
-
-
-def id_array(ids: Any) -> np.ndarray:
-    """``ids`` as a non-empty 1-D int64 array, or InvalidQuery."""
-    try:
-        raw = np.atleast_1d(np.asarray(ids))
-        if raw.dtype.kind == "O":  # Python ints beyond uint64, or mixed types
-            raw = np.asarray(ids, dtype=np.int64)
-    except (OverflowError, ValueError, TypeError):
-        raise InvalidQuery("ids must be 64-bit integers") from None
-    if raw.size == 0:
-        raise InvalidQuery("ids must be a non-empty list of integers")
-    too_big = raw.dtype.kind == "u" and raw.max() > np.iinfo(np.int64).max
-    if raw.dtype.kind not in "iu" or too_big:
-        raise InvalidQuery("ids must be 64-bit integers")
-    out = raw.astype(np.int64)
-    if out.ndim != 1 or len(out) == 0:
-        raise InvalidQuery("ids must be a non-empty list of integers")
-    return out
 
 
 def unwrap(exc: BaseException | None) -> BaseException | None:
