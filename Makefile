@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check shards deployments tests bench scripts
 	$(PY) -m mypy shards deployments
 
-# Every CPU benchmark (core, compare, scaling, capacity); ARGS=--quick for a short run.
+# Every CPU benchmark (core, compare, scaling, cold start, capacity); ARGS=--quick: a short run.
 bench: $(STAMP)
 	$(PY) -m bench $(ARGS)
 

@@ -2,7 +2,8 @@
 
 core (Flat vs the automatic choice), compare (vsearch against FAISS, hnswlib, usearch, Qdrant
 local, Milvus Lite, LanceDB: peers not installed are reported, see `make bench-peers`),
-scaling (shard count) and capacity (the model). Each writes its results under ``--out``
+scaling (shard count), cold_start (process start to first answer) and capacity (the
+model). Each writes its results under ``--out``
 (bench/results by default). The GPU benchmarks run on a GPU machine: scripts/gpu-check.
 """
 
@@ -12,7 +13,7 @@ import os
 import subprocess
 import sys
 
-STEPS = ("bench.core", "bench.compare", "bench.scaling", "bench.capacity")
+STEPS = ("bench.core", "bench.compare", "bench.scaling", "bench.cold_start", "bench.capacity")
 
 
 def main() -> int:
