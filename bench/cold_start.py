@@ -38,7 +38,8 @@ PROBES = {
     ),
     "hnswlib": (
         "import hnswlib, numpy as np; q = np.load(Q); "
-        "i = hnswlib.Index(space='ip', dim=q.shape[1]); i.load_index(ROOT); i.knn_query(q[:1], k=10)"
+        "i = hnswlib.Index(space='ip', dim=q.shape[1]); i.load_index(ROOT); "
+        "i.knn_query(q[:1], k=10)"
     ),
     "usearch": (
         "import numpy as np; from usearch.index import Index; "
