@@ -39,8 +39,8 @@ SINGLES_MAX_S = 20.0  # the single-query phase of one setting stops after this l
 class VsearchInProcess(System):
     name = "vsearch in-process"
 
-    def __init__(self, workdir: str) -> None:
-        self.workdir = workdir
+    def __init__(self, workdir: str, metric: str = "ip") -> None:
+        self.workdir, self.metric = workdir, metric
 
     def build(self, xb):
         from shards import BuildOptions, ShardedIndex, VectorSource, build_index
@@ -48,7 +48,7 @@ class VsearchInProcess(System):
         src = os.path.join(self.workdir, "compare-db.npy")
         np.save(src, xb)
         self.root = os.path.join(self.workdir, "compare-vsearch")
-        opts = BuildOptions(metric="ip", progress=False)
+        opts = BuildOptions(metric=self.metric, progress=False)
         build_index(VectorSource(src), self.root, opts)
         self.index = ShardedIndex.open(self.root)
 
@@ -170,12 +170,17 @@ def measure(system: System, xq: np.ndarray, gt: np.ndarray, setting: dict, singl
 
 
 def run(args) -> dict:
-    ds = load(n_db=50_000, n_queries=2_000) if args.quick else load()
+    if args.dataset == "minilm":
+        from bench import minilm
+
+        ds, metric = minilm.load(), "l2"  # normalised: L2, cosine and inner product rank alike
+    else:
+        ds, metric = (load(n_db=50_000, n_queries=2_000) if args.quick else load()), "ip"
     nq = min(args.queries, len(ds.xq))
     xq, gt = ds.xq[:nq], ds.gt[:nq]
     singles = min(nq, 100 if args.quick else 500)
     os.makedirs(args.workdir, exist_ok=True)
-    local = VsearchInProcess(args.workdir)
+    local = VsearchInProcess(args.workdir, metric)
     handle = VsearchHandle(local)
     systems: list[System] = [
         local,
@@ -226,6 +231,7 @@ def run(args) -> dict:
     return {
         "command": "python -m bench.compare " + " ".join(sys.argv[1:]),
         "dataset": ds.name,
+        "metric": metric,
         "queries": nq,
         "singles": singles,
         "cpus": os.cpu_count(),
@@ -243,7 +249,8 @@ def markdown(r: dict) -> str:
     lines = [
         f"# vsearch against its peers: `{r['command']}`",
         "",
-        f"{r['dataset']} (cosine), {r['queries']:,} held-out queries (batches of {BATCH}), "
+        f"{r['dataset']} (normalised vectors, {r.get('metric', 'ip')} for vsearch), "
+        f"{r['queries']:,} held-out queries (batches of {BATCH}), "
         f"{r['singles']} single queries from {CONCURRENCY} concurrent callers; {r['cpus']} CPUs, "
         "every system in the same run. Best QPS among each system's settings with "
         "recall@10 >= 0.95:",
@@ -309,6 +316,9 @@ def replot(json_path: str) -> None:
 def main() -> int:
     ap = parser(__doc__, workdir="compare")
     ap.add_argument("--queries", type=int, default=2_000, help="held-out queries to use")
+    ap.add_argument(
+        "--dataset", default="glove", choices=["glove", "minilm"], help="see bench/minilm.py"
+    )
     ap.add_argument(
         "--systems", help="only these peers (substrings of their names; vsearch always)"
     )
