@@ -12,7 +12,6 @@ settings). Writes ``compare.json``, ``compare.md`` and ``compare.png`` under ``-
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
@@ -28,6 +27,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from bench.glove import load
 from bench.results import parser, write
 from bench.systems import K, System, peers
+from deployments.http import encode_vectors_b64
 from shards._faiss import faiss
 
 BATCH = 256
@@ -96,7 +96,7 @@ class VsearchHttp(VsearchHandle):
 
     def search(self, xq, k, setting):
         body = {
-            "vectors_b64": base64.b64encode(xq.astype("<f4").tobytes()).decode(),
+            "vectors_b64": encode_vectors_b64(xq),
             "k": k,
             "params": dict(setting),
             "deadline_ms": 30_000,

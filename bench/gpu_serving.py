@@ -10,7 +10,6 @@ device, cuVS and GPU memory, then drives batches of 64 queries at concurrency 8.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from bench.gpu import glove
 from bench.results import parser, write
 from bench.serving import drive
+from deployments.http import encode_vectors_b64
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 from shards.gpu import gpu_count
 
@@ -61,7 +61,7 @@ def run(args) -> dict:
     client = VsearchClient("gpu")
     Ih = client.search(xq[:1000], 10, deadline_ms=DEADLINE_MS).I
     http = httpx.Client(base_url=url, timeout=60)
-    b64 = base64.b64encode(xq[:256].astype("<f4").tobytes()).decode()
+    b64 = encode_vectors_b64(xq[:256])
     r = http.post("/v1/search", json={"vectors_b64": b64, "k": 10, "deadline_ms": DEADLINE_MS})
     r.raise_for_status()
     I256 = index.search(xq[:256], 10)[1]  # the same batch (CAGRA's kernels depend on its size)
@@ -104,7 +104,7 @@ def run(args) -> dict:
 
 
 def _http_b64(http, xq) -> None:
-    b64 = base64.b64encode(xq.astype("<f4").tobytes()).decode()
+    b64 = encode_vectors_b64(xq)
     r = http.post("/v1/search", json={"vectors_b64": b64, "k": 10, "deadline_ms": DEADLINE_MS})
     assert r.status_code == 200, r.text
 

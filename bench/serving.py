@@ -9,7 +9,6 @@ bench/results/serving.json and serving.md.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import platform
@@ -25,6 +24,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from bench.core import build
 from bench.glove import load
 from bench.results import parser, write
+from deployments.http import encode_vectors_b64
 from shards import ShardedIndex
 from shards._faiss import faiss
 
@@ -74,7 +74,7 @@ def paths(index: ShardedIndex, url: str):
         assert r.status_code == 200, r.text
 
     def http_b64(xq):
-        b64 = base64.b64encode(xq.astype("<f4").tobytes()).decode()
+        b64 = encode_vectors_b64(xq)
         r = http.post("/v1/search", json={"vectors_b64": b64, "k": 10})
         assert r.status_code == 200, r.text
 

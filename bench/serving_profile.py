@@ -12,7 +12,6 @@ Writes bench/results/serving_profile.md and .json.
 
 from __future__ import annotations
 
-import base64
 import collections
 import json
 import os
@@ -28,6 +27,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from bench.glove import load
 from bench.results import RESULTS, write
 from bench.serving import drive
+from deployments.http import encode_vectors_b64
 from shards import ShardedIndex
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -123,7 +123,7 @@ def main() -> int:
     http = httpx.Client(base_url=f"{base}/bench", timeout=60)
 
     def b64(xq):
-        body = {"vectors_b64": base64.b64encode(xq.astype("<f4").tobytes()).decode(), "k": 10}
+        body = {"vectors_b64": encode_vectors_b64(xq), "k": 10}
         assert http.post("/v1/search", json=body).status_code == 200
 
     paths = {"handle": lambda xq: client.search(xq, 10), "http-b64": b64}

@@ -1,4 +1,4 @@
-"""The Ray Serve layer (shard and router deployments, HTTP ingress): not built yet.
+"""The Ray Serve layer: shard and router deployments, the HTTP ingress and the handle client.
 
-It will stay thin and call into ``shards`` for every FAISS operation.
+It stays thin and calls into ``shards`` for every FAISS operation.
 """

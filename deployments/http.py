@@ -102,6 +102,11 @@ def parse_search(body: bytes, max_bytes: int, content_type: str = "") -> SearchR
         raise BadRequest(f"{where}: {first['msg']}") from None
 
 
+def encode_vectors_b64(xq: np.ndarray) -> str:
+    """The ``vectors_b64`` form of queries (nq, d): base64 of little-endian float32, row-major."""
+    return base64.b64encode(np.ascontiguousarray(xq, dtype="<f4").tobytes()).decode()
+
+
 def queries_of(req: SearchRequest, d: int) -> np.ndarray | None:
     """The (nq, d) float32 queries of a request, or None when it searches by ids."""
     if req.vectors is not None:
@@ -158,7 +163,6 @@ def id_array(ids: Any) -> np.ndarray:
     too_big = raw.dtype.kind == "u" and raw.max() > np.iinfo(np.int64).max
     if raw.dtype.kind not in "iu" or too_big:
         raise InvalidQuery("ids must be 64-bit integers")
-    out = raw.astype(np.int64)
-    if out.ndim != 1 or len(out) == 0:
+    if raw.ndim != 1:
         raise InvalidQuery("ids must be a non-empty list of integers")
-    return out
+    return raw.astype(np.int64)

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from deployments.http import encode_vectors_b64
 from shards import ShardedIndex
 from tests.conftest import clustered
 from tests.shards.helpers import float_tolerance
@@ -43,7 +44,7 @@ def test_http_json_b64_and_handle_equal_in_process_flat(apps, indexes, xq):
     np.testing.assert_allclose(body["scores"], D, rtol=0, atol=tol)
     assert body["coverage"] == 1.0 and body["degraded"] is False
     assert body["index_version"] == ref.index_version and body["took_ms"] > 0
-    b64 = base64.b64encode(xq.astype("<f4").tobytes()).decode()
+    b64 = encode_vectors_b64(xq)
     r = post(apps["flat"], {"vectors_b64": b64, "k": 10})
     np.testing.assert_array_equal(r.json()["ids"], I)
     res = VsearchClient("flat").search(xq, 10)
