@@ -21,7 +21,7 @@ def main() -> int:
     if "-h" in args or "--help" in args:
         print(__doc__)
         return 0
-    env = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    env = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
     for module in STEPS:
         print(f"== python -m {module} {' '.join(args)}", flush=True)
         rc = subprocess.call([sys.executable, "-m", module, *args], env=env)

