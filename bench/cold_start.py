@@ -20,6 +20,7 @@ import numpy as np
 
 from bench.glove import load
 from bench.results import parser, write
+from bench.systems import LanceDB, MilvusLite, QdrantLocal
 
 PROBES = {
     "vsearch in-process": (
@@ -45,7 +46,24 @@ PROBES = {
         "import numpy as np; from usearch.index import Index; "
         "Index.restore(ROOT).search(np.load(Q)[0], 10)"
     ),
+    "qdrant local": (
+        "import numpy as np; from qdrant_client import QdrantClient; "
+        "QdrantClient(path=ROOT).query_points('bench', query=np.load(Q)[0].tolist(), limit=10)"
+    ),
+    "milvus lite": (
+        "import numpy as np; from pymilvus import MilvusClient; c = MilvusClient(ROOT); "
+        "c.load_collection('bench'); "
+        "c.search('bench', data=np.load(Q)[:1].tolist(), limit=10, "
+        "search_params={'params': {'nprobe': 16}})"
+    ),
+    "lancedb": (
+        "import numpy as np, lancedb; t = lancedb.connect(ROOT).open_table('bench'); "
+        "t.search(np.load(Q)[0]).metric('dot').nprobes(20).refine_factor(10).limit(10)"
+        ".to_arrow()"
+    ),
 }
+
+ENGINES = {"qdrant local": "qdrant", "milvus lite": "milvus.db", "lancedb": "lance"}
 
 
 def prepare(ds, workdir: str) -> dict[str, str]:
@@ -91,6 +109,17 @@ def prepare(ds, workdir: str) -> dict[str, str]:
         paths["usearch"] = path
     except ImportError:
         pass
+    for name, system in zip(ENGINES, (QdrantLocal, MilvusLite, LanceDB), strict=True):
+        path = os.path.join(workdir, ENGINES[name])
+        if not os.path.exists(path + ".done"):
+            try:
+                engine = system(path)
+                engine.build(ds.xb)
+                engine.close()
+            except ImportError:
+                continue
+            open(path + ".done", "w").close()
+        paths[name] = path
     return paths
 
 

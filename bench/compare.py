@@ -235,8 +235,15 @@ def run(args) -> dict:
         "queries": nq,
         "singles": singles,
         "cpus": os.cpu_count(),
+        "http_front": http_front(),
         "rows": rows,
     }
+
+
+def http_front() -> str:
+    """What answers on the main HTTP port: HAProxy (``RAY_SERVE_ENABLE_HA_PROXY=1``, as `make
+    serve` runs it) or Serve's Python proxy."""
+    return "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve proxy"
 
 
 def best_at(rows: list[dict], system: str, key: str, floor: float = 0.95) -> dict | None:
@@ -253,7 +260,8 @@ def markdown(r: dict) -> str:
         f"{r['queries']:,} held-out queries (batches of {BATCH}), "
         f"{r['singles']} single queries from {CONCURRENCY} concurrent callers; {r['cpus']} CPUs, "
         "every system in the same run. Best QPS among each system's settings with "
-        "recall@10 >= 0.95:",
+        "recall@10 >= 0.95. `vsearch HTTP` is the main port, served by "
+        f"{r.get('http_front', 'Serve proxy')}; `HTTP direct` is the router replica's own port:",
         "",
         "| system | batched QPS | recall | setting | single-query QPS (c8) | recall | p50 ms | "
         "p99 ms | build s | build RSS MiB |",
@@ -272,7 +280,9 @@ def markdown(r: dict) -> str:
             f"{s['qps_single_c8']:,.0f} | {s['recall']:.3f} | {s['p50_ms']:.2f} | "
             f"{s['p99_ms']:.2f} | {b['build_s']:.1f} | {b['build_rss_mib']:,.0f} |"
         )
-    lines += ["", f"![recall against QPS]({r.get('plot', 'compare.png')})", ""]
+    png = r.get("plot", "compare.png")
+    lines += ["", f"![recall against QPS]({png})", ""]
+    lines += [f"![latency by system]({png[: -len('.png')]}-latency.png)", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -307,10 +317,41 @@ def plot(r: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def latency_plot(r: dict, path: str) -> None:
+    """Single-query latency p50 and p99 per system, at its fastest setting with recall >= 0.95."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names, p50, p99 = [], [], []
+    for name in dict.fromkeys(x["system"] for x in r["rows"]):
+        best = best_at(r["rows"], name, "qps_single_c8")
+        if best is not None:
+            names.append(name)
+            p50.append(best["p50_ms"])
+            p99.append(best["p99_ms"])
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    y = np.arange(len(names))
+    ax.barh(y - 0.2, p50, height=0.4, label="p50")
+    ax.barh(y + 0.2, p99, height=0.4, label="p99")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("milliseconds per single query (8 concurrent callers)")
+    ax.set_title(f"{r['dataset']}: latency at recall@10 >= 0.95")
+    ax.grid(True, axis="x", which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def replot(json_path: str) -> None:
-    """Redraw the plot of a results file (``python -c 'from bench.compare import replot; ...'``)."""
+    """Redraw a results file's plots (``python -c 'from bench.compare import replot; ...'``)."""
     with open(json_path) as f:
-        plot(json.load(f), json_path[: -len(".json")] + ".png")
+        r = json.load(f)
+    plot(r, json_path[: -len(".json")] + ".png")
+    latency_plot(r, json_path[: -len(".json")] + "-latency.png")
 
 
 def main() -> int:
@@ -328,6 +369,7 @@ def main() -> int:
     result["plot"] = f"{args.name}.png"
     print(write(args.out, args.name, result, markdown))
     plot(result, os.path.join(args.out, f"{args.name}.png"))
+    latency_plot(result, os.path.join(args.out, f"{args.name}-latency.png"))
     return 0
 
 

@@ -103,11 +103,14 @@ class QdrantLocal(System):
     name = "qdrant local"
     kind = "service"
 
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path  # a folder to persist to (bench.cold_start); in memory when None
+
     def build(self, xb):
         from qdrant_client import QdrantClient, models
 
         self.models = models
-        self.client = QdrantClient(location=":memory:")
+        self.client = QdrantClient(path=self.path) if self.path else QdrantClient(":memory:")
         self.client.create_collection(
             "bench",
             vectors_config=models.VectorParams(size=xb.shape[1], distance=models.Distance.DOT),
@@ -121,6 +124,9 @@ class QdrantLocal(System):
         out = self.client.query_batch_points("bench", requests=requests)
         return _pad([[p.id for p in r.points] for r in out], k)
 
+    def close(self):
+        self.client.close()  # releases the folder's lock for the next process
+
 
 class MilvusLite(System):
     """Milvus Lite (pymilvus with a local .db file; the engine runs in a child process)."""
@@ -128,11 +134,14 @@ class MilvusLite(System):
     name = "milvus lite"
     kind = "service"
 
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path  # the .db file (bench.cold_start); a temporary one when None
+
     def build(self, xb):
         from pymilvus import MilvusClient
 
-        self.dir = tempfile.mkdtemp(prefix="milvus")
-        self.client = MilvusClient(os.path.join(self.dir, "bench.db"))
+        path = self.path or os.path.join(tempfile.mkdtemp(prefix="milvus"), "bench.db")
+        self.client = MilvusClient(path)
         self.client.create_collection("bench", dimension=xb.shape[1], metric_type="IP")
         for s in range(0, len(xb), 20_000):
             rows = [{"id": s + i, "vector": v} for i, v in enumerate(xb[s : s + 20_000].tolist())]
@@ -163,12 +172,15 @@ class LanceDB(System):
     name = "lancedb"
     kind = "service"
 
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path  # the database folder (bench.cold_start); a temporary one when None
+
     def build(self, xb):
         import lancedb
         import pyarrow as pa
 
         d = xb.shape[1]
-        self.db = lancedb.connect(tempfile.mkdtemp(prefix="lance"))
+        self.db = lancedb.connect(self.path or tempfile.mkdtemp(prefix="lance"))
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(xb.ravel()), d)
         self.table = self.db.create_table(
             "bench", pa.table({"id": pa.array(np.arange(len(xb))), "vector": vectors})

@@ -43,7 +43,8 @@ def test_core_bench_quick(tmp_path):
 
 @pytest.mark.slow
 def test_compare_quick_runs_vsearch_paths_and_a_faiss_peer(tmp_path):
-    env = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    # as `make serve` runs it: HAProxy on the main port, direct ingress behind it
+    env = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
     proc = subprocess.run(
         [
             sys.executable,
@@ -68,6 +69,7 @@ def test_compare_quick_runs_vsearch_paths_and_a_faiss_peer(tmp_path):
     result = json.loads((tmp_path / "compare.json").read_text())
     measured = {r["system"] for r in result["rows"] if "recall" in r}
     assert {"vsearch in-process", "vsearch handle", "vsearch HTTP", "faiss Flat"} <= measured
+    assert result["http_front"] == "HAProxy"
     for row in result["rows"]:
         if row["system"].startswith("vsearch") or row["system"] == "faiss Flat":
             assert row["qps_batch"] > 0 and row["recall"] >= 0.85, row
