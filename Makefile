@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
-# Throughput-optimised Serve: HAProxy on port 8000 in front of the router replicas' direct ingress.
+# Throughput-optimised Serve: HAProxy on port 8000 in front of the router replicas' direct
+# ingress (HAProxy starts slower than Serve's Python proxy: 30 s for its readiness check).
 RAY_ENV := RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
-           RAY_SERVE_ENABLE_HA_PROXY=1
+           RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S=30
 
 # The main job: build the demo index from the bundled GloVe vectors if missing, then serve it
 # on a local Ray in the foreground (HTTP on 127.0.0.1:8000; Ctrl-C stops it).

@@ -46,8 +46,16 @@ def start_local(num_cpus: int = 2, num_gpus: int | None = None) -> str:
     Returns the HTTP base URL. Set RAY_AUTH_MODE=disabled before importing ray (Ray 2.60
     otherwise wants a token for its CLIs).
     """
+    import os
     import tempfile
 
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        # HAProxy's stats and metrics ports are fixed (8404, 9101) on every interface: take
+        # free ones so that several local Rays (tests beside `make serve`) can run at once.
+        # It starts slower than Serve's Python proxy: allow it 30 s, not 5, on a busy machine.
+        os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     import ray
     from ray import serve
 
