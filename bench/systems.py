@@ -189,7 +189,8 @@ class LanceDB(System):
         self.table.create_index(metric="dot", num_partitions=256, num_sub_vectors=sub)
 
     def settings(self):
-        return [{"nprobes": p, "refine_factor": r} for p, r in ((10, 5), (20, 10), (40, 10))]
+        pairs = ((10, 5), (20, 10), (40, 10), (80, 20))
+        return [{"nprobes": p, "refine_factor": r} for p, r in pairs]
 
     def search(self, xq, k, setting):
         query = self.table.search(xq if len(xq) > 1 else xq[0]).metric("dot")
