@@ -39,16 +39,18 @@ SINGLES_MAX_S = 20.0  # the single-query phase of one setting stops after this l
 class VsearchInProcess(System):
     name = "vsearch in-process"
 
-    def __init__(self, workdir: str, metric: str = "ip") -> None:
-        self.workdir, self.metric = workdir, metric
+    def __init__(self, workdir: str, metric: str = "ip", index: str = "auto") -> None:
+        self.workdir, self.metric, self.index_kind = workdir, metric, index
+        if index != "auto":  # a chosen index instead of the automatic choice
+            self.name = f"vsearch in-process ({index})"
 
     def build(self, xb):
         from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 
         src = os.path.join(self.workdir, "compare-db.npy")
         np.save(src, xb)
-        self.root = os.path.join(self.workdir, "compare-vsearch")
-        opts = BuildOptions(metric=self.metric, progress=False)
+        self.root = os.path.join(self.workdir, f"compare-vsearch-{self.index_kind}")
+        opts = BuildOptions(metric=self.metric, index=self.index_kind, progress=False)
         build_index(VectorSource(src), self.root, opts)
         self.index = ShardedIndex.open(self.root)
 
@@ -184,6 +186,7 @@ def run(args) -> dict:
     handle = VsearchHandle(local)
     systems: list[System] = [
         local,
+        *([VsearchInProcess(args.workdir, metric, "hnsw")] if args.also_hnsw else []),
         handle,
         VsearchHttp(handle),
         VsearchHttpDirect(handle),
@@ -362,6 +365,9 @@ def main() -> int:
     )
     ap.add_argument(
         "--systems", help="only these peers (substrings of their names; vsearch always)"
+    )
+    ap.add_argument(
+        "--also-hnsw", action="store_true", help="also vsearch in process with an HNSW index"
     )
     ap.add_argument("--name", default="compare", help="results file name (without extension)")
     args = ap.parse_args()

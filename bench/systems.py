@@ -164,6 +164,9 @@ class MilvusLite(System):
 
     def close(self):
         self.client.close()
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_all()  # the engine process holds the file until then
 
 
 class LanceDB(System):
