@@ -3,8 +3,9 @@
 core (Flat vs the automatic choice), compare (vsearch against FAISS, hnswlib, usearch, Qdrant
 local, Milvus Lite, LanceDB: peers not installed are reported, see `make bench-peers`),
 scaling (shard count), cold_start (process start to first answer) and capacity (the
-model). Each writes its results under ``--out``
-(bench/results by default). The GPU benchmarks run on a GPU machine: scripts/gpu-check.
+model). Each writes its results under ``--out`` (bench/results by default). ``--quick``: small
+data, vsearch against FAISS only, one cold start each (the CI smoke
+test). The GPU benchmarks run on a GPU machine: scripts/gpu-check.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 STEPS = ("bench.core", "bench.compare", "bench.scaling", "bench.cold_start", "bench.capacity")
+# --quick is a smoke run (CI): vsearch's paths against FAISS only, one cold start each
+QUICK = {"bench.compare": ["--systems", "faiss"], "bench.cold_start": ["--runs", "1"]}
 
 
 def main() -> int:
@@ -23,11 +27,14 @@ def main() -> int:
         return 0
     env = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
     for module in STEPS:
-        print(f"== python -m {module} {' '.join(args)}", flush=True)
-        rc = subprocess.call([sys.executable, "-m", module, *args], env=env)
+        extra = QUICK.get(module, []) if "--quick" in args else []
+        print(f"== python -m {module} {' '.join(args + extra)}", flush=True)
+        t0 = time.perf_counter()
+        rc = subprocess.call([sys.executable, "-m", module, *args, *extra], env=env)
         if rc:
             print(f"{module} failed with status {rc}", file=sys.stderr)
             return rc
+        print(f"== {module}: {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 
 

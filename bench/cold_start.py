@@ -66,8 +66,9 @@ PROBES = {
 ENGINES = {"qdrant local": "qdrant", "milvus lite": "milvus.db", "lancedb": "lance"}
 
 
-def prepare(ds, workdir: str) -> dict[str, str]:
-    """Build and save each system's index once; returns system -> path (installed ones only)."""
+def prepare(ds, workdir: str, peers: bool = True) -> dict[str, str]:
+    """Build and save each system's index once; returns system -> path (installed ones only;
+    vsearch and FAISS only without ``peers``)."""
     import faiss
 
     from shards import BuildOptions, VectorSource, build_index
@@ -86,6 +87,8 @@ def prepare(ds, workdir: str) -> dict[str, str]:
         index.add(ds.xb)
         faiss.write_index(index, path)
     paths["faiss HNSW32"] = path
+    if not peers:
+        return paths
     try:
         import hnswlib
 
@@ -125,7 +128,7 @@ def prepare(ds, workdir: str) -> dict[str, str]:
 
 def run(args) -> dict:
     ds = load(n_db=50_000, n_queries=2_000) if args.quick else load()
-    paths = prepare(ds, args.workdir)
+    paths = prepare(ds, args.workdir, peers=not args.quick)
     queries = os.path.join(args.workdir, "q.npy")
     np.save(queries, ds.xq[:10])
     env = {
@@ -137,7 +140,12 @@ def run(args) -> dict:
     rows = []
     for name, probe in PROBES.items():
         if name not in paths:
-            rows.append({"system": name, "error": "not installed"})
+            rows.append(
+                {
+                    "system": name,
+                    "error": "not measured (--quick)" if args.quick else "not installed",
+                }
+            )
             continue
         code = f"ROOT = {paths[name]!r}; Q = {queries!r}\n{probe}\nprint('FIRST ANSWER')"
         times = []
