@@ -31,13 +31,35 @@ def deploy(name: str, args: dict[str, Any], overrides: list[dict[str, Any]] | No
     _get_global_client().deploy_apps(config, _blocking=True)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now, between Ray's worker ports
+    (10002-19999) and Serve's direct ingress ports (30000-31000), below Linux's ephemeral
+    range (32768-60999): ports that the processes Ray starts next cannot take by chance
+    before Serve binds them."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    chosen: list[socket.socket] = []
+    try:
+        for port in random.sample(range(20_000, 30_000), 200):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            chosen.append(s)
+            if len(chosen) == n:
+                return [c.getsockname()[1] for c in chosen]
+        raise RuntimeError(f"no {n} free ports in 20000-29999")
+    finally:
+        for c in chosen:
+            c.close()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    return free_ports(1)[0]
 
 
 def start_local(num_cpus: int = 2, num_gpus: int | None = None) -> str:
@@ -49,17 +71,17 @@ def start_local(num_cpus: int = 2, num_gpus: int | None = None) -> str:
     import os
     import tempfile
 
+    port, stats_port, metrics_port = free_ports(3)
     if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         # HAProxy's stats and metrics ports are fixed (8404, 9101) on every interface: take
         # free ones so that several local Rays (tests beside `make serve`) can run at once.
         # It starts slower than Serve's Python proxy: allow it 30 s, not 5, on a busy machine.
-        os.environ.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
-        os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+        os.environ["RAY_SERVE_HAPROXY_STATS_PORT"] = str(stats_port)
+        os.environ["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(metrics_port)
         os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
     import ray
     from ray import serve
 
-    port = free_port()
     ray.init(
         num_cpus=num_cpus,
         num_gpus=num_gpus,

@@ -52,7 +52,8 @@ def test_bench_quick_runs_every_cpu_benchmark(tmp_path):
     assert compare["http_front"] == "HAProxy"  # as `make serve` runs it
     measured = {r["system"]: r for r in compare["rows"] if "recall" in r}
     vsearch = {"vsearch in-process", "vsearch handle", "vsearch HTTP", "vsearch HTTP direct"}
-    assert vsearch | {"faiss Flat"} <= set(measured)
+    errors = [r for r in compare["rows"] if "error" in r]
+    assert vsearch | {"faiss Flat"} <= set(measured), errors
     for row in compare["rows"]:
         if row["system"] in vsearch or row["system"] == "faiss Flat":
             assert "error" not in row, row
