@@ -284,6 +284,13 @@ def markdown(r: dict) -> str:
             f"{s['p99_ms']:.2f} | {b['build_s']:.1f} | {b['build_rss_mib']:,.0f} |"
         )
     png = r.get("plot", "compare.png")
+    if r["dataset"].startswith("minilm"):
+        lines += [
+            "",
+            "MiniLM: real sentences (6-40 words) from the docstrings of the installed Python "
+            "packages, embedded offline with all-MiniLM-L6-v2 (384-d, normalised; "
+            "bench/minilm.py); the texts are cached beside the vectors.",
+        ]
     lines += ["", f"![recall against QPS]({png})", ""]
     lines += [f"![latency by system]({png[: -len('.png')]}-latency.png)", ""]
     return "\n".join(lines) + "\n"
