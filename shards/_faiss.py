@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 try:
@@ -31,4 +33,26 @@ def use_blas_from(queries: int, d: int) -> None:
     faiss.cvar.distance_compute_blas_threshold = max(1, queries * d)
 
 
-__all__ = ["BLAS_MIN_QUERIES", "faiss", "faiss_ext", "use_blas_from"]
+@contextmanager
+def one_omp_thread() -> Iterator[None]:
+    """Run faiss with one OpenMP thread in the calling thread only, then restore its setting.
+
+    A single query gains nothing from a parallel region (faiss splits work over queries), but
+    opening one wakes the OpenMP team, whose threads then spin waiting; with several callers
+    searching at once those spinning threads take the cores. Measured at 8 concurrent single
+    queries on 2 cores (medians of 5 alternating runs, IVF-PQ fast-scan + refine): GloVe 1.09x
+    and 1.25x, MiniLM 1.14x and 1.21x the throughput; one caller alone: unchanged. OpenMP's
+    thread count is per calling thread, so other callers are unaffected.
+    """
+    before = faiss.omp_get_max_threads()
+    if before == 1:
+        yield
+        return
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+__all__ = ["BLAS_MIN_QUERIES", "faiss", "faiss_ext", "one_omp_thread", "use_blas_from"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
+from shards._faiss import BLAS_MIN_QUERIES, faiss, one_omp_thread, use_blas_from
 from shards.artefact import ShardData, new_version_name, open_version, read_shard, write_version
 from shards.coarse import coarse_assign, quantizer_digest
 from shards.errors import InvalidInput, InvalidQuery, UnknownId, UnsupportedOperation
@@ -127,10 +128,13 @@ class ShardedIndex:
     def search_prepared(
         self, xq: np.ndarray, k: int, ov: SearchOverrides
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Search already checked queries with resolved overrides (no validation)."""
-        shards = list(self.shards.values())
-        coarse = coarse_assign(shards[0].index, xq, ov) if self.shared_coarse else None
-        parts = [shard.search(xq, k, ov, coarse) for shard in shards]
+        """Search already checked queries with resolved overrides (no validation).
+
+        A single query runs with one OpenMP thread (``_faiss.one_omp_thread``)."""
+        with one_omp_thread() if len(xq) == 1 else nullcontext():
+            shards = list(self.shards.values())
+            coarse = coarse_assign(shards[0].index, xq, ov) if self.shared_coarse else None
+            parts = [shard.search(xq, k, ov, coarse) for shard in shards]
         return merge_results(parts, self.metric.keep_max)
 
     def search_by_id(
