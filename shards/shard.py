@@ -41,7 +41,7 @@ class Shard:
         self._lock = threading.Lock()
         self._state = _State(None, None, None, None, np.empty(0, np.int64))
         self.placed = Placed([self.index], Placement("cpu"))
-        self._params: dict[tuple, tuple] = {}  # (overrides, k, state id) -> params, keepalive
+        self._params: dict[tuple, tuple] = {}  # (overrides, k) -> params, keepalive, state
 
     def place(self, device: str | GpuOptions) -> Placement:
         """Search from ``device`` ("cpu", "cuda:N" or GpuOptions); the CPU index stays the
@@ -78,12 +78,13 @@ class Shard:
         return result
 
     def _cpu_params(self, ov: SearchOverrides, k: int, st: _State) -> tuple:
-        """The faiss parameter object for these overrides, k and deletes, made once: building
-        it costs about a sixth of a single-query search. faiss only reads it, so concurrent
-        searches share it. The entry holds ``st``, so its id is not reused while cached."""
-        key = (ov, k, id(st))
+        """The faiss parameter object for these overrides and k under state ``st`` (its delete
+        selector), made once: building it costs about a sixth of a single-query search. faiss
+        only reads it, so concurrent searches share it. An entry made under an older state is
+        replaced, so old tombstone bitmaps are not kept alive."""
+        key = (ov, k)
         made = self._params.get(key)
-        if made is None:
+        if made is None or made[2] is not st:
             if len(self._params) >= 256:
                 self._params = {}  # callers hold what they took until their search returns
             params, keep = make_params(self.index, ov, st.selector, k)
