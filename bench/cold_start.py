@@ -63,7 +63,12 @@ PROBES = {
     ),
 }
 
-ENGINES = {"qdrant local": "qdrant", "milvus lite": "milvus.db", "lancedb": "lance"}
+# embedded engines: the adapter that builds and persists each, and its file under the workdir
+ENGINES = {
+    "qdrant local": (QdrantLocal, "qdrant"),
+    "milvus lite": (MilvusLite, "milvus.db"),
+    "lancedb": (LanceDB, "lance"),
+}
 
 
 def prepare(ds, workdir: str, peers: bool = True) -> dict[str, str]:
@@ -112,8 +117,8 @@ def prepare(ds, workdir: str, peers: bool = True) -> dict[str, str]:
         paths["usearch"] = path
     except ImportError:
         pass
-    for name, system in zip(ENGINES, (QdrantLocal, MilvusLite, LanceDB), strict=True):
-        path = os.path.join(workdir, ENGINES[name])
+    for name, (system, file) in ENGINES.items():
+        path = os.path.join(workdir, file)
         if not os.path.exists(path + ".done"):
             try:
                 engine = system(path)

@@ -356,12 +356,16 @@ def latency_plot(r: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plots(r: dict, base: str) -> None:
+    """Both plots of a result: ``base``.png (recall against QPS), ``base``-latency.png."""
+    plot(r, base + ".png")
+    latency_plot(r, base + "-latency.png")
+
+
 def replot(json_path: str) -> None:
     """Redraw a results file's plots (``python -c 'from bench.compare import replot; ...'``)."""
     with open(json_path) as f:
-        r = json.load(f)
-    plot(r, json_path[: -len(".json")] + ".png")
-    latency_plot(r, json_path[: -len(".json")] + "-latency.png")
+        plots(json.load(f), json_path[: -len(".json")])
 
 
 def main() -> int:
@@ -381,8 +385,7 @@ def main() -> int:
     result = run(args)
     result["plot"] = f"{args.name}.png"
     print(write(args.out, args.name, result, markdown))
-    plot(result, os.path.join(args.out, f"{args.name}.png"))
-    latency_plot(result, os.path.join(args.out, f"{args.name}-latency.png"))
+    plots(result, os.path.join(args.out, args.name))
     return 0
 
 
