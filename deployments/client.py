@@ -20,6 +20,7 @@ class SearchResult:
     degraded: bool
     index_version: str
     took_ms: float
+    sequence: int = 0  # the mutation sequence every answering shard had applied
     metadata: list[list[dict[str, Any] | None]] | None = None
 
 

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
 
 from shards.gpu import GpuOptions
-from shards.planner import MAX_K, MAX_QUERIES
+from shards.planner import MAX_CANDIDATES, MAX_K, MAX_QUERIES
 
 
 class Autoscaling(BaseModel):
@@ -54,13 +54,17 @@ class ShardOptions(BaseModel):
         1, description="shards each replica serves (merged in the replica); 1 on GPU clusters"
     )
     max_batch_size: PositiveInt | None = Field(
-        None, description="@serve.batch size at the shard; default 1 (off) on CPU, 64 on GPU"
+        None, description="@serve.batch size at the shard; default 1 (off) on CPU, 32 on GPU"
     )
     batch_wait_timeout_s: float = Field(0.002, ge=0)
     max_ongoing_requests: PositiveInt = 32
     mmap: bool = Field(False, description="memory-map index files (local folders)")
     reload_retry_s: PositiveFloat = Field(
         10.0, description="a replica whose index failed to load retries after this long"
+    )
+    unhealthy_after_s: PositiveFloat = Field(
+        60.0,
+        description="a replica holding no index this long fails its health check (replaced)",
     )
     faults: Faults | None = Field(None, description="fault injection (testing only)")
 
@@ -70,14 +74,31 @@ class ShardOptions(BaseModel):
             self.num_replicas = None
         if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
             raise ValueError("num_gpus above 1 must be a whole number of GPUs")
+        batch = self.batch_size
+        if batch > self.max_ongoing_requests:
+            raise ValueError(
+                f"max_batch_size {batch} > max_ongoing_requests {self.max_ongoing_requests}: "
+                "a replica never holds enough requests to fill a batch"
+            )
+        a = self.autoscaling
+        if a is not None and a.target_ongoing_requests > self.max_ongoing_requests:
+            raise ValueError(
+                f"autoscaling.target_ongoing_requests {a.target_ongoing_requests} > "
+                f"max_ongoing_requests {self.max_ongoing_requests}: the target is never reached"
+            )
+        if a is not None and batch > 1 and a.target_ongoing_requests < batch / 2:
+            raise ValueError(
+                f"autoscaling.target_ongoing_requests {a.target_ongoing_requests} < half of "
+                f"max_batch_size {batch}: replicas are added before batches can form"
+            )
         return self
 
     @property
     def batch_size(self) -> int:
-        """@serve.batch size: as set, else off on CPU (measured fastest) and 64 on GPU."""
+        """@serve.batch size: as set, else off on CPU (measured fastest) and 32 on GPU."""
         if self.max_batch_size is not None:
             return self.max_batch_size
-        return 64 if self.num_gpus > 0 else 1
+        return 32 if self.num_gpus > 0 else 1
 
     def device(self) -> str | GpuOptions:
         """Where the replica puts its shards: "cpu", or its GPUs (Ray numbers them from 0)."""
@@ -118,6 +139,9 @@ class Limits(BaseModel):
 
     max_k: PositiveInt = Field(MAX_K, le=MAX_K)
     max_queries: PositiveInt = Field(1024, le=MAX_QUERIES)
+    max_candidates: PositiveInt = Field(
+        MAX_CANDIDATES, description="nq * k * k_factor per request: the work one request makes"
+    )
     max_body_bytes: PositiveInt = 16 * 2**20
     default_deadline_ms: PositiveInt = 1000
     max_deadline_ms: PositiveInt = 60_000

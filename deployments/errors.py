@@ -40,3 +40,10 @@ class DeadlineExceeded(VsearchError):
 
     status_code = 504
     code = "deadline_exceeded"
+
+
+class MetricsNotReady(VsearchError):
+    """Ray has not exported the replicas' metrics yet (it does every few seconds)."""
+
+    status_code = 503
+    code = "metrics_not_ready"

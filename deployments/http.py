@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
+import decimal
 import json
+import math
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deployments.errors import BadRequest, BodyTooLarge, UnsupportedMediaType
-from shards.errors import InvalidQuery, VsearchError
+from shards.errors import VsearchError
+from shards.ids import check_ids
 
 
 class SearchRequest(BaseModel):
@@ -21,8 +25,8 @@ class SearchRequest(BaseModel):
 
     vectors: list[list[float]] | None = Field(None, description="queries, one list per vector")
     vectors_b64: str | None = Field(None, description="base64 of little-endian float32, row-major")
-    ids: list[Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]] | None = Field(
-        None, description="search with these stored vectors (64-bit ids)"
+    ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(
+        None, description="search with these stored vectors (ids in [0, 2**63))"
     )
     k: int = Field(10, description="results per query")
     params: dict[str, Any] | None = Field(
@@ -76,6 +80,7 @@ class SearchResponse(BaseModel):
     coverage: float
     degraded: bool
     index_version: str
+    sequence: int = Field(0, description="mutation sequence all answering shards had applied")
     took_ms: float
     metadata: list[list[dict[str, Any] | None]] | None = None
 
@@ -94,6 +99,8 @@ def parse_search(body: bytes, max_bytes: int, content_type: str = "") -> SearchR
         raw = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("body is nested too deeply") from None
     try:
         return SearchRequest.model_validate(raw)
     except ValidationError as exc:
@@ -129,21 +136,75 @@ def queries_of(req: SearchRequest, d: int) -> np.ndarray | None:
     return None
 
 
+async def read_body(request: Any, max_bytes: int) -> bytes:
+    """The request body, refused (BodyTooLarge) as soon as it passes ``max_bytes``: by its
+    Content-Length before anything is read, else while it streams in."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise BadRequest(f"invalid Content-Length {declared!r}") from None
+        if size > max_bytes:
+            raise BodyTooLarge(f"request body is {size:,} bytes; the limit is {max_bytes:,}")
+    parts, got = [], 0
+    async for chunk in request.stream():
+        got += len(chunk)
+        if got > max_bytes:
+            raise BodyTooLarge(f"request body is over the limit of {max_bytes:,} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def response_body(result: dict[str, Any]) -> dict[str, Any]:
-    """JSON body of a search result (padding scores become null)."""
+    """JSON body of a search result: padding and non-finite scores become null, metadata
+    values of every Arrow type become JSON values (``jsonable``)."""
     D, I = result["D"], result["I"]
-    scores = np.where(I >= 0, D, np.nan).tolist()
+    scores = np.where((I >= 0) & np.isfinite(D), D, np.nan).tolist()
     body = {
         "ids": I.tolist(),
         "scores": [[None if s != s else s for s in row] for row in scores],
         "coverage": result["coverage"],
         "degraded": result["degraded"],
         "index_version": result["index_version"],
+        "sequence": result.get("sequence", 0),
         "took_ms": result["took_ms"],
     }
     if result.get("metadata") is not None:
-        body["metadata"] = result["metadata"]
+        body["metadata"] = jsonable(result["metadata"])
     return body
+
+
+def response_json(result: dict[str, Any]) -> str:
+    """``response_body`` serialised (strict JSON: a NaN left anywhere is a bug, not output)."""
+    return json.dumps(response_body(result), allow_nan=False)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` (from Arrow's ``to_pylist``) as JSON values: dates and times as ISO 8601
+    strings, durations as seconds, decimals as strings (exact), bytes as base64, non-finite
+    floats as null, nested lists and maps recursively."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        if value and isinstance(value[0], tuple) and len(value[0]) == 2:
+            return {str(k): jsonable(v) for k, v in value}  # an Arrow map: (key, value) pairs
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    return str(value)
 
 
 def error_body(exc: VsearchError) -> dict[str, Any]:
@@ -151,18 +212,5 @@ def error_body(exc: VsearchError) -> dict[str, Any]:
 
 
 def id_array(ids: Any) -> np.ndarray:
-    """``ids`` as a non-empty 1-D int64 array, or InvalidQuery."""
-    try:
-        raw = np.atleast_1d(np.asarray(ids))
-        if raw.dtype.kind == "O":  # Python ints beyond uint64, or mixed types
-            raw = np.asarray(ids, dtype=np.int64)
-    except (OverflowError, ValueError, TypeError):
-        raise InvalidQuery("ids must be 64-bit integers") from None
-    if raw.size == 0:
-        raise InvalidQuery("ids must be a non-empty list of integers")
-    too_big = raw.dtype.kind == "u" and raw.max() > np.iinfo(np.int64).max
-    if raw.dtype.kind not in "iu" or too_big:
-        raise InvalidQuery("ids must be 64-bit integers")
-    if raw.ndim != 1:
-        raise InvalidQuery("ids must be a non-empty list of integers")
-    return raw.astype(np.int64)
+    """``ids`` as a non-empty 1-D int64 array of ids in [0, 2**63), or InvalidQuery."""
+    return check_ids(ids)

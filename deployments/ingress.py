@@ -1,12 +1,22 @@
-"""The FastAPI app the router serves: JSON error answers and bearer-token auth."""
+"""The FastAPI app the router serves, made by each router replica: routes, errors, auth.
+
+Route handlers are marked on the router class with ``route``; each replica builds its own
+FastAPI app after its constructor (Serve's late-bound ingress) with the marked methods bound
+to itself, so no FastAPI state is global and every application has its own.
+"""
 
 from __future__ import annotations
 
 import hmac
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from ray import serve
 from starlette.exceptions import HTTPException
 
 from deployments.errors import BadRequest, Unauthorized
@@ -15,25 +25,55 @@ from shards.errors import VsearchError
 
 OPEN_PATHS = {"/v1/health"}
 
-app = FastAPI(
-    title="vsearch",
-    description="Sharded vector search on FAISS. Errors: {'error': {'code', 'message'}}.",
-    version="0.1.0",
-)
+
+def route(method: str, path: str, **options: Any) -> Callable:
+    """Mark a method as the handler of ``method path`` (FastAPI's keyword options)."""
+
+    def mark(fn: Callable) -> Callable:
+        fn._vsearch_route = (method, path, options)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
 
 
-@app.exception_handler(VsearchError)
+def make_app(token_env: str | None = None, handlers: object | None = None) -> FastAPI:
+    """A new FastAPI app with vsearch's JSON errors, with ``token_env`` bearer auth (the
+    token is read from that variable in the serving process), and the ``route``-marked
+    methods of ``handlers`` as its routes."""
+    app = FastAPI(
+        title="vsearch",
+        description="Sharded vector search on FAISS. Errors: {'error': {'code', 'message'}}.",
+        version="0.1.0",
+    )
+    app.add_exception_handler(VsearchError, _vsearch_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_middleware(BearerAuth, token_env=token_env)
+    if handlers is not None:
+        for name, fn in inspect.getmembers(type(handlers), inspect.isfunction):
+            marked = getattr(fn, "_vsearch_route", None)
+            if marked is not None:
+                method, path, options = marked
+                bound = getattr(handlers, name)
+                app.add_api_route(path, bound, methods=[method.upper()], **options)
+    return app
+
+
+def make_ingress(cls: type) -> Any:
+    """``cls`` as a Serve ingress whose replicas build their app with
+    ``cls.__serve_build_asgi_app__`` (after the constructor)."""
+    return serve.ingress()(cls)
+
+
 async def _vsearch_error(request: Request, exc: VsearchError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
 
 
-@app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     return JSONResponse(error_body(BadRequest(str(exc.errors()[0]["msg"]))), status_code=400)
 
 
-@app.exception_handler(HTTPException)
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     body = {"error": {"code": f"http_{exc.status_code}", "message": str(exc.detail)}}
     return JSONResponse(body, status_code=exc.status_code)
@@ -45,12 +85,18 @@ class BearerAuth:
     (Starlette's ``@app.middleware("http")`` costs about a millisecond per request.)
     """
 
-    def __init__(self, asgi_app) -> None:
+    def __init__(self, asgi_app, token_env: str | None = None) -> None:
         self.app = asgi_app
+        self.token_env = token_env
+        self._token: str | None = None
+
+    def token(self) -> str | None:
+        if self.token_env and self._token is None:
+            self._token = os.environ.get(self.token_env) or None
+        return self._token
 
     async def __call__(self, scope, receive, send) -> None:
-        serving = scope.get("app", app)  # the app instance Serve runs (it may not be `app`)
-        token = getattr(serving.state, "token", None) if scope["type"] == "http" else None
+        token = self.token() if scope["type"] == "http" else None
         if token:
             path = scope["path"].removeprefix(scope.get("root_path", ""))
             given = dict(scope["headers"]).get(b"authorization", b"")
@@ -64,6 +110,3 @@ class BearerAuth:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
-
-
-app.add_middleware(BearerAuth)

@@ -1,10 +1,16 @@
-"""The router: HTTP ingress and handle API; fans each query out to every shard and merges."""
+"""The router: HTTP ingress and handle API; fans each query out to every shard and merges.
+
+Every request is pinned to the active index version when it starts: every shard answers
+it from that version or the call is retried on another replica, so an answer never mixes
+versions. A swap is committed only when every running replica of every shard holds the
+next version (``deployments.swap``), through the app's coordinator.
+"""
 
 import asyncio
-import json
 import logging
 import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,96 +18,210 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import OutOfMemoryError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.config import AppArgs
-from deployments.errors import DeadlineExceeded, ShardsUnavailable
+from deployments.errors import MetricsNotReady
+from deployments.fanout import fan_out, unwrap
 from deployments.http import (
     SearchRequest,
     SearchResponse,
     error_responses,
-    id_array,
     parse_search,
     queries_of,
-    response_body,
+    read_body,
+    response_json,
 )
-from deployments.ingress import app
+from deployments.ingress import make_app, route
 from deployments.metrics import RouterMetrics
 from deployments.scrape import scrape_cluster
+from deployments.swap import Prepare, prepare_state
 from shards.artefact import open_version
-from shards.errors import IndexLoadError, InvalidQuery, UnknownId, VsearchError
-from shards.merge import exclude_ids, merge_results
+from shards.errors import (
+    IndexLoadError,
+    InvalidQuery,
+    UnknownId,
+    VersionMismatch,
+    VsearchError,
+)
+from shards.ids import check_ids
+from shards.merge import merge_results
 from shards.params import SearchOverrides
+from shards.partition import assign_shards
 from shards.planner import QueryPlanner
+from shards.query import Query
 
 log = logging.getLogger("ray.serve")
+UNAVAILABLE_RETRIES = 6  # a replica that lacks the version or its files: try others
+SYNC_S, SWAP_SYNC_S = 1.0, 0.25  # coordinator polling, idle and during a swap
 
 
-def unwrap(exc: BaseException | None) -> BaseException | None:
-    """The exception raised inside a replica (Ray wraps it in a RayTaskError)."""
-    return getattr(exc, "cause", None) or exc
+def retryable(max_deaths: int):
+    """Retry rule: a replica that died (not by the memory monitor: the query itself may be
+    what killed it) up to ``max_deaths`` times; a replica without the version or its files
+    up to ``UNAVAILABLE_RETRIES`` times; nothing else."""
+
+    def rule(exc: BaseException, attempt: int) -> bool:
+        inner = unwrap(exc)
+        if isinstance(exc, OutOfMemoryError) or isinstance(inner, OutOfMemoryError):
+            return False
+        if isinstance(exc, RayActorError):
+            return "memory monitor" not in str(exc) and attempt <= max_deaths
+        return isinstance(inner, VersionMismatch | IndexLoadError) and (
+            attempt <= UNAVAILABLE_RETRIES
+        )
+
+    return rule
 
 
-@serve.deployment(name="router")
-@serve.ingress(app)
 class Router:
     """Fans queries out to every shard deployment with a deadline and merges the top-k."""
 
     def __init__(
-        self, shards: list[DeploymentHandle], group_sizes: list[int], args: dict[str, Any]
+        self,
+        shards: list[DeploymentHandle],
+        groups: list[list[int]],
+        names: list[str],
+        args: dict[str, Any],
+        coordinator: DeploymentHandle,
     ) -> None:
         self.args = AppArgs(**args)
-        self.shards = shards  # one handle per shard deployment (a group of shards)
-        self.group_sizes = group_sizes
-        self.error: str | None = None
+        self.shards, self.groups, self.names = shards, groups, names
+        self.group_sizes = [len(g) for g in groups]
+        self.coordinator = coordinator
+        self.active: QueryPlanner | None = None  # the version every new request is pinned to
+        self.next: QueryPlanner | None = None  # being prepared by the shard replicas
+        self.error: str | None = None  # the router's own problem (manifest unreadable)
+        self.swap: dict[str, Any] = {}  # the last swap: version, state, why
+        self.problems: list[str] = []  # from the replicas' reports (for /v1/health)
+        self.defaults: dict[str, Any] = dict(self.args.default_params)
+        self.wanted: str | None = self.args.index_version
         self.metrics = RouterMetrics()
-        self._plan: QueryPlanner | None = None
-        self._load_planner()  # on failure the router starts anyway and says why (no crash loop)
+        self._retryable = retryable(self.args.replica_retries)
+        self._sync_task: asyncio.Task | None = None
+        self.app_name = serve.get_replica_context().app_name
         env = self.args.auth_token_env
-        token = os.environ.get(env) if env else None
-        if env and not token:
+        if env and not os.environ.get(env):
             raise RuntimeError(f"auth_token_env names {env}, but that variable is empty")
-        app.state.token = token
+
+    def __serve_build_asgi_app__(self):
+        """This replica's FastAPI app (Serve calls it after the constructor)."""
+        return make_app(self.args.auth_token_env, self)
 
     @property
     def planner(self) -> QueryPlanner:
-        if self._plan is None:
+        if self.active is None:
             raise IndexLoadError(self.error or "the index manifest is not loaded")
-        return self._plan
+        return self.active
 
-    def _load_planner(self) -> None:
-        try:
-            self._plan = self._planner(self.args.index_version, self.args.default_params)
-            self.error = None
-        except Exception as exc:
-            self.error = f"cannot open the index at {self.args.index_uri}: {exc}"
-            log.error(self.error)
-
-    async def check_health(self) -> None:
-        """Serve's periodic check; a router that could not read the manifest retries here."""
-        if self._plan is None:
-            await asyncio.to_thread(self._load_planner)
-
-    def _planner(self, version: str | None, defaults: dict[str, Any]) -> QueryPlanner:
+    def _planner(self, version: str | None) -> QueryPlanner:
         _, manifest = open_version(self.args.index_uri, version)
         lim = self.args.limits
-        planner = QueryPlanner(manifest, max_k=lim.max_k, max_queries=lim.max_queries)
-        planner.defaults = SearchOverrides.parse(defaults).over(planner.defaults)
+        planner = QueryPlanner(
+            manifest,
+            max_k=lim.max_k,
+            max_queries=lim.max_queries,
+            max_candidates=lim.max_candidates,
+        )
+        planner.defaults = SearchOverrides.parse(self.defaults).over(planner.defaults)
         planner.knobs.check(planner.defaults, 1)
         return planner
 
+    # ---- versions ----
+
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        """``{"index_version": V, "default_params": {...}}``; a bad config keeps the old one."""
+        """``{"index_version": V, "default_params": {...}}``: V becomes the next version.
+
+        The first version is active at once (there is nothing to mix it with); a later one
+        after every shard replica holds it. A version with another layout is refused.
+        """
+        self.defaults = dict(config.get("default_params", self.args.default_params))
+        self.wanted = config.get("index_version") or self.args.index_version
+        await self._want()
+        if self._sync_task is None:
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_forever())
+
+    async def _want(self) -> None:
         try:
-            self._plan = self._planner(
-                config.get("index_version") or self.args.index_version,
-                config.get("default_params", self.args.default_params),
-            )
-            self.error = None
-        except Exception as exc:  # keep serving with the previous planner, say why
-            self.error = f"router config rejected: {exc}"
+            planner = await asyncio.to_thread(self._planner, self.wanted)
+        except Exception as exc:  # keep serving the active version, say why
+            self.error = f"cannot open version {self.wanted or 'CURRENT'}: {exc}"
             log.error(self.error)
+            return
+        self.error = None
+        version = planner.manifest.index_version
+        if self.active is None:
+            active = await self.coordinator.commit.remote(None, version)
+            self.active = planner if active == version else await self._adopt(active)
+            if active != version:
+                self._next(planner)
+            return
+        if version == self.active.manifest.index_version:
+            self.active, self.next = planner, None  # new default params
+            return
+        self._next(planner)
+
+    def _next(self, planner: QueryPlanner) -> None:
+        assert self.active is not None
+        version = planner.manifest.index_version
+        why = self.active.manifest.layout_change(planner.manifest)
+        if why is not None:
+            self.next = None
+            self.swap = {"version": version, "state": "refused", "why": why}
+            log.error("swap refused: %s", why)
+            return
+        self.next = planner
+        self.swap = {"version": version, "state": Prepare.WAITING.value, "why": "started"}
+
+    async def _adopt(self, version: str | None) -> QueryPlanner:
+        """The planner of ``version`` (committed elsewhere), reusing ``next`` when it is it."""
+        if self.next is not None and self.next.manifest.index_version == version:
+            planner, self.next = self.next, None
+            return planner
+        return await asyncio.to_thread(self._planner, version)
+
+    async def _sync_forever(self) -> None:
+        while True:
+            try:
+                await self._sync()
+            except Exception as exc:  # the next round tries again; say why meanwhile
+                log.warning("router: coordinator sync failed: %r", exc)
+            await asyncio.sleep(SWAP_SYNC_S if self.next is not None else SYNC_S)
+
+    async def _sync(self) -> None:
+        """One round: adopt a commit made elsewhere, re-assert the active version to a
+        restarted coordinator, and commit the next version once every replica holds it."""
+        if self.active is None:
+            if self.wanted is not None or self.error is not None:
+                await self._want()  # the manifest could not be read yet: retry
+            return
+        view = await self.coordinator.view.remote()
+        mine = self.active.manifest.index_version
+        if view["active"] is None:
+            await self.coordinator.commit.remote(None, mine)
+        elif view["active"] != mine:
+            self.active = await self._adopt(view["active"])
+        reports = view["reports"]
+        self.problems = sorted({why for r in reports.values() for why in r.failed.values()})
+        if self.next is None:
+            return
+        version = self.next.manifest.index_version
+        running = await asyncio.to_thread(self._running)
+        state, why = prepare_state(version, running, reports)
+        self.swap = {"version": version, "state": state.value, "why": why}
+        if state is Prepare.READY:
+            now = await self.coordinator.commit.remote(mine, version)
+            self.active = await self._adopt(now)
+            log.info("router: version %s is active", now)
+
+    def _running(self) -> dict[str, int]:
+        """Running replicas of each shard deployment, from Serve's controller."""
+        status = serve.status().applications[self.app_name].deployments
+        return {
+            name: int(status[name].replica_states.get("RUNNING", 0)) if name in status else 0
+            for name in self.names
+        }
 
     # ---- the search path (handle API) ----
 
@@ -114,12 +234,15 @@ class Router:
         try:
             out = await self._search(*args, **kwargs)
         except Exception as exc:
-            status = exc.status_code if isinstance(exc, VsearchError) else 500
-            self.metrics.requests.inc(tags={"status": f"{status // 100}xx"})
+            self.count_failure(exc)
             raise
         self.metrics.requests.inc(tags={"status": "2xx"})
         self.metrics.latency.observe(time.perf_counter() - t0)
         return out
+
+    def count_failure(self, exc: BaseException) -> None:
+        status = exc.status_code if isinstance(exc, VsearchError) else 500
+        self.metrics.requests.inc(tags={"status": f"{status // 100}xx"})
 
     async def _search(
         self,
@@ -137,7 +260,7 @@ class Router:
         t0 = time.perf_counter()
         if (xq is None) == (ids is None):
             raise InvalidQuery("give exactly one of query vectors or ids")
-        planner, m = self.planner, self.metrics
+        planner, m = self.planner, self.metrics  # pinned: this version, whatever swaps
         if params is not None and not isinstance(params, dict):
             raise InvalidQuery(f"params must be a mapping, got {type(params).__name__}")
         params = dict(params or {})
@@ -147,38 +270,67 @@ class Router:
         if not 0.0 <= min_coverage <= 1.0:
             raise InvalidQuery(f"min_coverage must be in [0, 1], got {min_coverage}")
         deadline = time.monotonic() + self._deadline_s(deadline_ms)
+        version = planner.manifest.index_version
+        exclude = None
         if ids is not None:
-            ids = id_array(ids)
-            xq = await self._vectors_of(ids, deadline)
+            exclude = check_ids(ids)
+            planner.check_count(len(exclude))  # before any vector is fetched
+            xq = await self._vectors_of(planner, exclude, deadline)
         xq = planner.prepare(xq)
-        kk = min(k + 1, planner.max_k) if ids is not None else k
+        query = Query(k, ov, exclude=exclude, version=version)
+        planner.check_cost(len(xq), query.fetch_k, ov)
         m.k.observe(k)
         m.queries.observe(len(xq))
         if ov.nprobe is not None:
             m.nprobe.observe(ov.nprobe)
         t_fan = time.perf_counter()
-        results, coverage = await self._fanout(
-            "search", deadline, min_coverage, xq, kk, ov.to_dict()
+        outcome = await self._fan_out(
+            lambda h, q: h.search.remote(xq, q), query, deadline, min_coverage
         )
         t_merge = time.perf_counter()
         m.fanout.observe(t_merge - t_fan)
-        D, I = merge_results([(r[0], r[1]) for r in results], planner.metric.keep_max)
+        parts = [a for a in outcome.answers if a is not None]
+        for part in parts:
+            if part[2] != version:  # an invariant: shards answer the pinned version or refuse
+                raise VsearchError(f"a shard answered version {part[2]} for {version}")
+        D, I = query.finish(*merge_results([(p[0], p[1]) for p in parts], planner.metric.keep_max))
         m.merge.observe(time.perf_counter() - t_merge)
-        if coverage < 1.0:
+        if outcome.coverage < 1.0:
             m.degraded.inc()
-        if ids is not None:
-            D, I = exclude_ids(D, I, ids, k)
         out = {
             "D": D,
             "I": I,
-            "coverage": coverage,
-            "degraded": coverage < 1.0,
-            "index_version": ",".join(sorted({r[2] for r in results})),
+            "coverage": outcome.coverage,
+            "degraded": outcome.coverage < 1.0,
+            "index_version": version,
+            "sequence": min(p[3] for p in parts),
         }
         if include_metadata:
-            out["metadata"] = await self._metadata(I, metadata_columns, deadline)
+            out["metadata"] = await self._metadata(I, metadata_columns, deadline, version)
         out["took_ms"] = round(1000 * (time.perf_counter() - t0), 3)
         return out
+
+    async def _fan_out(self, send, query: Query, deadline: float, min_coverage: float, groups=None):
+        """``send(handle, query)`` to every shard group (or ``groups``), query budget set."""
+        chosen = range(len(self.shards)) if groups is None else groups
+
+        def call(i: int):
+            async def once():  # each attempt carries the time left to the shard
+                left = max(0.0, deadline - time.monotonic())
+                return await send(self.shards[i], _with_budget(query, left))
+
+            return once
+
+        outcome = await fan_out(
+            [call(i) for i in chosen],
+            [self.group_sizes[i] for i in chosen],
+            deadline,
+            min_coverage,
+            self._retryable,
+        )
+        if outcome.retries:
+            self.metrics.retries.inc(outcome.retries)
+        return outcome
 
     def _deadline_s(self, deadline_ms: int | None) -> float:
         lim = self.args.limits
@@ -187,52 +339,24 @@ class Router:
             raise InvalidQuery(f"deadline_ms must be an integer in [1, {lim.max_deadline_ms}]")
         return ms / 1000
 
-    async def _fanout(self, method: str, deadline: float, min_coverage: float, *args):
-        """Call ``method`` on every shard; ``(answers, coverage)`` or raise by coverage rules."""
-        tasks = [asyncio.ensure_future(self._call(h, method, deadline, args)) for h in self.shards]
-        done, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
-        for task in pending:
-            task.cancel()
-        answers, failures = [], []
-        for task in tasks:
-            if task in done and task.exception() is None:
-                answers.append(task.result())
-            elif task in done:
-                failures.append(unwrap(task.exception()))
-        for exc in failures:  # a mistake in the request is the caller's, whatever the coverage
-            if isinstance(exc, VsearchError) and exc.status_code < 500:
-                raise exc
-        answered = sum(
-            n
-            for t, n in zip(tasks, self.group_sizes, strict=True)
-            if t in done and t.exception() is None
+    def _owner_groups(self, planner: QueryPlanner, ids: np.ndarray) -> list[int]:
+        """The shard groups that can hold ``ids``: their owners under hash partitioning
+        (adds go there too), every group under range partitioning."""
+        man = planner.manifest
+        if man.partition != "hash":
+            return list(range(len(self.shards)))
+        owners = set(assign_shards(ids, ids, man.num_shards, "hash", man.num_shards).tolist())
+        return [i for i, g in enumerate(self.groups) if owners & set(g)]
+
+    async def _vectors_of(self, planner: QueryPlanner, ids: np.ndarray, deadline: float):
+        groups = self._owner_groups(planner, ids)
+        query = Query(1, version=planner.manifest.index_version)
+        outcome = await self._fan_out(
+            lambda h, q: h.reconstruct.remote(ids, q.version), query, deadline, 1.0, groups
         )
-        coverage = answered / sum(self.group_sizes)
-        if coverage < min_coverage or not answers:
-            total = sum(self.group_sizes)
-            what = f"{answered} of {total} shards answered (min_coverage {min_coverage})"
-            if pending:
-                raise DeadlineExceeded(f"deadline passed: {what}")
-            raise ShardsUnavailable(f"{what}; first failure: {failures[0]!r}")
-        return answers, coverage
-
-    async def _call(self, handle: DeploymentHandle, method: str, deadline: float, args: tuple):
-        """One shard call; retried while time is left when its replica dies under it (Serve
-        drops the dead replica, so the retry goes to another one)."""
-        for attempt in range(self.args.replica_retries + 1):
-            try:
-                return await getattr(handle, method).remote(*args)
-            except RayActorError:
-                if attempt == self.args.replica_retries or time.monotonic() >= deadline:
-                    raise
-                self.metrics.retries.inc()
-        raise AssertionError("unreachable")
-
-    async def _vectors_of(self, ids: np.ndarray, deadline: float) -> np.ndarray:
-        answers, _ = await self._fanout("reconstruct", deadline, 1.0, ids)
-        out = np.zeros((len(ids), self.planner.dim), dtype=np.float32)
+        out = np.zeros((len(ids), planner.dim), dtype=np.float32)
         found = np.zeros(len(ids), dtype=bool)
-        for here, vectors in answers:
+        for here, vectors in outcome.answers:
             if vectors is not None:
                 out[here] = vectors
                 found |= here
@@ -240,17 +364,23 @@ class Router:
             raise UnknownId(f"id {int(ids[~found][0])} is not in the index")
         return out
 
-    async def _metadata(self, I: np.ndarray, columns, deadline: float):
+    async def _metadata(self, I: np.ndarray, columns, deadline: float, version: str):
         flat = np.unique(I[I >= 0])
-        answers, _ = await self._fanout("metadata", deadline, 0.0, flat, columns)
+        outcome = await self._fan_out(
+            lambda h, q: h.metadata.remote(flat, columns, q.version),
+            Query(1, version=version),
+            deadline,
+            0.0,
+        )
         rows: dict[int, dict] = {}
-        for part in answers:
-            rows.update(part)
+        for part in outcome.answers:
+            rows.update(part or {})
         return [[rows.get(int(i)) for i in row] for row in I]
 
     # ---- HTTP ----
 
-    @app.post(
+    @route(
+        "post",
         "/v1/search",
         response_model=SearchResponse,
         responses=error_responses(400, 401, 404, 413, 415, 429, 503, 504),
@@ -262,13 +392,17 @@ class Router:
         },
     )
     async def http_search(self, request: Request) -> Response:
-        req = parse_search(
-            await request.body(),
-            self.args.limits.max_body_bytes,
-            request.headers.get("content-type", ""),
-        )
+        try:
+            limit = self.args.limits.max_body_bytes
+            req = parse_search(
+                await read_body(request, limit), limit, request.headers.get("content-type", "")
+            )
+            query = queries_of(req, self.planner.dim)
+        except Exception as exc:  # counted like every other failed request
+            self.count_failure(exc)
+            raise
         result = await self.search(
-            queries_of(req, self.planner.dim),
+            query,
             req.k,
             req.params,
             ids=req.ids,
@@ -276,66 +410,73 @@ class Router:
             deadline_ms=req.deadline_ms,
             include_metadata=req.include_metadata,
         )
-        return Response(json.dumps(response_body(result)), media_type="application/json")
+        return Response(response_json(result), media_type="application/json")
 
     async def shard_infos(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
         """Each shard's info, or an entry with its error when it does not answer."""
         tasks = [asyncio.ensure_future(h.info.remote()) for h in self.shards]
         done, _ = await asyncio.wait(tasks, timeout=timeout_s)
-        infos, first = [], 0
-        for task, size in zip(tasks, self.group_sizes, strict=True):
+        infos = []
+        for task, group in zip(tasks, self.groups, strict=True):
             if task in done and task.exception() is None:
                 infos.extend(task.result())
             else:
                 why = repr(unwrap(task.exception())) if task in done else "no answer in time"
-                infos.extend(
-                    {"shard": n, "error": why, "index_version": None}
-                    for n in range(first, first + size)
-                )
-            first += size
+                infos.extend({"shard": n, "error": why, "index_version": None} for n in group)
         return infos
 
-    @app.get("/v1/health")
-    async def health(self) -> dict[str, Any]:
-        infos = await self.shard_infos()
-        problems = [i["error"] for i in infos if i.get("error")] + (
-            [self.error] if self.error else []
+    def _problems(self) -> list[str]:
+        return (
+            ([self.error] if self.error else [])
+            + self.problems
+            + ([self.swap["why"]] if self.swap.get("state") in ("refused", "failed") else [])
         )
-        return {
-            "status": "degraded" if problems else "ok",
-            "problems": problems,
-            "index_version": self._plan.manifest.index_version if self._plan else None,
-        }
 
-    @app.get("/v1/ready", responses=error_responses(401, 503))
+    @route("get", "/v1/health")
+    async def health(self) -> dict[str, Any]:
+        """Open route: ok or degraded, from state the router already holds (no fan-out,
+        no paths or messages: those are in the authenticated /v1/stats)."""
+        return {"status": "degraded" if self._problems() else "ok"}
+
+    @route("get", "/v1/ready", responses=error_responses(401, 503))
     async def ready(self) -> JSONResponse:
+        """200 when every shard answers from the active version."""
         infos = await self.shard_infos()
-        versions = {i.get("index_version") for i in infos}
-        ok = (
-            self._plan is not None
-            and len(versions) == 1
-            and None not in versions
-            and not any(i.get("error") for i in infos)
-        )
-        body = {"ready": ok, "index_versions": sorted(v or "none" for v in versions)}
+        active = self.active.manifest.index_version if self.active else None
+        held = [i.get("versions_held") or [] for i in infos]
+        ok = active is not None and all(active in h for h in held)
+        versions = sorted({i.get("index_version") or "none" for i in infos})
+        body = {"ready": ok, "index_version": active, "index_versions": versions}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=error_responses(401))
+    @route("get", "/metrics", response_class=PlainTextResponse, responses=error_responses(401, 503))
     async def metrics_page(self) -> Response:
         """Prometheus text: the metrics of every replica on every node, merged."""
-        return Response(await scrape_cluster(), media_type=CONTENT_TYPE_LATEST)
+        page = await scrape_cluster()
+        if b"vsearch_" not in page:
+            raise MetricsNotReady("metrics are not exported yet (Ray exports every few seconds)")
+        return Response(page, media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/v1/stats", responses=error_responses(401))
+    @route("get", "/v1/stats", responses=error_responses(401))
     async def stats(self) -> dict[str, Any]:
-        if self._plan is None:
-            return {"router_error": self.error, "shards": await self.shard_infos()}
-        m = self.planner.manifest
-        return {
-            "index_version": m.index_version,
-            "dim": m.dim,
-            "metric": m.metric,
-            "factory": m.factory,
-            "default_params": self.planner.defaults.to_dict(),
+        body: dict[str, Any] = {
             "router_error": self.error,
-            "shards": await self.shard_infos(),
+            "problems": self._problems(),
+            "swap": self.swap,
+            "next_version": self.next.manifest.index_version if self.next else None,
         }
+        if self.active is not None:
+            m = self.active.manifest
+            body.update(
+                index_version=m.index_version,
+                dim=m.dim,
+                metric=m.metric,
+                factory=m.factory,
+                default_params=self.active.defaults.to_dict(),
+            )
+        body["shards"] = await self.shard_infos()
+        return body
+
+
+def _with_budget(query: Query, left: float) -> Query:
+    return replace(query, budget_s=left)

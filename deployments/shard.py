@@ -1,115 +1,263 @@
-"""The shard deployment: each replica serves a group of shards (one by default) of a version."""
+"""The shard deployment: each replica serves a group of shards (one by default).
+
+A replica holds the active index version and, during a swap, the next one; every call
+names its version and is answered from exactly that one (``VersionMismatch`` otherwise, which
+the router retries on another replica). See ``deployments.swap`` for the phases.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments.config import ShardOptions
+from deployments.errors import DeadlineExceeded
 from deployments.metrics import ShardMetrics
+from deployments.swap import retirable
 from shards import ShardedIndex
 from shards._faiss import faiss
-from shards.errors import IndexLoadError
+from shards.artefact import open_version
+from shards.errors import IndexLoadError, VersionMismatch
 from shards.gpu import gpu_memory_in_use
 from shards.metadata import lookup_metadata
-from shards.params import SearchOverrides
+from shards.query import Query
 
 log = logging.getLogger("ray.serve")
+PROBE_CANDIDATES = 16  # live rows tried as the health probe
+SUB_BATCH = 256  # a long batch is searched in parts, checking the deadline between them
 
 
 class LoadedShards:
-    """Shards of one version on their device, with a known answer for health checks."""
+    """Shards of one version on their device, with a probe vector for health checks."""
 
     def __init__(self, uri: str, numbers: list[int], version: str | None, opts: ShardOptions):
         self.index = ShardedIndex.open(uri, version, shards=numbers, mmap=opts.mmap)
         self.placement = self.index.place(opts.device())
-        first = self.index.shards[numbers[0]]
-        rows = first.live_rows()
-        self.probe_id = int(first.ids[rows[0]]) if len(rows) else None
-        self.probe = self.index.reconstruct([self.probe_id]) if len(rows) else None
+        self.probe = self._pick_probe(self.index.shards[numbers[0]])
 
     @property
     def version(self) -> str:
         return self.index.index_version
 
-    def search(self, xq: np.ndarray, k: int, ov: SearchOverrides):
-        return self.index.search_prepared(xq, k, ov)
+    def search(self, xq: np.ndarray, query: Query, deadline: float | None):
+        """``query`` over these shards, in parts of ``SUB_BATCH`` that check ``deadline``."""
+        parts = []
+        for start in range(0, len(xq), SUB_BATCH):
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineExceeded("deadline passed: the rest of the batch is not searched")
+            parts.append(self.index.search_query(xq[start : start + SUB_BATCH], query))
+        if len(parts) == 1:
+            return parts[0]
+        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+
+    def probe_ok(self, probe: np.ndarray) -> bool:
+        """The probe is found: its own score comes first (itself or an exact duplicate)."""
+        D, _ = self.index.search_query(probe, Query(10))
+        keep_max = self.index.metric.keep_max
+        own = float(probe[0] @ probe[0]) if keep_max else 0.0
+        return bool(abs(float(D[0, 0]) - own) <= 1e-3 * max(1.0, abs(own)))
+
+    def _pick_probe(self, shard) -> np.ndarray | None:
+        """The first of a few live rows that the index finds (a graph can miss some)."""
+        rows = shard.live_rows()[:PROBE_CANDIDATES]
+        for row in rows:
+            vec = self.index.reconstruct([int(shard.ids[row])])
+            if self.probe_ok(vec):
+                return vec
+        if len(rows):
+            log.warning(
+                "shards: none of %d probe rows is found; health checks search only", len(rows)
+            )
+        return None
 
 
-@serve.deployment(name="shard")
+@dataclass
+class _Failed:
+    """A batched request's own error (the other requests of the batch still get answers)."""
+
+    exc: BaseException
+
+
 class ShardServer:
-    """Searches its shards; batches concurrent calls; swaps index versions live."""
+    """Searches its shards; batches concurrent calls; prepares and retires index versions."""
 
-    def __init__(self, index_uri: str, numbers: list[int], options: dict) -> None:
+    def __init__(self, index_uri: str, numbers: list[int], options: dict, coordinator) -> None:
         self.opts = ShardOptions(**options)
         faiss.omp_set_num_threads(self.opts.omp_threads)
         self.uri, self.numbers = index_uri, list(numbers)
-        # the version comes with user_config: Serve calls reconfigure before any request
-        self.current: LoadedShards | None = None
-        self.wanted_version: str | None = None
-        self.error: str | None = None
-        self._swap_task: asyncio.Task | None = None
-        self._retry_at: float | None = None  # when to retry a failed first load
+        self.coordinator = coordinator
+        self.versions: dict[str, LoadedShards] = {}
+        self.failed: dict[str, str] = {}  # version -> why it did not load
+        self.wanted: str | None = None  # from user_config
+        self.active: str | None = None  # from the coordinator
+        self.active_since: float | None = None  # when this replica saw ``active`` first
+        self.in_flight: Counter[str] = Counter()
+        self.empty_since: float | None = None  # holding no version since (failed loads)
+        self._retry_at: float | None = None
+        self._task: asyncio.Task | None = None
+        ctx = serve.get_replica_context()
+        self.replica, self.deployment = ctx.replica_id.unique_id, ctx.deployment
         label = f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
         self.metrics, self.tags = ShardMetrics(), {"shard": label}
         self._batched.set_max_batch_size(self.opts.batch_size)
         self._batched.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
 
-    @property
-    def loaded(self) -> LoadedShards:
-        if self.current is None:
-            raise IndexLoadError(self.error or f"shards {self.numbers} have no index loaded")
-        return self.current
+    # ---- versions ----
 
-    async def search(self, xq: np.ndarray, k: int, params: dict[str, Any]):
-        """Top-k of prepared queries over this replica's shards: ``(D, I, index_version)``."""
+    @property
+    def error(self) -> str | None:
+        """Why the wanted (or active) version is not held, if it is not."""
+        for v in (self.wanted, self.active):
+            if v is not None and v in self.failed:
+                return self.failed[v]
+        return None
+
+    async def reconfigure(self, config: dict) -> None:
+        """``{"index_version": V}``: prepare V beside the versions held.
+
+        The first load happens here, before the replica takes traffic: the coordinator's
+        active version and V. Later versions load in the background (Serve routes no
+        request to a replica while reconfigure runs); a failed load changes nothing served.
+        """
+        self.wanted = config.get("index_version")
+        if not self.versions:
+            self.active = await self._report()
+            self.active_since = time.monotonic()
+            for v in dict.fromkeys([self.active, self.wanted]):
+                await self._load(v)
+            await self._report()
+            return
+        if self.wanted not in self.versions:
+            self._task = asyncio.get_running_loop().create_task(self._prepare(self.wanted))
+        else:
+            await self._report()
+
+    async def _prepare(self, version: str | None) -> None:
+        await self._load(version)
+        await self._report()
+
+    async def _load(self, version: str | None) -> bool:
+        """Load and verify ``version`` (None: CURRENT) beside the others; False on failure."""
+        name = version or "CURRENT"
+        try:
+            _, manifest = await asyncio.to_thread(open_version, self.uri, version)
+            held = next(iter(self.versions.values()), None)
+            why = held.index.manifest.layout_change(manifest) if held else None
+            if why is not None:
+                raise IndexLoadError(why)
+            loaded = await asyncio.to_thread(
+                LoadedShards, self.uri, self.numbers, manifest.index_version, self.opts
+            )
+        except Exception as exc:
+            self.metrics.load_failures.inc(tags=self.tags)
+            self.failed[name] = f"cannot load version {name}: {exc}"
+            self._retry_at = time.monotonic() + self.opts.reload_retry_s
+            if not self.versions and self.empty_since is None:
+                self.empty_since = time.monotonic()
+            log.error("shards %s: %s", self.numbers, self.failed[name])
+            return False
+        v = loaded.version
+        if version is None and self.wanted is None:
+            self.wanted = v
+        self.versions[v] = loaded
+        self.failed.pop(v, None)
+        self.failed.pop(name, None)
+        self.empty_since = self._retry_at = None
+        self._publish(loaded)
+        log.info("shards %s hold %s on %s", self.numbers, v, loaded.placement.device)
+        return True
+
+    async def _report(self) -> str | None:
+        """Tell the coordinator what this replica holds; learn the active version."""
+        failed = {v: why for v, why in self.failed.items() if v not in self.versions}
+        active = await self.coordinator.report.remote(
+            self.replica, self.deployment, list(self.versions), failed
+        )
+        if active != self.active:
+            self.active, self.active_since = active, time.monotonic()
+        return active
+
+    def _retire(self) -> None:
+        for v in list(self.versions):
+            if retirable(v, self.active, self.wanted, self.in_flight[v], self.active_since):
+                del self.versions[v]
+                log.info("shards %s retired version %s", self.numbers, v)
+
+    def _held(self, version: str | None) -> LoadedShards:
+        v = version or self.active or self.wanted
+        loaded = self.versions.get(v) if v else None
+        if loaded is not None:
+            return loaded
+        if not self.versions:
+            raise IndexLoadError(self.error or f"shards {self.numbers} have no index loaded")
+        raise VersionMismatch(
+            f"shards {self.numbers} of this replica do not hold version {v} "
+            f"(they hold {sorted(self.versions)})"
+        )
+
+    # ---- the search path ----
+
+    async def search(self, xq: np.ndarray, query: Query):
+        """``(D, I, version, sequence)`` for prepared queries ``xq`` (nq, d) over these shards."""
         if self.opts.faults is not None:
             await self._inject(self.opts.faults)
+        deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
         if self.opts.batch_size <= 1:
-            return await self._run(self.loaded, xq, k, params)
-        return await self._batched(xq, k, params)
+            return await self._run(xq, query, deadline)
+        out = await self._batched(xq, query, deadline)
+        if isinstance(out, _Failed):
+            raise out.exc
+        return out
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batched(self, xqs: list, ks: list, params: list) -> list:
-        current = self.loaded  # one version for the whole batch
+    async def _batched(self, xqs: list, queries: list, deadlines: list) -> list:
         groups: dict[tuple, list[int]] = {}
-        for i, (k, p) in enumerate(zip(ks, params, strict=True)):
-            groups.setdefault((k, tuple(sorted(p.items()))), []).append(i)
+        for i, q in enumerate(queries):
+            groups.setdefault(q.batch_key(), []).append(i)
         out: list = [None] * len(xqs)
-        for (k, _), members in groups.items():
-            xq = np.concatenate([xqs[i] for i in members])
-            D, I, version = await self._run(current, xq, k, params[members[0]])
+        for members in groups.values():
+            ends = [deadlines[i] for i in members]
+            deadline = None if None in ends else max(ends)
+            try:
+                xq = np.concatenate([xqs[i] for i in members])
+                D, I, version, seq = await self._run(xq, queries[members[0]], deadline)
+            except Exception as exc:  # this group's error, not the other groups'
+                for i in members:
+                    out[i] = _Failed(exc)
+                continue
             start = 0
             for i in members:
                 n = len(xqs[i])
-                out[i] = (D[start : start + n], I[start : start + n], version)
+                out[i] = (D[start : start + n], I[start : start + n], version, seq)
                 start += n
         return out
 
-    async def _run(
-        self, current: LoadedShards, xq: np.ndarray, k: int, params: dict, record: bool = True
-    ):
-        ov = SearchOverrides.parse(params)
-        m, tags = self.metrics, self.tags
+    async def _run(self, xq: np.ndarray, query: Query, deadline: float | None, record=True):
+        loaded = self._held(query.version)
+        m, tags, v = self.metrics, self.tags, loaded.version
         t0 = time.perf_counter()
+        self.in_flight[v] += 1
         try:
             # each GPU clone serialises its own searches (shards.gpu.Placed)
-            D, I = await asyncio.to_thread(current.search, xq, k, ov)
+            D, I = await asyncio.to_thread(loaded.search, xq, query, deadline)
         except Exception:
             m.errors.inc(tags=tags)
             raise
-        if not record:  # health probes stay out of the search metrics
-            return D, I, current.version
-        m.latency.observe(time.perf_counter() - t0, tags=tags)
-        m.searches.inc(tags=tags)
-        m.queries.inc(len(xq), tags=tags)
-        m.batch.observe(len(xq), tags=tags)
-        return D, I, current.version
+        finally:
+            self.in_flight[v] -= 1
+        if record:  # health probes stay out of the search metrics
+            m.latency.observe(time.perf_counter() - t0, tags=tags)
+            m.searches.inc(tags=tags)
+            m.queries.inc(len(xq), tags=tags)
+            m.batch.observe(len(xq), tags=tags)
+        return D, I, v, loaded.index.sequence
 
     async def _inject(self, faults) -> None:
         delay = max((faults.delay_ms.get(n, 0) for n in self.numbers), default=0)
@@ -117,6 +265,25 @@ class ShardServer:
             await asyncio.sleep(delay / 1000)
         if set(self.numbers) & set(faults.fail_shards):
             raise RuntimeError(f"injected fault in shards {self.numbers}")
+
+    async def reconstruct(self, ids: np.ndarray, version: str | None = None):
+        """``(found, vectors)``: which ids live here and their stored vectors."""
+        index = self._held(version).index
+        found = index.contains(ids)
+        return found, index.reconstruct(ids[found]) if found.any() else None
+
+    async def metadata(
+        self, ids: np.ndarray, columns: list[str] | None, version: str | None = None
+    ) -> dict[int, dict]:
+        """Metadata rows of the ids that live in these shards, by id."""
+        index = self._held(version).index
+        found = index.contains(ids)
+        if not found.any():
+            return {}
+        rows = lookup_metadata(index, ids[found], columns).to_pylist()
+        return {row["id"]: row for row in rows}
+
+    # ---- health, stats, metrics ----
 
     def _publish(self, loaded: LoadedShards) -> None:
         """Gauges describing the index now served."""
@@ -132,93 +299,18 @@ class ShardServer:
         m.gpu_index_bytes.set(float(loaded.placement.gpu_bytes), tags=tags)
         m.build_s.set(float(manifest.build.get("total_seconds", 0.0)), tags=tags)
 
-    async def reconstruct(self, ids: np.ndarray):
-        """``(found, vectors)``: which ids live here and their stored vectors."""
-        index = self.loaded.index
-        found = index.contains(ids)
-        return found, index.reconstruct(ids[found]) if found.any() else None
-
-    async def metadata(self, ids: np.ndarray, columns: list[str] | None) -> dict[int, dict]:
-        """Metadata rows of the ids that live in these shards, by id."""
-        index = self.loaded.index
-        found = index.contains(ids)
-        if not found.any():
-            return {}
-        rows = lookup_metadata(index, ids[found], columns).to_pylist()
-        return {row["id"]: row for row in rows}
-
-    async def reconfigure(self, config: dict) -> None:
-        """``{"index_version": V}``: load and verify V beside the current one, then swap.
-
-        The first load happens here (a replica cannot serve without an index). Later versions
-        load in the background: Serve routes no request to a replica while reconfigure runs,
-        so returning at once keeps queries flowing; a failed load keeps the current version
-        serving and reports why in info and health.
-        """
-        wanted = config.get("index_version")
-        if self.current is None:
-            self.wanted_version = wanted
-            await self._first_load()
-            return
-        if wanted in (None, self.current.version):
-            self.wanted_version, self.error = self.current.version, None
-            return
-        self.wanted_version = wanted
-        self._swap_task = asyncio.get_running_loop().create_task(self._swap(wanted))
-
-    async def _first_load(self) -> None:
-        """Load the wanted version; on failure keep the replica up, say why, retry later.
-
-        A replica that raised here would be restarted by Serve and fail again (a crash loop);
-        instead it answers 503 ``index_unavailable`` with the reason until a retry succeeds.
-        """
-        try:
-            loaded = await asyncio.to_thread(
-                LoadedShards, self.uri, self.numbers, self.wanted_version, self.opts
-            )
-        except Exception as exc:
-            self.metrics.load_failures.inc(tags=self.tags)
-            self.error = f"cannot load version {self.wanted_version or 'CURRENT'}: {exc}"
-            self._retry_at = time.monotonic() + self.opts.reload_retry_s
-            log.error(
-                "shards %s: %s (retry in %s s)", self.numbers, self.error, self.opts.reload_retry_s
-            )
-            return
-        self.current, self.error, self._retry_at = loaded, None, None
-        self.wanted_version = loaded.version
-        self._publish(loaded)
-
-    async def _swap(self, wanted: str) -> None:
-        try:
-            loaded = await asyncio.to_thread(
-                LoadedShards, self.uri, self.numbers, wanted, self.opts
-            )
-        except Exception as exc:  # any load failure: keep serving the current version
-            self.metrics.load_failures.inc(tags=self.tags)
-            if self.wanted_version == wanted:
-                self.error = f"cannot load version {wanted}: {exc}"
-                log.error("shards %s: %s", self.numbers, self.error)
-            return
-        if self.wanted_version != wanted:
-            return  # a newer version was asked for meanwhile
-        self.current, self.error = loaded, None  # atomic: one reference swap
-        self._publish(loaded)
-        log.info("shards %s serve %s on %s", self.numbers, loaded.version, loaded.placement.device)
-
     async def info(self) -> list[dict[str, Any]]:
         """One entry per shard for /v1/stats and /v1/ready."""
-        if self.current is None:
-            return [
-                {
-                    "shard": n,
-                    "index_version": None,
-                    "wanted_version": self.wanted_version,
-                    "error": self.error,
-                    "replica_shards": self.numbers,
-                }
-                for n in self.numbers
-            ]
-        cur = self.loaded
+        common = {
+            "versions_held": sorted(self.versions),
+            "wanted_version": self.wanted,
+            "error": self.error,
+            "replica_shards": self.numbers,
+        }
+        v = self.active if self.active in self.versions else self.wanted
+        cur = self.versions.get(v) if v else None
+        if cur is None:
+            return [{"shard": n, "index_version": None, **common} for n in self.numbers]
         manifest = cur.index.manifest
         gpu_used = gpu_memory_in_use(cur.placement) if cur.placement.on_gpu else None
         if gpu_used is not None:
@@ -227,8 +319,8 @@ class ShardServer:
             {
                 "shard": number,
                 "index_version": cur.version,
-                "wanted_version": self.wanted_version,
-                "error": self.error,
+                "sequence": shard.sequence,
+                **common,
                 "ntotal": shard.ntotal,
                 "factory": manifest.factory,
                 "device": cur.placement.device,
@@ -238,28 +330,33 @@ class ShardServer:
                 "gpu_index_bytes": cur.placement.gpu_bytes,
                 "gpu_memory_used_bytes": gpu_used,
                 "index_bytes": manifest.shards[number].files["index"].size,
-                "replica_shards": self.numbers,
             }
             for number, shard in cur.index.shards.items()
         ]
 
     async def check_health(self) -> None:
-        """Known-answer search: the probe vector must find its own id.
+        """Report to the coordinator, retire old versions, retry failed loads, probe.
 
-        A replica whose first load failed is healthy (restarting it would not help) but not
-        ready; each health check past the retry time tries the load again in the background.
+        A replica holding no version retries its load every ``reload_retry_s`` and stays
+        healthy (not ready) for ``unhealthy_after_s``; after that it fails the check, so
+        Serve replaces it (a slow restart, not a crash loop). The probe vector must find
+        its own score first (itself or an exact duplicate).
         """
-        if self.current is None:
-            if self._retry_at is not None and time.monotonic() >= self._retry_at:
-                self._retry_at = None
-                self._swap_task = asyncio.get_running_loop().create_task(self._first_load())
+        await self._report()
+        self._retire()
+        busy = self._task is not None and not self._task.done()
+        retry = self._retry_at is not None and time.monotonic() >= self._retry_at and not busy
+        if retry and self.wanted not in self.versions:
+            self._retry_at = None
+            self._task = asyncio.get_running_loop().create_task(self._prepare(self.wanted))
+        if not self.versions:
+            since = self.empty_since
+            if since is not None and time.monotonic() - since > self.opts.unhealthy_after_s:
+                raise RuntimeError(f"shards {self.numbers}: no version loaded: {self.error}")
             return
-        cur = self.loaded
-        if cur.probe is None:
-            return
-        params = cur.index.resolve(None).to_dict()
-        _, I, _ = await self._run(cur, cur.probe, 10, params, record=False)
+        cur = self._held(None) if (self.active or self.wanted) in self.versions else None
+        cur = cur or next(iter(self.versions.values()))
         if cur.placement.on_gpu:  # every health check refreshes the GPU memory gauge
             self.metrics.gpu_memory.set(float(gpu_memory_in_use(cur.placement)), tags=self.tags)
-        if cur.probe_id not in I[0]:
+        if cur.probe is not None and not await asyncio.to_thread(cur.probe_ok, cur.probe):
             raise RuntimeError(f"shards {self.numbers}: known-answer search failed")

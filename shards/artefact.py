@@ -7,8 +7,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -17,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards._faiss import faiss
-from shards.errors import CorruptFile, ManifestMismatch, MissingFile
+from shards.errors import ConcurrentUpdate, CorruptFile, ManifestMismatch, MissingFile
 from shards.manifest import MANIFEST, FileEntry, Manifest, ShardEntry
 from shards.metric import Metric
 from shards.storage import Store
@@ -43,11 +47,22 @@ def new_version_name() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def write_version(root_uri: str, manifest: Manifest, shards: list[ShardData]) -> Manifest:
+def write_version(
+    root_uri: str,
+    manifest: Manifest,
+    shards: list[ShardData],
+    *,
+    expect_current: str | None = None,
+) -> Manifest:
     """Write a new version under ``root_uri`` and point CURRENT at it; returns its manifest.
 
     ``manifest.shards`` is filled in here; the manifest is written after every shard file,
     and CURRENT after the manifest, so readers never see a half-written version.
+    ``expect_current``: the version this one was made from (compact, autotune); CURRENT is
+    moved only if it still names it (see ``publish_current``).
+
+    Raises:
+        ConcurrentUpdate: CURRENT moved meanwhile; the new version is written but not current.
     """
     root = Store(root_uri)
     vstore = root.child(manifest.index_version)
@@ -61,8 +76,64 @@ def write_version(root_uri: str, manifest: Manifest, shards: list[ShardData]) ->
         entries.append(ShardEntry(name=name, ntotal=int(shard.index.ntotal), files=files))
     manifest = replace(manifest, shards=entries)
     vstore.write_bytes(MANIFEST, manifest.to_json().encode())
-    root.write_bytes(CURRENT, manifest.index_version.encode())
+    publish_current(root, manifest.index_version, expect_current)
     return manifest
+
+
+LOCK_WAIT_S = 10.0
+LOCK_STALE_S = 60.0  # a lock file older than this was left by a writer that died
+
+
+def publish_current(root: Store, version: str, expect: str | None = None) -> None:
+    """Point CURRENT at ``version``; with ``expect``, only if CURRENT still names ``expect``.
+
+    Compare-and-swap: on a local filesystem the compare and the move happen under a lock
+    file (``CURRENT.lock``, created exclusively), so of two writers that started from the
+    same version exactly one publishes. ``pyarrow.fs`` has no conditional put for object
+    stores: there the check narrows the race to the moment between read and write, and the
+    rule is one writer (build, compact or autotune) per index root at a time.
+
+    Raises:
+        ConcurrentUpdate: CURRENT names another version than ``expect``.
+    """
+    with _current_lock(root):
+        if expect is not None:
+            now = root.read_bytes(CURRENT).decode().strip() if root.exists(CURRENT) else None
+            if now != expect:
+                raise ConcurrentUpdate(
+                    f"CURRENT of {root.uri} moved from {expect} to {now} while {version} was "
+                    f"written from {expect}; {version} is complete but not current: open it by "
+                    "name, or redo the operation from the new CURRENT"
+                )
+        root.write_bytes(CURRENT, version.encode())
+
+
+@contextlib.contextmanager
+def _current_lock(root: Store) -> Iterator[None]:
+    if not root.local:
+        yield
+        return
+    path = root.path(f"{CURRENT}.lock")
+    os.makedirs(root.path(), exist_ok=True)
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - os.path.getmtime(path) > LOCK_STALE_S:
+                    os.unlink(path)
+                    continue
+            if time.monotonic() > deadline:
+                raise ConcurrentUpdate(f"{path} is held by another writer") from None
+            time.sleep(0.01)
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(fd)
+        os.unlink(path)
 
 
 def _put(store: Store, rel: str, data) -> FileEntry:

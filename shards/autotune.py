@@ -61,6 +61,8 @@ def ground_truth(
     keep_max = metric_type == faiss.METRIC_INNER_PRODUCT
     heap = faiss.ResultHeap(len(xq), k, keep_max=keep_max)
     for xb, ids in blocks:
+        if len(xb) == 0:
+            continue  # every row of the block is a held-out query
         D, I = faiss.knn(xq, xb, min(k, len(xb)), metric=metric_type)
         pad = k - D.shape[1]
         if pad:

@@ -6,6 +6,7 @@ share one quantizer and codebook), add each chunk's vectors to their shards, tun
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -23,12 +24,13 @@ from shards.gpu import gpu_count, has_cuvs, parse_device
 from shards.index import ShardedIndex
 from shards.manifest import Manifest
 from shards.metric import Metric, prepare_vectors
-from shards.params import Knobs, SearchOverrides
+from shards.params import Knobs, SearchOverrides, static_defaults
 from shards.partition import SCHEMES, assign_shards
 from shards.progress import progress
 from shards.shard import Shard
 from shards.source import VectorSource
 
+log = logging.getLogger("shards")
 TUNE_QUERIES = 2000
 TUNE_K = 10
 
@@ -95,6 +97,8 @@ def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manif
     )
     if held is not None:
         manifest = tune_manifest(manifest, datas, source, opts, held)
+    elif knobs.names():
+        manifest = _untuned(manifest, knobs)
     _append(datas, held_rows)
     _check_unique(datas)
     manifest.build["total_seconds"] = round(time.perf_counter() - t0, 3)
@@ -228,6 +232,18 @@ def _check_unique(datas: list[ShardData]) -> None:
     uniq, counts = np.unique(all_ids, return_counts=True)
     if (counts > 1).any():
         raise InvalidInput(f"duplicate id {int(uniq[counts > 1][0])} in the input")
+
+
+def _untuned(manifest: Manifest, knobs: Knobs) -> Manifest:
+    """An ANN index built without tuning gets stated static defaults, and says so loudly."""
+    defaults = static_defaults(knobs)
+    note = (
+        f"not tuned: static defaults {defaults}, recall unmeasured; run "
+        "`python -m shards autotune` to measure the curve and enable target_recall"
+    )
+    log.warning("%s", note)
+    manifest.build["untuned"] = note
+    return replace(manifest, default_params=defaults)
 
 
 def tune_manifest(

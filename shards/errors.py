@@ -102,3 +102,19 @@ class GpuUnsupportedIndex(VsearchError):
 
     status_code = 503
     code = "gpu_unsupported_index"
+
+
+class VersionMismatch(VsearchError):
+    """A shard replica does not hold the index version a query is pinned to (retryable:
+    another replica of the shard may hold it)."""
+
+    status_code = 503
+    code = "version_unavailable"
+
+
+class ConcurrentUpdate(VsearchError):
+    """CURRENT moved while a new version was written from it: publish again from the new
+    CURRENT (one writer at a time per index root)."""
+
+    status_code = 409
+    code = "concurrent_update"

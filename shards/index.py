@@ -11,17 +11,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shards import cagra
 from shards._faiss import BLAS_MIN_QUERIES, faiss, one_omp_thread, use_blas_from
 from shards.artefact import ShardData, new_version_name, open_version, read_shard, write_version
 from shards.coarse import coarse_assign, quantizer_digest
-from shards.errors import InvalidInput, InvalidQuery, UnknownId, UnsupportedOperation
-from shards.gpu import GpuOptions, Placement
+from shards.errors import (
+    InvalidInput,
+    InvalidQuery,
+    UnknownId,
+    UnsupportedOperation,
+    VersionMismatch,
+)
+from shards.gpu import GpuOptions, Placement, gpu_count, has_cuvs
+from shards.ids import check_ids
 from shards.manifest import Manifest
-from shards.merge import exclude_ids, merge_results
+from shards.merge import merge_results
 from shards.metric import Metric, prepare_vectors
 from shards.params import SearchOverrides
 from shards.partition import assign_shards
-from shards.planner import MAX_K, QueryPlanner
+from shards.planner import QueryPlanner
+from shards.query import Query
 from shards.shard import Shard
 from shards.storage import Store
 
@@ -99,6 +108,11 @@ class ShardedIndex:
     def ntotal(self) -> int:
         return sum(s.ntotal for s in self.shards.values())
 
+    @property
+    def sequence(self) -> int:
+        """The mutation log position every loaded shard has applied (0: none)."""
+        return min(s.sequence for s in self.shards.values())
+
     def resolve(
         self, params: Any = None, target_recall: float | None = None, k: int = 10
     ) -> SearchOverrides:
@@ -123,7 +137,9 @@ class ShardedIndex:
         """
         k = self.planner.check_k(k)
         ov = self.resolve(params, target_recall, k)
-        return self.search_prepared(self.planner.prepare(xq), k, ov)
+        xq = self.planner.prepare(xq)
+        self.planner.check_cost(len(xq), k, ov)
+        return self.search_prepared(xq, k, ov)
 
     def search_prepared(
         self, xq: np.ndarray, k: int, ov: SearchOverrides
@@ -142,11 +158,34 @@ class ShardedIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """'More like this': search with the stored vectors of ``ids``, each id left out."""
         k = self.planner.check_k(k)
-        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        ids = check_ids(ids)
+        self.planner.check_count(len(ids))
+        query = Query(k, self.resolve(params, target_recall, k), exclude=ids)
+        self.planner.check_cost(len(ids), query.fetch_k, query.overrides)
         xq = self.reconstruct(ids)
-        ov = self.resolve(params, target_recall, k)
-        D, I = self.search_prepared(xq, min(k + 1, MAX_K), ov)
-        return exclude_ids(D, I, ids, k)
+        return query.finish(*self.search_prepared(xq, query.fetch_k, query.overrides))
+
+    def search_query(self, xq: np.ndarray, query: Query) -> tuple[np.ndarray, np.ndarray]:
+        """Search prepared queries ``xq`` (nq, d) for ``query`` as a shard replica does: the
+        overrides over this version's own defaults, checked against this version's knobs;
+        ``query.fetch_k`` results (the caller merges and finishes).
+
+        Raises:
+            VersionMismatch: ``query.version`` names another version than this one.
+            InvalidQuery: an override this index does not have.
+        """
+        if query.version is not None and query.version != self.index_version:
+            raise VersionMismatch(
+                f"asked for version {query.version}, these shards hold {self.index_version}"
+            )
+        if query.min_sequence > self.sequence:
+            raise VersionMismatch(
+                f"asked for mutation sequence {query.min_sequence}, these shards are at "
+                f"{self.sequence}"
+            )
+        ov = query.overrides.over(self.planner.defaults)
+        self.knobs.check(ov, query.fetch_k)
+        return self.search_prepared(xq, query.fetch_k, ov)
 
     def contains(self, ids: Any) -> np.ndarray:
         """Bool per id: live in one of the loaded shards."""
@@ -175,17 +214,23 @@ class ShardedIndex:
         return out
 
     def add(self, x: np.ndarray, ids: Any) -> None:
-        """Add vectors with new int64 ids; they are searchable at once (delta index)."""
-        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
+        """Add vectors with new ids in [0, 2**63); they are searchable at once (delta index).
+
+        Raises:
+            InvalidInput: an id outside [0, 2**63), repeated, or already in any shard.
+        """
+        ids = check_ids(ids, what="ids", error=InvalidInput)
         x = prepare_vectors(x, self.dim, self.metric, what="vectors")
         if len(ids) != len(x) or len(np.unique(ids)) != len(ids):
             raise InvalidQuery("add needs one unique id per vector")
+        if len(self.shards) != self.manifest.num_shards:
+            # an id may live in any shard (range partition, or ids added before): every
+            # shard must be asked whether it holds one already
+            raise UnsupportedOperation("add needs every shard loaded (ids must stay unique)")
+        present = self.contains(ids)
+        if present.any():
+            raise InvalidInput(f"id {int(ids[present][0])} already exists; delete it first")
         owner = self.owner_of(ids)
-        for s in np.unique(owner):
-            if int(s) not in self.shards:
-                raise UnsupportedOperation(
-                    f"id {int(ids[owner == s][0])} belongs to shard {s}, not loaded"
-                )
         for s in np.unique(owner):
             self.shards[int(s)].add(x[owner == s], ids[owner == s])
 
@@ -215,9 +260,7 @@ class ShardedIndex:
                 datas.append(ShardData(shard.index, shard.ids, shard.metadata))
                 continue
             x, ids = shard.live_contents()
-            index = faiss.clone_index(shard.index)
-            index.reset()
-            index.add(x)
+            index = refilled(shard.index, self.manifest.factory, x)
             meta = shard.metadata
             if meta is not None:
                 meta = meta.filter(pc.is_in(meta["id"], pa.array(ids)))
@@ -228,7 +271,7 @@ class ShardedIndex:
             parent_version=self.manifest.index_version,
             created_at=datetime.now(UTC).isoformat(),
         )
-        return write_version(self.root_uri, manifest, datas)
+        return write_version(self.root_uri, manifest, datas, expect_current=self.index_version)
 
     def iter_vectors(self, block: int = 65536):
         """Yield ``(vectors, ids)`` blocks of every live vector (lossless indexes only)."""
@@ -236,3 +279,29 @@ class ShardedIndex:
             x, ids = shard.live_contents()
             for start in range(0, len(ids), block):
                 yield x[start : start + block], ids[start : start + block]
+
+
+def refilled(index: faiss.Index, factory: str, x: np.ndarray) -> faiss.Index:
+    """A copy of ``index``'s kind and training holding exactly the prepared vectors ``x``.
+
+    A CAGRA graph is built again (its CPU form is an ``IndexHNSWCagra``, which
+    ``faiss.clone_index`` turns into a plain ``IndexHNSW`` that ignores CAGRA's knobs);
+    every other index is cloned (same trained quantizer and codebook), emptied and refilled.
+
+    Raises:
+        UnsupportedOperation: the copy would not be of the same kind (never published).
+    """
+    degree = cagra.parse_factory(factory)
+    if degree is not None:
+        device = 0 if gpu_count() > 0 and has_cuvs() else None
+        out = cagra.build(x, degree, index.metric_type, device=device)
+    else:
+        out = faiss.clone_index(index)
+        out.reset()
+        out.add(x)
+    before, after = type(faiss.downcast_index(index)), type(faiss.downcast_index(out))
+    if before is not after:
+        raise UnsupportedOperation(
+            f"compaction would turn a {before.__name__} into {after.__name__}"
+        )
+    return out

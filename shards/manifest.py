@@ -11,6 +11,9 @@ from shards.metric import Metric
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# what the deployments of a running service are wired for (one per shard, the partition
+# the router routes ids by, the vectors it checks): a live swap must keep all four
+LAYOUT_FIELDS = ("num_shards", "partition", "dim", "metric")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,21 @@ class Manifest:
     @property
     def ntotal(self) -> int:
         return sum(s.ntotal for s in self.shards)
+
+    def layout(self) -> dict[str, Any]:
+        """What a running service is wired for: a version that differs here needs a redeploy."""
+        return {name: getattr(self, name) for name in LAYOUT_FIELDS}
+
+    def layout_change(self, new: Manifest) -> str | None:
+        """None when ``new`` can replace this version live, else what differs, for people."""
+        old_l, new_l = self.layout(), new.layout()
+        diff = [f"{n} {old_l[n]!r} -> {new_l[n]!r}" for n in LAYOUT_FIELDS if old_l[n] != new_l[n]]
+        if not diff:
+            return None
+        return (
+            f"version {new.index_version} has another layout than {self.index_version} "
+            f"({', '.join(diff)}): it cannot be swapped in live, deploy it as a new application"
+        )
 
     def to_json(self) -> str:
         body = asdict(self)

@@ -129,6 +129,30 @@ class Knobs:
                 raise InvalidQuery(f"{name} must be in [1, {top}], got {value}")
 
 
+# Defaults of an index built without tuning (``--no-tune``), instead of faiss's stored ones
+# (nprobe 1, efSearch 16, k_factor 1), which give a poor recall without a word. These are the
+# usual starting points (the faiss wiki's nprobe ~ nlist / 16); tuning replaces them.
+STATIC_NPROBE_FRACTION = 16
+STATIC_EF_SEARCH = 64
+STATIC_K_FACTOR = 4.0
+
+
+def static_defaults(knobs: Knobs) -> dict[str, Any]:
+    """Stated defaults for an untuned index with ``knobs`` (empty for an exact index)."""
+    out: dict[str, Any] = {}
+    if knobs.nlist is not None:
+        out["nprobe"] = min(knobs.nlist, max(8, knobs.nlist // STATIC_NPROBE_FRACTION))
+    if knobs.hnsw:
+        out["ef_search"] = STATIC_EF_SEARCH
+    if knobs.quantizer_hnsw:
+        out["quantizer_ef_search"] = STATIC_EF_SEARCH
+    if knobs.refine:
+        out["k_factor"] = STATIC_K_FACTOR
+    if knobs.cagra:
+        out["itopk_size"] = CAGRA_ITOPK_DEFAULT
+    return out
+
+
 def _walk(index: faiss.Index, found: dict[str, Any]) -> None:
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexRefine):

@@ -18,16 +18,28 @@ from shards.params import Knobs, SearchOverrides
 
 MAX_K = 1024
 MAX_QUERIES = 65536
+# nq * k * k_factor: the candidates one request makes each shard hold (12 bytes each, D and
+# I), plus the output nq * k. 2**24 is 200 MB per shard at most; 1024 queries x k 1024 x
+# k_factor 64 would be 64 times that.
+MAX_CANDIDATES = 2**24
 
 
 class QueryPlanner:
     """Checks queries and resolves overrides for one index version."""
 
-    def __init__(self, manifest: Manifest, *, max_k: int = MAX_K, max_queries: int = MAX_QUERIES):
+    def __init__(
+        self,
+        manifest: Manifest,
+        *,
+        max_k: int = MAX_K,
+        max_queries: int = MAX_QUERIES,
+        max_candidates: int = MAX_CANDIDATES,
+    ):
         self.manifest = manifest
         self.metric = Metric.parse(manifest.metric)
         self.dim = manifest.dim
         self.max_k, self.max_queries = max_k, max_queries
+        self.max_candidates = max_candidates
         template = template_index(manifest.factory, manifest.dim, self.metric.faiss_metric)
         self.knobs = Knobs.of(template)
         self.defaults = SearchOverrides.parse(manifest.default_params)
@@ -39,12 +51,30 @@ class QueryPlanner:
             raise InvalidQuery(f"k must be an integer in [1, {self.max_k}], got {k!r}")
         return int(k)
 
+    def check_count(self, nq: int) -> None:
+        """InvalidQuery unless ``nq`` queries (vectors or ids) are allowed in one call."""
+        if nq > self.max_queries:
+            raise InvalidQuery(f"at most {self.max_queries} queries per call, got {nq}")
+
     def prepare(self, xq: Any) -> np.ndarray:
         """Checked (nq, d) float32 queries (normalised for cosine)."""
+        shape = getattr(xq, "shape", None)
+        if shape is not None and len(shape) == 2:
+            self.check_count(shape[0])  # before the copy and the checks of every value
         xq = prepare_vectors(xq, self.dim, self.metric)
-        if len(xq) > self.max_queries:
-            raise InvalidQuery(f"at most {self.max_queries} queries per call, got {len(xq)}")
+        self.check_count(len(xq))
         return xq
+
+    def check_cost(self, nq: int, k: int, ov: SearchOverrides) -> None:
+        """InvalidQuery when ``nq`` queries of ``k`` results with ``ov`` would make a shard
+        hold more than ``max_candidates`` candidates (k * k_factor of each query)."""
+        cost = nq * k * max(1.0, ov.k_factor or 1.0)
+        if cost > self.max_candidates:
+            raise InvalidQuery(
+                f"{nq} queries x k {k} x k_factor {ov.k_factor or 1:g} = {cost:,.0f} candidates "
+                f"per shard; the limit is {self.max_candidates:,}: send fewer queries per call, "
+                "or a smaller k or k_factor"
+            )
 
     def resolve(
         self, params: Any = None, target_recall: float | None = None, k: int = 10

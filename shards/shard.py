@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -12,19 +11,9 @@ from shards.artefact import ShardData
 from shards.coarse import search_preassigned, tune_fastscan
 from shards.errors import InvalidInput, UnknownId, UnsupportedOperation
 from shards.gpu import GpuOptions, Placed, Placement, place
+from shards.live import LiveState
 from shards.merge import merge_results, translate_ids
 from shards.params import SearchOverrides, make_params
-
-
-@dataclass(frozen=True)
-class _State:
-    """An immutable snapshot; mutations publish a new one (searches never see a half update)."""
-
-    live: np.ndarray | None  # (ntotal,) bool per main row, None when nothing is deleted
-    selector: faiss.IDSelector | None  # keeps live rows; None when nothing is deleted
-    bitmap: np.ndarray | None  # bytes the selector points into (kept alive here)
-    delta: faiss.IndexFlat | None  # vectors added since the version was built
-    delta_ids: np.ndarray  # (delta.ntotal,) int64
 
 
 class Shard:
@@ -39,9 +28,8 @@ class Shard:
         order = np.argsort(self.ids, kind="stable")
         self._sorted_ids, self._sorted_rows = self.ids[order], order
         self._lock = threading.Lock()
-        self._state = _State(None, None, None, None, np.empty(0, np.int64))
+        self._state = LiveState.empty(self.index.d)
         self.placed = Placed([self.index], Placement("cpu"))
-        self._params: dict[tuple, tuple] = {}  # (overrides, k) -> params, keepalive, state
 
     def place(self, device: str | GpuOptions) -> Placement:
         """Search from ``device`` ("cpu", "cuda:N" or GpuOptions); the CPU index stays the
@@ -53,8 +41,12 @@ class Shard:
     def ntotal(self) -> int:
         """Live vectors: main rows not deleted plus delta vectors."""
         st = self._state
-        main = self.index.ntotal if st.live is None else int(st.live.sum())
-        return main + len(st.delta_ids)
+        return st.live_main(self.index.ntotal) + len(st.delta)
+
+    @property
+    def sequence(self) -> int:
+        """The mutation log position this shard has applied (0: none)."""
+        return self._state.sequence
 
     def search(
         self, xq: np.ndarray, k: int, ov: SearchOverrides, coarse=None
@@ -72,23 +64,22 @@ class Shard:
             made = self._cpu_params(ov, k, st)  # held until the search returns
             D, I = self.index.search(xq, k, params=made[0])
         result = (D, translate_ids(I, self.ids))
-        if st.delta is not None:
-            Dd, Id = st.delta.search(xq, k)
-            result = merge_results([result, (Dd, translate_ids(Id, st.delta_ids))], self.keep_max)
+        if len(st.delta):
+            delta = st.delta.search(xq, k, self.index.metric_type)
+            result = merge_results([result, delta], self.keep_max)
         return result
 
-    def _cpu_params(self, ov: SearchOverrides, k: int, st: _State) -> tuple:
+    def _cpu_params(self, ov: SearchOverrides, k: int, st: LiveState) -> tuple:
         """The faiss parameter object for these overrides and k under state ``st`` (its delete
         selector), made once: building it costs about a sixth of a single-query search. faiss
-        only reads it, so concurrent searches share it. An entry made under an older state is
-        replaced, so old tombstone bitmaps are not kept alive."""
+        only reads it, so concurrent searches share it. The cache belongs to the state, so a
+        delete (a new state) drops every entry that points to the old tombstones."""
         key = (ov, k)
-        made = self._params.get(key)
-        if made is None or made[2] is not st:
-            if len(self._params) >= 256:
-                self._params = {}  # callers hold what they took until their search returns
-            params, keep = make_params(self.index, ov, st.selector, k)
-            made = self._params[key] = (params, keep, st)
+        made = st.params.get(key)
+        if made is None:
+            if len(st.params) >= 256:
+                st.params.clear()  # callers hold what they took until their search returns
+            made = st.params[key] = make_params(self.index, ov, st.selector, k)
         return made
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
@@ -105,7 +96,7 @@ class Shard:
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """Bool per id: live in this shard (main or delta)."""
-        return (self.rows_of(ids) >= 0) | np.isin(ids, self._state.delta_ids)
+        return (self.rows_of(ids) >= 0) | np.isin(ids, self._state.delta.ids)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors of ``ids``, (n, d) float32.
@@ -121,49 +112,38 @@ class Shard:
             with self._lock:
                 out[main] = _reconstruct_rows(self.index, rows[main])
         if (~main).any():
-            pos = position_in(st.delta_ids, ids[~main])
+            pos = position_in(st.delta.ids, ids[~main])
             if (pos < 0).any():
                 raise UnknownId(f"id {int(ids[~main][pos < 0][0])} is not in the index")
-            assert st.delta is not None  # ids outside the main index live in the delta
-            out[~main] = st.delta.reconstruct_batch(pos)
+            out[~main] = st.delta.x[pos]
         return out
 
-    def add(self, x: np.ndarray, ids: np.ndarray) -> None:
-        """Add prepared vectors ``x`` (n, d) with new ids to the delta index."""
+    def add(self, x: np.ndarray, ids: np.ndarray, sequence: int | None = None) -> None:
+        """Add prepared vectors ``x`` (n, d) with new ids to the delta (amortised O(len(x))).
+
+        ``sequence``: the mutation log position of this add; at or below the applied one it
+        was applied already and nothing changes.
+        """
         with self._lock:
             st = self._state
-            if self.contains(ids).any():
-                dup = int(ids[self.contains(ids)][0])
-                raise InvalidInput(f"id {dup} already exists; delete it first")
-            delta = faiss.IndexFlat(self.index.d, self.index.metric_type)
-            if st.delta is not None:
-                delta.add(st.delta.reconstruct_n(0, st.delta.ntotal))
-            delta.add(x)
-            self._state = replace(st, delta=delta, delta_ids=np.concatenate([st.delta_ids, ids]))
+            if not st.after(sequence):
+                return
+            present = self.contains(ids)
+            if present.any():
+                raise InvalidInput(f"id {int(ids[present][0])} already exists; delete it first")
+            self._state = st.with_adds(x, ids).with_sequence(sequence)
 
-    def delete(self, ids: np.ndarray) -> int:
-        """Tombstone ``ids``; returns how many were live here."""
+    def delete(self, ids: np.ndarray, sequence: int | None = None) -> int:
+        """Tombstone ``ids``; returns how many were live here (0 for a replayed sequence)."""
         ids = np.asarray(ids, dtype=np.int64)
         with self._lock:
             st = self._state
+            if not st.after(sequence):
+                return 0
             rows = self.rows_of(ids)
             rows = rows[rows >= 0]
-            in_delta = np.isin(st.delta_ids, ids)
-            if len(rows):
-                live = np.ones(self.index.ntotal, bool) if st.live is None else st.live.copy()
-                live[rows] = False
-                bitmap = np.packbits(live, bitorder="little")
-                sel = faiss.IDSelectorBitmap(len(live), faiss.swig_ptr(bitmap))
-                st = replace(st, live=live, selector=sel, bitmap=bitmap)
-            if in_delta.any():
-                assert st.delta is not None
-                keep = ~in_delta
-                delta = faiss.IndexFlat(self.index.d, self.index.metric_type)
-                delta.add(st.delta.reconstruct_n(0, st.delta.ntotal)[keep])
-                st = replace(
-                    st, delta=delta if delta.ntotal else None, delta_ids=st.delta_ids[keep]
-                )
-            self._state = st
+            in_delta = np.isin(st.delta.ids, ids)
+            self._state = st.with_deletes(rows, in_delta, self.index.ntotal).with_sequence(sequence)
             return len(rows) + int(in_delta.sum())
 
     def live_rows(self) -> np.ndarray:
@@ -174,12 +154,11 @@ class Shard:
     @property
     def delta_ids(self) -> np.ndarray:
         """Ids in the delta index, in insertion order."""
-        return self._state.delta_ids
+        return self._state.delta.ids
 
     @property
     def dirty(self) -> bool:
-        st = self._state
-        return st.live is not None or st.delta is not None
+        return self._state.dirty
 
     def live_contents(self) -> tuple[np.ndarray, np.ndarray]:
         """All live vectors and ids, main rows first: ((n, d) float32, (n,) int64)."""
@@ -191,9 +170,7 @@ class Shard:
             )
         with self._lock:
             x = _reconstruct_rows(self.index, rows)
-        if st.delta is not None:
-            x = np.concatenate([x, st.delta.reconstruct_n(0, st.delta.ntotal)])
-        return x, np.concatenate([self.ids[rows], st.delta_ids])
+        return np.concatenate([x, st.delta.x]), np.concatenate([self.ids[rows], st.delta.ids])
 
 
 def is_lossless(index: faiss.Index) -> bool:

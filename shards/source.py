@@ -12,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shards.errors import InvalidInput
+from shards.ids import check_ids
 
 
 @dataclass
@@ -92,7 +93,7 @@ class VectorSource:
                 id_col = batch.column(self.id_column)
                 if id_col.null_count:
                     raise InvalidInput(f"id column {self.id_column!r} has nulls near row {start}")
-                ids = id_col.to_numpy().astype(np.int64)
+                ids = check_ids(id_col.to_numpy(), f"ids near row {start}", InvalidInput)
             else:
                 ids = np.arange(start, start + len(x), dtype=np.int64)
             meta = None

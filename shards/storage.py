@@ -1,7 +1,10 @@
 """Byte-level storage of index artefacts on a local path or any ``pyarrow.fs`` URI.
 
-Every write is atomic: local files go to a temporary name, are fsynced and renamed; object
-stores publish an object only when its upload completes.
+Writes are atomic on local disks (a temporary name, fsync, rename, fsync of the folder) and on
+object stores that publish an object only when its upload completes (S3, GCS, Azure). Other
+``pyarrow.fs`` filesystems (HDFS...) give no such promise: there a reader can see a partial
+file, which the manifest's sizes and sha256 then refuse. CURRENT moves by compare-and-swap
+(``artefact.publish_current``).
 """
 
 from __future__ import annotations

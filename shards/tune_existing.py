@@ -49,4 +49,4 @@ def autotune_index(
         created_at=datetime.now(UTC).isoformat(),
     )
     datas = [ShardData(s.index, s.ids, s.metadata) for s in index.shards.values()]
-    return write_version(index.root_uri, manifest, datas)
+    return write_version(index.root_uri, manifest, datas, expect_current=index.index_version)

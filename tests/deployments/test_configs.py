@@ -61,8 +61,46 @@ def test_shard_options_place_replicas_on_their_gpus():
     assert two.device() == GpuOptions(
         devices=(0, 1), multi_gpu="shard", float16=True, temp_memory_mb=512
     )
-    assert two.batch_size == 64  # batches feed the GPU
+    assert two.batch_size == 32  # batches feed the GPU (<= max_ongoing_requests)
     assert ShardOptions(num_gpus=0.5).device() == GpuOptions(devices=(0,))
     assert ShardOptions(num_gpus=1, max_batch_size=8).batch_size == 8
     with pytest.raises(ValueError, match="whole number"):
         ShardOptions(num_gpus=1.5)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_batch_size": 64, "max_ongoing_requests": 32}, "never holds enough"),
+        (
+            {"max_ongoing_requests": 8, "autoscaling": {"target_ongoing_requests": 16}},
+            "never reached",
+        ),
+        (
+            {
+                "max_batch_size": 64,
+                "max_ongoing_requests": 64,
+                "autoscaling": {"target_ongoing_requests": 8},
+            },
+            "before batches can form",
+        ),
+    ],
+)
+def test_incoherent_batching_is_refused(options, message):
+    from pydantic import ValidationError
+
+    from deployments.config import ShardOptions
+
+    with pytest.raises(ValidationError, match=message):
+        ShardOptions(**options)
+
+
+def test_shipped_configs_are_coherent():
+    import yaml
+
+    from deployments.config import AppArgs
+
+    for path in ("deploy/serve_config.gpu.yaml", "serve_config.yaml"):
+        with open(path) as f:
+            for app in yaml.safe_load(f)["applications"]:
+                AppArgs.model_validate(app["args"])  # raises on an incoherent combination

@@ -156,7 +156,8 @@ def test_corrupt_files_at_start_are_reported_not_crash_looped(serve_base, indexe
     base = f"{serve_base}/corrupt"
     ready = httpx.get(f"{base}/v1/ready", timeout=30)
     assert ready.status_code == 503
-    problems = httpx.get(f"{base}/v1/health", timeout=30).json()["problems"]
+    assert httpx.get(f"{base}/v1/health", timeout=30).json() == {"status": "degraded"}
+    problems = httpx.get(f"{base}/v1/stats", timeout=30).json()["problems"]
     assert len(problems) == 2 and all("cannot load" in p for p in problems), problems
     query = {"vectors": clustered(2, 16, seed=13).tolist(), "k": 5}
     r = httpx.post(f"{base}/v1/search", json=query, timeout=30)

@@ -1,0 +1,71 @@
+"""The two-phase version swap as pure functions over what replicas report (no Ray here).
+
+Phases: every replica of every shard deployment loads and verifies the next version beside
+the active one (prepare); when all running replicas hold it, the router makes it active
+(commit); replicas drop the old one once no request pinned to it is in flight (retire).
+A replica's report says which versions it holds and which it failed to load; reports older
+than ``REPORT_TTL_S`` are from replicas that are gone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+REPORT_TTL_S = 20.0  # replicas report on every health check (5 s) and after every load
+RETIRE_AFTER_S = 5.0  # an old version stays loaded this long after the commit is seen
+
+
+class Prepare(StrEnum):
+    """Where the prepare phase of a version stands, over all shard deployments."""
+
+    READY = "ready"  # every running replica holds it: commit
+    WAITING = "waiting"  # some replica is still loading it (or has not reported)
+    FAILED = "failed"  # a replica could not load it: the active version stays
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one shard replica holds, as it last said."""
+
+    deployment: str
+    loaded: tuple[str, ...]
+    failed: dict[str, str] = field(default_factory=dict)  # version -> why it did not load
+    at: float = field(default_factory=time.monotonic)
+
+    def fresh(self, now: float) -> bool:
+        return now - self.at <= REPORT_TTL_S
+
+
+def prepare_state(
+    version: str, running: dict[str, int], reports: dict[str, Report]
+) -> tuple[Prepare, str]:
+    """The prepare phase of ``version``: ``(state, why)``.
+
+    ``running``: running replicas per shard deployment (every deployment the app has);
+    ``reports``: the last fresh report of each replica, by replica id.
+    """
+    waiting = []
+    for deployment, count in sorted(running.items()):
+        mine = [r for r in reports.values() if r.deployment == deployment]
+        for r in mine:
+            if version in r.failed:
+                return Prepare.FAILED, f"{deployment}: {r.failed[version]}"
+        have = sum(version in r.loaded for r in mine)
+        if count < 1 or have < count:
+            waiting.append(f"{deployment} {have}/{count}")
+    if waiting:
+        return Prepare.WAITING, "replicas holding it: " + ", ".join(waiting)
+    return Prepare.READY, "every running replica holds it"
+
+
+def retirable(
+    version: str, active: str | None, wanted: str | None, in_flight: int, since: float | None
+) -> bool:
+    """A replica may drop ``version``: neither active nor wanted, nothing in flight, and the
+    commit that replaced it was seen at least ``RETIRE_AFTER_S`` ago (routers still sending
+    it catch up within that)."""
+    if version in (active, wanted) or active is None or in_flight > 0 or since is None:
+        return False
+    return time.monotonic() - since >= RETIRE_AFTER_S
