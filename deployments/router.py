@@ -55,6 +55,7 @@ from shards.query import Query
 log = logging.getLogger("ray.serve")
 UNAVAILABLE_RETRIES = 6  # a replica that lacks the version or its files: try others
 SYNC_S, SWAP_SYNC_S = 1.0, 0.25  # coordinator polling, idle and during a swap
+SYNC_TIMEOUT_S = 5.0
 
 
 def retryable(max_deaths: int):
@@ -196,7 +197,7 @@ class Router:
             if self.wanted is not None or self.error is not None:
                 await self._want()  # the manifest could not be read yet: retry
             return
-        view = await self.coordinator.view.remote()
+        view = await asyncio.wait_for(self.coordinator.view.remote(), SYNC_TIMEOUT_S)
         mine = self.active.manifest.index_version
         if view["active"] is None:
             await self.coordinator.commit.remote(None, mine)

@@ -32,6 +32,7 @@ from shards.query import Query
 log = logging.getLogger("ray.serve")
 PROBE_CANDIDATES = 16  # live rows tried as the health probe
 SUB_BATCH = 256  # a long batch is searched in parts, checking the deadline between them
+REPORT_TIMEOUT_S = 2.0  # a health check must not wait on the coordinator (Serve's is 30 s)
 
 
 class LoadedShards:
@@ -130,7 +131,8 @@ class ShardServer:
         if not self.versions:
             self.active = await self._report()
             self.active_since = time.monotonic()
-            for v in dict.fromkeys([self.active, self.wanted]):
+            wanted = [v for v in (self.active, self.wanted) if v is not None]
+            for v in dict.fromkeys(wanted or [None]):  # None: the root's CURRENT
                 await self._load(v)
             await self._report()
             return
@@ -175,11 +177,20 @@ class ShardServer:
         return True
 
     async def _report(self) -> str | None:
-        """Tell the coordinator what this replica holds; learn the active version."""
+        """Tell the coordinator what this replica holds; learn the active version.
+
+        Best effort: a coordinator that does not answer within ``REPORT_TIMEOUT_S`` (it is
+        being restarted) changes nothing here; the next health check reports again.
+        """
         failed = {v: why for v, why in self.failed.items() if v not in self.versions}
-        active = await self.coordinator.report.remote(
+        call = self.coordinator.report.remote(
             self.replica, self.deployment, list(self.versions), failed
         )
+        try:
+            active = await asyncio.wait_for(call, REPORT_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("shards %s: no report to the coordinator: %r", self.numbers, exc)
+            return self.active
         if active != self.active:
             self.active, self.active_since = active, time.monotonic()
         return active

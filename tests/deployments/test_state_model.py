@@ -198,3 +198,28 @@ def test_health_probe_tolerates_duplicates(tmp_path):
     np.testing.assert_array_equal(loaded.probe, xb[:1])
     other = np.ascontiguousarray(xb[100:101] + 0.5)
     assert not loaded.probe_ok(other)  # a vector that is not stored fails it
+
+
+def test_pathological_json_is_a_400():
+    """A deeply nested body raised RecursionError inside json.loads: a 500."""
+    from deployments.errors import BadRequest
+    from deployments.http import parse_search
+
+    for body in (b"[" * 100_000, b'{"vectors": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"):
+        with pytest.raises(BadRequest):
+            parse_search(body, 10**7)
+
+
+def test_a_query_that_killed_its_replica_by_memory_is_not_retried():
+    """A replica OOM-killed by a query got the same query on the next replica."""
+    from ray.exceptions import OutOfMemoryError, RayActorError
+
+    from deployments.router import retryable
+
+    rule = retryable(2)
+    assert rule(RayActorError(error_msg="the actor died"), 1)
+    assert not rule(RayActorError(error_msg="the actor died"), 3)
+    assert not rule(OutOfMemoryError("killed by the memory monitor"), 1)
+    assert not rule(RayActorError(error_msg="worker killed by the memory monitor"), 1)
+    assert rule(VersionMismatch("not held"), 5) and not rule(VersionMismatch("x"), 7)
+    assert not rule(InvalidQuery("bad"), 1)

@@ -86,10 +86,10 @@ def test_swap_under_load_then_a_failing_swap(serve_base, indexes, tmp_path_facto
     with open(bad, "r+b") as f:
         f.truncate(100)
     deploy("swap", {"index_uri": str(root / "idx")}, swap_overrides(2, v3.index_version))
-    health = wait_for(f"{serve_base}/swap/v1/health", lambda h: h["status"] == "degraded")
-    assert health == {"status": "degraded"}  # the open route reveals nothing internal
-    stats = httpx.get(f"{serve_base}/swap/v1/stats").json()
+    stats = wait_for(f"{serve_base}/swap/v1/stats", lambda s: s["swap"].get("state") == "failed")
     assert stats["swap"]["state"] == "failed" and any(bad in p for p in stats["problems"])
+    health = httpx.get(f"{serve_base}/swap/v1/health").json()
+    assert health == {"status": "degraded"}  # the open route reveals nothing internal
     assert stats["index_version"] == v2 and all(s["index_version"] == v2 for s in stats["shards"])
     ready = httpx.get(f"{serve_base}/swap/v1/ready")  # still whole, from one version
     assert ready.status_code == 200 and ready.json()["index_version"] == v2

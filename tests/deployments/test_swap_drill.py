@@ -40,7 +40,7 @@ class HttpLoad:
             while not self.stop.is_set():
                 r = client.post(self.url, json=self.body)
                 if r.status_code != 200:
-                    self.failures.append((r.status_code, r.text[:300]))
+                    self.failures.append((r.status_code, f"{time.monotonic():.1f} {r.text}"))
                 else:
                     body = r.json()
                     self.answers.append((body["index_version"], body["ids"]))
@@ -76,8 +76,10 @@ def test_swap_drill_under_http_load(serve_base, tmp_path):
     versions = [v1]
 
     def compacted(parent: str, gone) -> str:
+        """``parent`` with ``gone`` and the queries' nearest ids deleted (so it answers
+        differently from ``parent``)."""
         index = ShardedIndex.open(root, parent)
-        index.delete(gone)
+        index.delete(np.union1d(gone, index.search(xq, K)[1][:, 0]))
         return index.compact().index_version
 
     versions.append(compacted(v1, np.arange(0, 200)))  # v2: IVF, deletes applied
@@ -103,6 +105,7 @@ def test_swap_drill_under_http_load(serve_base, tmp_path):
     }
     assert len({str(r) for r in refs.values()}) == len(refs)  # every version answers apart
 
+    print(f"\nversions {versions}, broken {broken.index_version}, v6 {v6}")
     args = {"index_uri": root, "index_version": v1, "shard": {"num_replicas": 2}}
     deploy("drill", args)
     base = f"{serve_base}/drill"

@@ -11,6 +11,7 @@ import pytest
 from shards._faiss import faiss
 from shards.errors import GpuOutOfMemory, InvalidQuery
 from shards.gpu import GpuOptions, gpu_memory, has_cuvs, to_gpu
+from shards.params import SearchOverrides
 from tests.shards.helpers import brute_force, build, recall
 
 pytestmark = pytest.mark.gpu
@@ -72,15 +73,42 @@ def test_gpu_cagra_from_cpu_twin(tmp_path, data):
     assert recall(index.search(xq, 10, {"itopk_size": 64})[1], gt) >= 0.95
 
 
-def test_gpu_deletes_are_filtered(tmp_path, data):
+@pytest.mark.parametrize(
+    ("factory", "params"),
+    [
+        ("Flat", {}),
+        ("IVF64,Flat", {"nprobe": 16}),
+        ("IVF64,PQ16,RFlat", {"nprobe": 16, "k_factor": 8}),  # GPU base, CPU re-rank
+        ("CAGRA32", {"itopk_size": 128}),
+    ],
+)
+def test_gpu_deletes_are_filtered(tmp_path, data, factory, params):
+    """Every GPU class must honour the delete selector, not only Flat."""
     xb, xq = data
-    index = build(tmp_path, xb, index="Flat")
-    _, I = index.search(xq, 10)
+    index = build(tmp_path, xb, index=factory, tune=False)
+    _, I = index.search(xq, 10, params)
     gone = np.unique(I[:, :3])
     index.delete(gone)
     index.place("cuda:0")
-    _, I2 = index.search(xq, 10)
+    _, I2 = index.search(xq, 10, params)
     assert not np.isin(I2, gone).any()
+    live = np.setdiff1d(np.arange(len(xb)), gone)
+    _, gt = brute_force(xb[live], xq, 10, "l2", ids=live)
+    assert recall(I2, gt) >= 0.9
+
+
+def test_gpu_prepare_refused_when_two_clones_do_not_fit(tmp_path, data):
+    """A replica holds the active clone while it prepares the next one: the free-memory
+    check sees the first clone's memory as used and refuses the second before copying."""
+    free, _ = gpu_memory(0)
+    first = faiss.IndexFlatL2(64)
+    first.add(np.zeros((2**31 // 256, 64), np.float32))  # 2 GiB, really cloned
+    active = to_gpu(first, GpuOptions())
+    nxt = faiss.IndexFlatL2(64)  # claims what fits alone but not beside the active clone
+    nxt.ntotal = int((free - 2**30) / 1.2) // 256  # nothing is copied
+    with pytest.raises(GpuOutOfMemory, match="MiB is free"):
+        to_gpu(nxt, GpuOptions())
+    assert active.search(np.zeros((1, 64), np.float32), 1, SearchOverrides())[1][0, 0] >= 0
 
 
 def test_gpu_refuses_what_does_not_fit_before_cloning():
