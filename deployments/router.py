@@ -159,7 +159,8 @@ class Router:
                 self._next(planner)
             return
         if version == self.active.manifest.index_version:
-            self.active, self.next = planner, None  # new default params
+            # new default params, or back to the active version: no swap is pending
+            self.active, self.next, self.swap = planner, None, {}
             return
         self._next(planner)
 
@@ -169,7 +170,7 @@ class Router:
         why = self.active.manifest.layout_change(planner.manifest)
         if why is not None:
             self.next = None
-            self.swap = {"version": version, "state": "refused", "why": why}
+            self.swap = {"version": version, "state": Prepare.REFUSED.value, "why": why}
             log.error("swap refused: %s", why)
             return
         self.next = planner
@@ -430,7 +431,11 @@ class Router:
         return (
             ([self.error] if self.error else [])
             + self.problems
-            + ([self.swap["why"]] if self.swap.get("state") in ("refused", "failed") else [])
+            + (
+                [self.swap["why"]]
+                if self.swap.get("state") in (Prepare.REFUSED, Prepare.FAILED)
+                else []
+            )
         )
 
     @route("get", "/v1/health")

@@ -115,10 +115,19 @@ class ShardServer:
     @property
     def error(self) -> str | None:
         """Why the wanted (or active) version is not held, if it is not."""
-        for v in (self.wanted, self.active):
-            if v is not None and v in self.failed:
-                return self.failed[v]
-        return None
+        return next(iter(self._failures().values()), None)
+
+    def _failures(self) -> dict[str, str]:
+        """Failed loads of the wanted and the active version (older ones are forgotten:
+        a version nobody asks for any more is no problem of this replica's)."""
+        current = (self.wanted or "CURRENT", self.active)
+        self.failed = {v: why for v, why in self.failed.items() if v in current}
+        return {v: why for v, why in self.failed.items() if v not in self.versions}
+
+    def _serving(self) -> LoadedShards | None:
+        """The version this replica serves by default: the active one, else the wanted."""
+        v = self.active if self.active in self.versions else self.wanted
+        return self.versions.get(v) if v else None
 
     async def reconfigure(self, config: dict) -> None:
         """``{"index_version": V}``: prepare V beside the versions held.
@@ -129,8 +138,7 @@ class ShardServer:
         """
         self.wanted = config.get("index_version")
         if not self.versions:
-            self.active = await self._report()
-            self.active_since = time.monotonic()
+            await self._report()  # learns the active version
             wanted = [v for v in (self.active, self.wanted) if v is not None]
             for v in dict.fromkeys(wanted or [None]):  # None: the root's CURRENT
                 await self._load(v)
@@ -182,9 +190,8 @@ class ShardServer:
         Best effort: a coordinator that does not answer within ``REPORT_TIMEOUT_S`` (it is
         being restarted) changes nothing here; the next health check reports again.
         """
-        failed = {v: why for v, why in self.failed.items() if v not in self.versions}
         call = self.coordinator.report.remote(
-            self.replica, self.deployment, list(self.versions), failed
+            self.replica, self.deployment, list(self.versions), self._failures()
         )
         try:
             active = await asyncio.wait_for(call, REPORT_TIMEOUT_S)
@@ -318,8 +325,7 @@ class ShardServer:
             "error": self.error,
             "replica_shards": self.numbers,
         }
-        v = self.active if self.active in self.versions else self.wanted
-        cur = self.versions.get(v) if v else None
+        cur = self._serving()
         if cur is None:
             return [{"shard": n, "index_version": None, **common} for n in self.numbers]
         manifest = cur.index.manifest
@@ -365,8 +371,7 @@ class ShardServer:
             if since is not None and time.monotonic() - since > self.opts.unhealthy_after_s:
                 raise RuntimeError(f"shards {self.numbers}: no version loaded: {self.error}")
             return
-        cur = self._held(None) if (self.active or self.wanted) in self.versions else None
-        cur = cur or next(iter(self.versions.values()))
+        cur = self._serving() or next(iter(self.versions.values()))
         if cur.placement.on_gpu:  # every health check refreshes the GPU memory gauge
             self.metrics.gpu_memory.set(float(gpu_memory_in_use(cur.placement)), tags=self.tags)
         if cur.probe is not None and not await asyncio.to_thread(cur.probe_ok, cur.probe):

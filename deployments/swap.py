@@ -23,6 +23,7 @@ class Prepare(StrEnum):
     READY = "ready"  # every running replica holds it: commit
     WAITING = "waiting"  # some replica is still loading it (or has not reported)
     FAILED = "failed"  # a replica could not load it: the active version stays
+    REFUSED = "refused"  # another layout (shards, partition, dim, metric): never prepared
 
 
 @dataclass(frozen=True)

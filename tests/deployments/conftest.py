@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -24,6 +25,27 @@ def serve_base():
 
     yield start_local()
     ray.shutdown()
+
+
+class LoadThreads:
+    """Threads running ``self.run()`` (a loop until ``self.stop`` is set) inside a ``with``."""
+
+    def __init__(self, threads: int) -> None:
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
 
 
 def deploy(name: str, args: dict, overrides: list[dict] | None = None) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import threading
 import time
 
 import httpx
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import clustered
-from tests.deployments.conftest import deploy
+from tests.deployments.conftest import LoadThreads, deploy
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -46,7 +45,7 @@ def wait_for(predicate, timeout_s: float, step_s: float = 0.2) -> float:
     return time.monotonic() - t0
 
 
-class Load:
+class Load(LoadThreads):
     """Threads searching through the handle until stopped; counts answers and failures."""
 
     def __init__(self, app: str, threads: int = 4, **kw) -> None:
@@ -54,11 +53,10 @@ class Load:
 
         self.client, self.kw = VsearchClient(app), kw
         self.ok, self.failed, self.errors, self.coverages = 0, 0, [], []
-        self.stop = threading.Event()
         self.xq = clustered(8, 16, seed=11)
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__(threads)
 
-    def _run(self) -> None:
+    def run(self) -> None:
         while not self.stop.is_set():
             try:
                 res = self.client.search(self.xq, 5, **self.kw)
@@ -67,16 +65,6 @@ class Load:
             except Exception as exc:  # every failure is counted, whatever its type
                 self.failed += 1
                 self.errors.append(repr(exc)[:200])
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
 
 
 def test_replica_killed_under_load_loses_no_request(serve_base, indexes):

@@ -9,7 +9,6 @@ searched with another version's knobs, differs from all of them.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import httpx
@@ -19,13 +18,13 @@ import pytest
 from deployments.versions import swap_overrides
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 from tests.conftest import clustered
-from tests.deployments.conftest import deploy
+from tests.deployments.conftest import LoadThreads, deploy
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 K = 5
 
 
-class HttpLoad:
+class HttpLoad(LoadThreads):
     """Threads posting the same queries until stopped; keeps (version, ids) of each answer."""
 
     def __init__(self, url: str, xq: np.ndarray, threads: int = 3) -> None:
@@ -34,10 +33,9 @@ class HttpLoad:
         self.url, self.body = url, {"vectors": xq.tolist(), "k": K, "deadline_ms": 20_000}
         self.answers: list[tuple[str, list]] = []
         self.failures: list[tuple[int, str]] = []
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+        super().__init__(threads)
 
-    def _run(self) -> None:
+    def run(self) -> None:
         with httpx.Client(timeout=30) as client:
             while not self.stop.is_set():
                 r = client.post(self.url, json=self.body)
@@ -46,16 +44,6 @@ class HttpLoad:
                 else:
                     body = r.json()
                     self.answers.append((body["index_version"], body["ids"]))
-
-    def __enter__(self) -> HttpLoad:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=60)
 
 
 def wait_until(predicate, timeout_s: float = 90.0, what: str = "") -> float:
@@ -144,6 +132,15 @@ def test_swap_drill_under_http_load(serve_base, tmp_path):
     assert httpx.get(f"{base}/v1/ready").status_code == 200
     r = httpx.post(f"{base}/v1/search", json={"vectors": xq.tolist(), "k": K}).json()
     assert r["index_version"] == v6 and r["ids"] == refs[v6] and r["coverage"] == 1.0
+    # the operator asks for the active version again: no swap is pending, and the failures
+    # of versions nobody asks for any more (the broken one, the 8-shard one) are gone
+    deploy("drill", args, swap_overrides(4, v6))
+    wait_until(
+        lambda: httpx.get(f"{base}/v1/health").json() == {"status": "ok"},
+        timeout_s=30,
+        what="health ok once no refused or failed version is wanted",
+    )
+    assert httpx.get(f"{base}/v1/stats").json()["problems"] == []
 
     assert load.failures == [], load.failures[:3]
     wrong = [(v, ids) for v, ids in load.answers if ids != refs.get(v)]
