@@ -15,7 +15,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from deployments.errors import BadRequest, BodyTooLarge, UnsupportedMediaType
 from shards.errors import VsearchError
-from shards.ids import check_ids
 
 
 class SearchRequest(BaseModel):
@@ -209,8 +208,3 @@ def jsonable(value: Any) -> Any:
 
 def error_body(exc: VsearchError) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": exc.message}}
-
-
-def id_array(ids: Any) -> np.ndarray:
-    """``ids`` as a non-empty 1-D int64 array of ids in [0, 2**63), or InvalidQuery."""
-    return check_ids(ids)

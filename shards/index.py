@@ -178,7 +178,7 @@ class ShardedIndex:
             raise VersionMismatch(
                 f"asked for version {query.version}, these shards hold {self.index_version}"
             )
-        if query.min_sequence > self.sequence:
+        if query.min_sequence and query.min_sequence > self.sequence:
             raise VersionMismatch(
                 f"asked for mutation sequence {query.min_sequence}, these shards are at "
                 f"{self.sequence}"

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from shards._faiss import faiss
+from shards.merge import translate_ids
 
 MIN_CAPACITY = 1024
 
@@ -61,7 +62,7 @@ class Delta:
     def search(self, xq: np.ndarray, k: int, metric_type: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the delta: D (nq, k) float32, I (nq, k) ids, -1 padded."""
         D, rows = faiss.knn(xq, self.x, k, metric=metric_type)
-        return D, np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
+        return D, translate_ids(rows, self.ids)
 
 
 @dataclass(frozen=True, eq=False)
