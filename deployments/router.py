@@ -3,11 +3,10 @@
 Every request is pinned to the active index version when it starts: every shard answers
 it from that version or the call is retried on another replica, so an answer never mixes
 versions. A swap is committed only when every running replica of every shard holds the
-next version (``deployments.swap``), through the app's coordinator.
+next version, through the app's coordinator (``deployments.tracker``).
 """
 
 import asyncio
-import logging
 import os
 import time
 from dataclasses import replace
@@ -36,7 +35,7 @@ from deployments.http import (
 from deployments.ingress import make_app, route
 from deployments.metrics import RouterMetrics
 from deployments.scrape import scrape_cluster
-from deployments.swap import Prepare, prepare_state
+from deployments.tracker import VersionTracker
 from shards.artefact import open_version
 from shards.errors import (
     IndexLoadError,
@@ -52,10 +51,7 @@ from shards.partition import assign_shards
 from shards.planner import QueryPlanner
 from shards.query import Query
 
-log = logging.getLogger("ray.serve")
 UNAVAILABLE_RETRIES = 6  # a replica that lacks the version or its files: try others
-SYNC_S, SWAP_SYNC_S = 1.0, 0.25  # coordinator polling, idle and during a swap
-SYNC_TIMEOUT_S = 5.0
 
 
 def retryable(max_deaths: int):
@@ -91,17 +87,16 @@ class Router:
         self.shards, self.groups, self.names = shards, groups, names
         self.group_sizes = [len(g) for g in groups]
         self.coordinator = coordinator
-        self.active: QueryPlanner | None = None  # the version every new request is pinned to
-        self.next: QueryPlanner | None = None  # being prepared by the shard replicas
-        self.error: str | None = None  # the router's own problem (manifest unreadable)
-        self.swap: dict[str, Any] = {}  # the last swap: version, state, why
-        self.problems: list[str] = []  # from the replicas' reports (for /v1/health)
-        self.defaults: dict[str, Any] = dict(self.args.default_params)
-        self.wanted: str | None = self.args.index_version
+        self.app_name = serve.get_replica_context().app_name
+        self.versions = VersionTracker(
+            self._planner,
+            self._coordinator,
+            self._running,
+            self.args.index_version,
+            self.args.default_params,
+        )
         self.metrics = RouterMetrics()
         self._retryable = retryable(self.args.replica_retries)
-        self._sync_task: asyncio.Task | None = None
-        self.app_name = serve.get_replica_context().app_name
         env = self.args.auth_token_env
         if env and not os.environ.get(env):
             raise RuntimeError(f"auth_token_env names {env}, but that variable is empty")
@@ -112,11 +107,9 @@ class Router:
 
     @property
     def planner(self) -> QueryPlanner:
-        if self.active is None:
-            raise IndexLoadError(self.error or "the index manifest is not loaded")
-        return self.active
+        return self.versions.planner
 
-    def _planner(self, version: str | None) -> QueryPlanner:
+    def _planner(self, version: str | None, defaults: dict[str, Any]) -> QueryPlanner:
         _, manifest = open_version(self.args.index_uri, version)
         lim = self.args.limits
         planner = QueryPlanner(
@@ -125,97 +118,20 @@ class Router:
             max_queries=lim.max_queries,
             max_candidates=lim.max_candidates,
         )
-        planner.defaults = SearchOverrides.parse(self.defaults).over(planner.defaults)
+        planner.defaults = SearchOverrides.parse(defaults).over(planner.defaults)
         planner.knobs.check(planner.defaults, 1)
         return planner
 
-    # ---- versions ----
+    async def _coordinator(self, method: str, *args: Any) -> Any:
+        return await getattr(self.coordinator, method).remote(*args)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        """``{"index_version": V, "default_params": {...}}``: V becomes the next version.
-
-        The first version is active at once (there is nothing to mix it with); a later one
-        after every shard replica holds it. A version with another layout is refused.
-        """
-        self.defaults = dict(config.get("default_params", self.args.default_params))
-        self.wanted = config.get("index_version") or self.args.index_version
-        await self._want()
-        if self._sync_task is None:
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync_forever())
-
-    async def _want(self) -> None:
-        try:
-            planner = await asyncio.to_thread(self._planner, self.wanted)
-        except Exception as exc:  # keep serving the active version, say why
-            self.error = f"cannot open version {self.wanted or 'CURRENT'}: {exc}"
-            log.error(self.error)
-            return
-        self.error = None
-        version = planner.manifest.index_version
-        if self.active is None:
-            active = await self.coordinator.commit.remote(None, version)
-            self.active = planner if active == version else await self._adopt(active)
-            if active != version:
-                self._next(planner)
-            return
-        if version == self.active.manifest.index_version:
-            # new default params, or back to the active version: no swap is pending
-            self.active, self.next, self.swap = planner, None, {}
-            return
-        self._next(planner)
-
-    def _next(self, planner: QueryPlanner) -> None:
-        assert self.active is not None
-        version = planner.manifest.index_version
-        why = self.active.manifest.layout_change(planner.manifest)
-        if why is not None:
-            self.next = None
-            self.swap = {"version": version, "state": Prepare.REFUSED.value, "why": why}
-            log.error("swap refused: %s", why)
-            return
-        self.next = planner
-        self.swap = {"version": version, "state": Prepare.WAITING.value, "why": "started"}
-
-    async def _adopt(self, version: str | None) -> QueryPlanner:
-        """The planner of ``version`` (committed elsewhere), reusing ``next`` when it is it."""
-        if self.next is not None and self.next.manifest.index_version == version:
-            planner, self.next = self.next, None
-            return planner
-        return await asyncio.to_thread(self._planner, version)
-
-    async def _sync_forever(self) -> None:
-        while True:
-            try:
-                await self._sync()
-            except Exception as exc:  # the next round tries again; say why meanwhile
-                log.warning("router: coordinator sync failed: %r", exc)
-            await asyncio.sleep(SWAP_SYNC_S if self.next is not None else SYNC_S)
-
-    async def _sync(self) -> None:
-        """One round: adopt a commit made elsewhere, re-assert the active version to a
-        restarted coordinator, and commit the next version once every replica holds it."""
-        if self.active is None:
-            if self.wanted is not None or self.error is not None:
-                await self._want()  # the manifest could not be read yet: retry
-            return
-        view = await asyncio.wait_for(self.coordinator.view.remote(), SYNC_TIMEOUT_S)
-        mine = self.active.manifest.index_version
-        if view["active"] is None:
-            await self.coordinator.commit.remote(None, mine)
-        elif view["active"] != mine:
-            self.active = await self._adopt(view["active"])
-        reports = view["reports"]
-        self.problems = sorted({why for r in reports.values() for why in r.failed.values()})
-        if self.next is None:
-            return
-        version = self.next.manifest.index_version
-        running = await asyncio.to_thread(self._running)
-        state, why = prepare_state(version, running, reports)
-        self.swap = {"version": version, "state": state.value, "why": why}
-        if state is Prepare.READY:
-            now = await self.coordinator.commit.remote(mine, version)
-            self.active = await self._adopt(now)
-            log.info("router: version %s is active", now)
+        """``{"index_version": V, "default_params": {...}}``: V becomes the next version
+        (``deployments.tracker``)."""
+        await self.versions.configure(
+            config.get("index_version") or self.args.index_version,
+            config.get("default_params", self.args.default_params),
+        )
 
     def _running(self) -> dict[str, int]:
         """Running replicas of each shard deployment, from Serve's controller."""
@@ -427,28 +343,18 @@ class Router:
                 infos.extend({"shard": n, "error": why, "index_version": None} for n in group)
         return infos
 
-    def _problems(self) -> list[str]:
-        return (
-            ([self.error] if self.error else [])
-            + self.problems
-            + (
-                [self.swap["why"]]
-                if self.swap.get("state") in (Prepare.REFUSED, Prepare.FAILED)
-                else []
-            )
-        )
-
     @route("get", "/v1/health")
     async def health(self) -> dict[str, Any]:
         """Open route: ok or degraded, from state the router already holds (no fan-out,
         no paths or messages: those are in the authenticated /v1/stats)."""
-        return {"status": "degraded" if self._problems() else "ok"}
+        return {"status": "degraded" if self.versions.problems() else "ok"}
 
     @route("get", "/v1/ready", responses=error_responses(401, 503))
     async def ready(self) -> JSONResponse:
         """200 when every shard answers from the active version."""
         infos = await self.shard_infos()
-        active = self.active.manifest.index_version if self.active else None
+        v = self.versions
+        active = v.active.manifest.index_version if v.active else None
         held = [i.get("versions_held") or [] for i in infos]
         ok = active is not None and all(active in h for h in held)
         versions = sorted({i.get("index_version") or "none" for i in infos})
@@ -465,20 +371,21 @@ class Router:
 
     @route("get", "/v1/stats", responses=error_responses(401))
     async def stats(self) -> dict[str, Any]:
+        v = self.versions
         body: dict[str, Any] = {
-            "router_error": self.error,
-            "problems": self._problems(),
-            "swap": self.swap,
-            "next_version": self.next.manifest.index_version if self.next else None,
+            "router_error": v.error,
+            "problems": v.problems(),
+            "swap": v.swap,
+            "next_version": v.next.manifest.index_version if v.next else None,
         }
-        if self.active is not None:
-            m = self.active.manifest
+        if v.active is not None:
+            m = v.active.manifest
             body.update(
                 index_version=m.index_version,
                 dim=m.dim,
                 metric=m.metric,
                 factory=m.factory,
-                default_params=self.active.defaults.to_dict(),
+                default_params=v.active.defaults.to_dict(),
             )
         body["shards"] = await self.shard_infos()
         return body

@@ -1,0 +1,96 @@
+"""The router's version tracker without Ray: the real ``Coordinator`` class, plain calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from deployments.coordinator import Coordinator
+from deployments.tracker import VersionTracker
+from shards import BuildOptions, ShardedIndex, VectorSource, build_index
+from shards.artefact import open_version
+from shards.planner import QueryPlanner
+from tests.conftest import clustered
+
+
+def open_planner(root: str):
+    def open_(version, defaults):
+        return QueryPlanner(open_version(root, version)[1])
+
+    return open_
+
+
+def tracker(root: str, coordinator: Coordinator, running: dict[str, int], wanted: str):
+    async def call(method, *args):
+        return await getattr(coordinator, method)(*args)
+
+    return VersionTracker(open_planner(root), call, lambda: running, wanted, {})
+
+
+def versions(tmp_path):
+    """v1, v2 (v1 compacted) with 2 shards, and v8 with 8 shards, in one root."""
+    root = str(tmp_path / "idx")
+    np.save(tmp_path / "xb.npy", clustered(800, 8, seed=3))
+    src = VectorSource(str(tmp_path / "xb.npy"))
+    v1 = build_index(src, root, BuildOptions(index="Flat", num_shards=2, progress=False))
+    index = ShardedIndex.open(root)
+    index.delete([1])
+    v2 = index.compact()
+    v8 = build_index(src, root, BuildOptions(index="Flat", num_shards=8, progress=False))
+    return root, v1.index_version, v2.index_version, v8.index_version
+
+
+def test_commit_waits_for_every_replica_and_refuses_another_layout(tmp_path):
+    root, v1, v2, v8 = versions(tmp_path)
+    coord = Coordinator()
+    running = {"shard-0": 2, "shard-1": 1}
+
+    async def drill():
+        t = tracker(root, coord, running, v1)
+        await t._want()  # the first version: active at once
+        assert t.planner.manifest.index_version == v1 and coord.active == v1
+        for replica, dep in (("a", "shard-0"), ("b", "shard-0"), ("c", "shard-1")):
+            await coord.report(replica, dep, [v1], {})
+        t.wanted = v2
+        await t._want()
+        await t.sync()
+        assert t.swap["state"] == "waiting" and t.planner.manifest.index_version == v1
+        await coord.report("a", "shard-0", [v1, v2], {})
+        await coord.report("c", "shard-1", [v1, v2], {})
+        await t.sync()  # replica b has not got it yet
+        assert t.swap["state"] == "waiting" and coord.active == v1
+        await coord.report("b", "shard-0", [v1, v2], {})
+        await t.sync()
+        assert t.planner.manifest.index_version == v2 and coord.active == v2
+        other = tracker(root, coord, running, v1)  # a second router, started on v1
+        await other._want()
+        assert other.planner.manifest.index_version == v2  # adopts the commit
+        t.wanted = v8
+        await t._want()
+        assert t.swap["state"] == "refused" and "num_shards 2 -> 8" in t.swap["why"]
+        assert t.next is None and t.problems() == [t.swap["why"]]
+        t.wanted = v2  # back to the active version: nothing pending, nothing wrong
+        await t._want()
+        assert t.swap == {} and t.problems() == []
+
+    asyncio.run(drill())
+
+
+def test_a_failed_prepare_keeps_the_active_version(tmp_path):
+    root, v1, v2, _ = versions(tmp_path)
+    coord = Coordinator()
+
+    async def drill():
+        t = tracker(root, coord, {"shard-0": 1, "shard-1": 1}, v1)
+        await t._want()
+        await coord.report("a", "shard-0", [v1, v2], {})
+        await coord.report("b", "shard-1", [v1], {v2: "cannot load version: truncated"})
+        t.wanted = v2
+        await t._want()
+        await t.sync()
+        assert t.swap["state"] == "failed" and coord.active == v1
+        assert t.planner.manifest.index_version == v1
+        assert "cannot load version: truncated" in t.problems()
+
+    asyncio.run(drill())
