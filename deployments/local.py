@@ -31,6 +31,14 @@ def deploy(name: str, args: dict[str, Any], overrides: list[dict[str, Any]] | No
     _get_global_client().deploy_apps(config, _blocking=True)
 
 
+def undeploy(name: str) -> None:
+    """Delete application ``name`` (deployed through ``deploy``) and wait until it is gone."""
+    from ray import serve
+
+    if APPS.pop(name, None) is not None:
+        serve.delete(name)
+
+
 def free_ports(n: int) -> list[int]:
     """``n`` distinct TCP ports free on 127.0.0.1 right now, between Ray's worker ports
     (10002-19999) and Serve's direct ingress ports (30000-31000), below Linux's ephemeral

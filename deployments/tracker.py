@@ -19,7 +19,7 @@ from shards.errors import IndexLoadError
 from shards.planner import QueryPlanner
 
 log = logging.getLogger("ray.serve")
-SYNC_S, SWAP_SYNC_S = 1.0, 0.25  # coordinator polling, idle and during a swap
+SYNC_S, SWAP_SYNC_S = 5.0, 0.25  # coordinator polling, idle and during a swap
 SYNC_TIMEOUT_S = 5.0
 
 # (version or None for CURRENT, default params) -> the planner of that version

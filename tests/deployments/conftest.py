@@ -48,6 +48,19 @@ class LoadThreads:
             t.join(timeout=60)
 
 
+@pytest.fixture(autouse=True)
+def _undeploy_apps_of_the_test():
+    """Delete the apps a test deployed once it is done: every idle app's replicas cost the
+    Serve controller and the 2 cores of CI time for the rest of the session. (Session apps
+    are deployed by session fixtures, set up before this one.)"""
+    from deployments.local import APPS, undeploy
+
+    before = set(APPS)
+    yield
+    for name in set(APPS) - before:
+        undeploy(name)
+
+
 def deploy(name: str, args: dict, overrides: list[dict] | None = None) -> None:
     from deployments.local import deploy as deploy_app
 
