@@ -18,7 +18,6 @@ class Coordinator:
 
     def __init__(self) -> None:
         self.active: str | None = None
-        self.committed_at = time.time()
         self.reports: dict[str, Report] = {}
 
     async def report(
@@ -28,14 +27,11 @@ class Coordinator:
         self.reports[replica] = Report(deployment, tuple(loaded), dict(failed))
         return self.active
 
-    async def forget(self, replica: str) -> None:
-        self.reports.pop(replica, None)
-
     async def commit(self, expected: str | None, version: str) -> str | None:
         """Make ``version`` active if the active one is still ``expected`` (or unset: a
         restarted coordinator); returns the active version after the call."""
-        if self.active in (expected, None) and self.active != version:
-            self.active, self.committed_at = version, time.time()
+        if self.active in (expected, None):
+            self.active = version
         return self.active
 
     async def view(self) -> dict[str, Any]:
