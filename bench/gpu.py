@@ -25,7 +25,8 @@ from bench.results import parser, write
 from shards import cagra
 from shards._faiss import faiss
 from shards.choice import nlist_for, pq8_m_for
-from shards.gpu import GpuOptions, Placed, Placement, gpu_count, has_cuvs, place
+from shards.cuda import gpu_count, has_cuvs
+from shards.gpu import GpuOptions, Placed, Placement, place
 from shards.params import SearchOverrides
 
 K = 10
@@ -221,7 +222,7 @@ def native_cagra(name, xb, xq, gt, metric: int, singles: int, log) -> list[dict]
     """The CAGRA index as cuVS built it, searched before its round trip through the CPU form
     (a check of the conversion), and a build with cuVS's connectivity guarantee."""
     from shards._faiss import faiss_ext
-    from shards.gpu import resources
+    from shards.cuda import resources
 
     rows = []
     for connect in (False, True):

@@ -25,7 +25,7 @@ from bench.results import parser, write
 from bench.serving import drive
 from deployments.http import encode_vectors_b64
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
-from shards.gpu import gpu_count
+from shards.cuda import gpu_count
 
 DEADLINE_MS = 30_000  # throughput, not the deadline, is measured here
 

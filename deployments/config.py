@@ -18,10 +18,16 @@ class Autoscaling(BaseModel):
     target_ongoing_requests: PositiveFloat = 4.0
 
 
+FaultyCall = Literal["search", "metadata", "reconstruct"]
+
+
 class Faults(BaseModel):
     """Fault injection for tests and drills; off unless set. Never set in production."""
 
     fail_shards: list[int] = Field(default_factory=list, description="these shards raise")
+    fail_methods: list[FaultyCall] = Field(
+        default_factory=lambda: list[FaultyCall](["search"]), description="in these calls"
+    )
     delay_ms: dict[int, int] = Field(default_factory=dict, description="shard -> added delay")
 
 

@@ -1,4 +1,5 @@
-"""The router: HTTP ingress and handle API; fans each query out to every shard and merges.
+"""The router: the handle API (HTTP routes in ``deployments.api``); fans each query out to
+every shard and merges.
 
 Every request is pinned to the active index version when it starts: every shard answers
 it from that version or the call is retried on another replica, so an answer never mixes
@@ -13,28 +14,15 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from fastapi import Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 from ray.exceptions import OutOfMemoryError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.api import HttpApi
 from deployments.config import AppArgs
-from deployments.errors import MetricsNotReady
 from deployments.fanout import fan_out, unwrap
-from deployments.http import (
-    SearchRequest,
-    SearchResponse,
-    error_responses,
-    parse_search,
-    queries_of,
-    read_body,
-    response_json,
-)
-from deployments.ingress import make_app, route
+from deployments.ingress import make_app
 from deployments.metrics import RouterMetrics
-from deployments.scrape import scrape_cluster
 from deployments.tracker import VersionTracker
 from shards.artefact import open_version
 from shards.errors import (
@@ -72,7 +60,7 @@ def retryable(max_deaths: int):
     return rule
 
 
-class Router:
+class Router(HttpApi):
     """Fans queries out to every shard deployment with a deadline and merges the top-k."""
 
     def __init__(
@@ -140,6 +128,19 @@ class Router:
             name: int(status[name].replica_states.get("RUNNING", 0)) if name in status else 0
             for name in self.names
         }
+
+    async def shard_infos(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        """Each shard's info, or an entry with its error when it does not answer."""
+        tasks = [asyncio.ensure_future(h.info.remote()) for h in self.shards]
+        done, _ = await asyncio.wait(tasks, timeout=timeout_s)
+        infos = []
+        for task, group in zip(tasks, self.groups, strict=True):
+            if task in done and task.exception() is None:
+                infos.extend(task.result())
+            else:
+                why = repr(unwrap(task.exception())) if task in done else "no answer in time"
+                infos.extend({"shard": n, "error": why, "index_version": None} for n in group)
+        return infos
 
     # ---- the search path (handle API) ----
 
@@ -224,7 +225,8 @@ class Router:
             "sequence": min(p[3] for p in parts),
         }
         if include_metadata:
-            out["metadata"] = await self._metadata(I, metadata_columns, deadline, version)
+            answered = [i for i, a in enumerate(outcome.answers) if a is not None]
+            out["metadata"] = await self._metadata(planner, I, metadata_columns, deadline, answered)
         out["took_ms"] = round(1000 * (time.perf_counter() - t0), 3)
         return out
 
@@ -282,113 +284,25 @@ class Router:
             raise UnknownId(f"id {int(ids[~found][0])} is not in the index")
         return out
 
-    async def _metadata(self, I: np.ndarray, columns, deadline: float, version: str):
+    async def _metadata(
+        self, planner: QueryPlanner, I: np.ndarray, columns, deadline: float, answered: list[int]
+    ):
+        """Metadata rows for the ids of ``I``, from the groups that answered the search and
+        can own them: every one of those must answer (a row is never silently null)."""
         flat = np.unique(I[I >= 0])
-        outcome = await self._fan_out(
-            lambda h, q: h.metadata.remote(flat, columns, q.version),
-            Query(1, version=version),
-            deadline,
-            0.0,
-        )
+        groups = sorted(set(answered) & set(self._owner_groups(planner, flat)))
         rows: dict[int, dict] = {}
-        for part in outcome.answers:
-            rows.update(part or {})
+        if groups:
+            outcome = await self._fan_out(
+                lambda h, q: h.metadata.remote(flat, columns, q.version),
+                Query(1, version=planner.manifest.index_version),
+                deadline,
+                1.0,
+                groups,
+            )
+            for part in outcome.answers:
+                rows.update(part or {})
         return [[rows.get(int(i)) for i in row] for row in I]
-
-    # ---- HTTP ----
-
-    @route(
-        "post",
-        "/v1/search",
-        response_model=SearchResponse,
-        responses=error_responses(400, 401, 404, 413, 415, 429, 503, 504),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": SearchRequest.model_json_schema()}},
-            }
-        },
-    )
-    async def http_search(self, request: Request) -> Response:
-        try:
-            limit = self.args.limits.max_body_bytes
-            req = parse_search(
-                await read_body(request, limit), limit, request.headers.get("content-type", "")
-            )
-            query = queries_of(req, self.planner.dim)
-        except Exception as exc:  # counted like every other failed request
-            self.count_failure(exc)
-            raise
-        result = await self.search(
-            query,
-            req.k,
-            req.params,
-            ids=req.ids,
-            min_coverage=req.min_coverage,
-            deadline_ms=req.deadline_ms,
-            include_metadata=req.include_metadata,
-        )
-        return Response(response_json(result), media_type="application/json")
-
-    async def shard_infos(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
-        """Each shard's info, or an entry with its error when it does not answer."""
-        tasks = [asyncio.ensure_future(h.info.remote()) for h in self.shards]
-        done, _ = await asyncio.wait(tasks, timeout=timeout_s)
-        infos = []
-        for task, group in zip(tasks, self.groups, strict=True):
-            if task in done and task.exception() is None:
-                infos.extend(task.result())
-            else:
-                why = repr(unwrap(task.exception())) if task in done else "no answer in time"
-                infos.extend({"shard": n, "error": why, "index_version": None} for n in group)
-        return infos
-
-    @route("get", "/v1/health")
-    async def health(self) -> dict[str, Any]:
-        """Open route: ok or degraded, from state the router already holds (no fan-out,
-        no paths or messages: those are in the authenticated /v1/stats)."""
-        return {"status": "degraded" if self.versions.problems() else "ok"}
-
-    @route("get", "/v1/ready", responses=error_responses(401, 503))
-    async def ready(self) -> JSONResponse:
-        """200 when every shard answers from the active version."""
-        infos = await self.shard_infos()
-        v = self.versions
-        active = v.active.manifest.index_version if v.active else None
-        held = [i.get("versions_held") or [] for i in infos]
-        ok = active is not None and all(active in h for h in held)
-        versions = sorted({i.get("index_version") or "none" for i in infos})
-        body = {"ready": ok, "index_version": active, "index_versions": versions}
-        return JSONResponse(body, status_code=200 if ok else 503)
-
-    @route("get", "/metrics", response_class=PlainTextResponse, responses=error_responses(401, 503))
-    async def metrics_page(self) -> Response:
-        """Prometheus text: the metrics of every replica on every node, merged."""
-        page = await scrape_cluster()
-        if b"vsearch_" not in page:
-            raise MetricsNotReady("metrics are not exported yet (Ray exports every few seconds)")
-        return Response(page, media_type=CONTENT_TYPE_LATEST)
-
-    @route("get", "/v1/stats", responses=error_responses(401))
-    async def stats(self) -> dict[str, Any]:
-        v = self.versions
-        body: dict[str, Any] = {
-            "router_error": v.error,
-            "problems": v.problems(),
-            "swap": v.swap,
-            "next_version": v.next.manifest.index_version if v.next else None,
-        }
-        if v.active is not None:
-            m = v.active.manifest
-            body.update(
-                index_version=m.index_version,
-                dim=m.dim,
-                metric=m.metric,
-                factory=m.factory,
-                default_params=v.active.defaults.to_dict(),
-            )
-        body["shards"] = await self.shard_infos()
-        return body
 
 
 def _with_budget(query: Query, left: float) -> Query:

@@ -225,7 +225,7 @@ class ShardServer:
     async def search(self, xq: np.ndarray, query: Query):
         """``(D, I, version, sequence)`` for prepared queries ``xq`` (nq, d) over these shards."""
         if self.opts.faults is not None:
-            await self._inject(self.opts.faults)
+            await self._inject(self.opts.faults, "search")
         deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
         if self.opts.batch_size <= 1:
             return await self._run(xq, query, deadline)
@@ -277,15 +277,17 @@ class ShardServer:
             m.batch.observe(len(xq), tags=tags)
         return D, I, v, loaded.index.sequence
 
-    async def _inject(self, faults) -> None:
+    async def _inject(self, faults, method: str) -> None:
         delay = max((faults.delay_ms.get(n, 0) for n in self.numbers), default=0)
-        if delay:
+        if delay and method == "search":
             await asyncio.sleep(delay / 1000)
-        if set(self.numbers) & set(faults.fail_shards):
+        if set(self.numbers) & set(faults.fail_shards) and method in faults.fail_methods:
             raise RuntimeError(f"injected fault in shards {self.numbers}")
 
     async def reconstruct(self, ids: np.ndarray, version: str | None = None):
         """``(found, vectors)``: which ids live here and their stored vectors."""
+        if self.opts.faults is not None:
+            await self._inject(self.opts.faults, "reconstruct")
         index = self._held(version).index
         found = index.contains(ids)
         return found, index.reconstruct(ids[found]) if found.any() else None
@@ -294,6 +296,8 @@ class ShardServer:
         self, ids: np.ndarray, columns: list[str] | None, version: str | None = None
     ) -> dict[int, dict]:
         """Metadata rows of the ids that live in these shards, by id."""
+        if self.opts.faults is not None:
+            await self._inject(self.opts.faults, "metadata")
         index = self._held(version).index
         found = index.contains(ids)
         if not found.any():

@@ -19,8 +19,8 @@ from shards import autotune, cagra
 from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
 from shards.artefact import ShardData, new_version_name, write_version
 from shards.choice import choose_index, estimate_bytes, template_index
+from shards.cuda import gpu_count, graph_device, has_cuvs, parse_device
 from shards.errors import GpuUnavailable, InvalidInput, TargetUnreachable
-from shards.gpu import gpu_count, has_cuvs, parse_device
 from shards.index import ShardedIndex
 from shards.manifest import Manifest
 from shards.metric import Metric, prepare_vectors
@@ -125,7 +125,7 @@ def _factory(source: VectorSource, opts: BuildOptions, metric: Metric) -> tuple[
 def _build_gpu(opts: BuildOptions) -> int | None:
     """The GPU that builds CAGRA graphs, or None (the CPU twin)."""
     if opts.graph_device == "auto":
-        return 0 if gpu_count() > 0 and has_cuvs() else None
+        return graph_device()
     gpus = parse_device(opts.graph_device)
     if gpus is None:
         return None

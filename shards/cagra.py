@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from shards._faiss import faiss, faiss_ext
+from shards.cuda import resources
 from shards.errors import InvalidInput
 
 DEFAULT_DEGREE = 64
@@ -56,8 +57,6 @@ def build(x: np.ndarray, degree: int, metric_type: int, *, device: int | None = 
         index.hnsw.efConstruction = max(40, degree)
         index.add(x)
         return index
-    from shards.gpu import resources
-
     config = faiss_ext.GpuIndexCagraConfig()
     config.device = device
     config.graph_degree = degree

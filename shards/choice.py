@@ -8,9 +8,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from shards import cagra
 from shards._faiss import faiss
 from shards.errors import InvalidInput
 from shards.metric import Metric
+from shards.sizing import index_bytes
 
 # Up to this many vectors per shard, exact search is within about 2x of the best ANN index
 # at recall@10 0.95 (batched and single queries) and is chosen (docs/INDEX_CHOICE.md).
@@ -60,8 +62,6 @@ def template_index(factory: str, d: int, metric_type: int = faiss.METRIC_L2) -> 
     Raises:
         InvalidInput: the string is neither.
     """
-    from shards import cagra
-
     degree = cagra.parse_factory(factory)
     if degree is not None:
         return cagra.empty(d, degree, metric_type)
@@ -147,40 +147,4 @@ def _first_fitting(candidates, n: int, d: int, memory_budget: int | None) -> Cho
 
 def estimate_bytes(factory: str, n: int, d: int) -> int:
     """Estimated size in bytes of ``factory`` holding ``n`` vectors (as serialised/in RAM)."""
-    template = template_index(factory, d)  # owns the sub-indexes _estimate walks
-    return _estimate(template, n)
-
-
-def _estimate(index: faiss.Index, n: int) -> int:
-    index = faiss.downcast_index(index)
-    d = index.d
-    if isinstance(index, faiss.IndexRefine):
-        return _estimate(index.base_index, n) + _estimate(index.refine_index, n)
-    if isinstance(index, faiss.IndexPreTransform):
-        chain = sum(4 * t.d_in * t.d_out for t in _transforms(index))
-        return chain + _estimate(index.index, n)
-    if isinstance(index, faiss.IndexHNSW):
-        m = index.hnsw.nb_neighbors(1)  # type: ignore[attr-defined]  # stub gap
-        links = n * (2 * m + m / max(1, m - 1)) * 4
-        return int(links + n * 12 + _estimate(index.storage, n))
-    if isinstance(index, faiss.IndexIVF):
-        nlist = index.nlist
-        total = _estimate(index.quantizer, nlist)
-        if isinstance(index, faiss.IndexIVFPQFastScan):
-            pq = index.pq
-            total += pq.M * pq.ksub * pq.dsub * 4
-            # codes are stored in blocks of bbs vectors; on average half a block is padding
-            codes = (n + nlist * index.bbs / 2) * index.code_size
-        else:
-            if isinstance(index, faiss.IndexIVFPQ):
-                total += index.pq.M * index.pq.ksub * index.pq.dsub * 4
-            codes = n * index.code_size
-        return int(total + codes + n * 8)
-    if isinstance(index, faiss.IndexFlatCodes):
-        return int(n * index.code_size)
-    return int(n * d * 4)
-
-
-def _transforms(index: faiss.IndexPreTransform) -> list:
-    chain = index.chain  # a SWIG vector (the stub calls it a list)
-    return [faiss.downcast_VectorTransform(chain.at(i)) for i in range(chain.size())]  # type: ignore[attr-defined]
+    return index_bytes(template_index(factory, d), n)

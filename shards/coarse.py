@@ -14,19 +14,14 @@ from typing import Any
 import numpy as np
 
 from shards._faiss import faiss
+from shards.anatomy import Anatomy
 from shards.params import HNSW_PARAMS, SearchOverrides, make_params
 
 
 def ivf_layout(index: faiss.Index) -> tuple[Any, Any] | None:
     """``(refine, ivf)`` for ``IVF`` or ``Refine(IVF)`` with a flat refine index, else None."""
-    index = faiss.downcast_index(index)
-    refine = None
-    if isinstance(index, faiss.IndexRefine):
-        refine = index
-        if not isinstance(faiss.downcast_index(index.refine_index), faiss.IndexFlat):
-            return None
-        index = faiss.downcast_index(index.base_index)
-    return (refine, index) if isinstance(index, faiss.IndexIVF) else None
+    a = Anatomy.of(index)
+    return (a.refine, a.ivf) if a.preassignable else None
 
 
 SMALL_LISTS = 200  # average vectors per list below which fast-scan implementation 10 wins
@@ -38,10 +33,10 @@ def tune_fastscan(index: faiss.Index) -> None:
     Measured on GloVe: with ~95 vectors per list (4 shards) implementation 10 is 17% faster
     than faiss's default choice; with ~380 (1 shard) it is 12% slower.
     """
-    layout = ivf_layout(index)
-    if layout is None or not isinstance(layout[1], faiss.IndexIVFFastScan):
+    a = Anatomy.of(index)
+    if not (a.preassignable and a.fast_scan):
         return
-    ivf = layout[1]
+    ivf = a.ivf
     if ivf.ntotal / max(1, ivf.nlist) < SMALL_LISTS:
         ivf.implem = 10
 

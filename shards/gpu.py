@@ -13,7 +13,6 @@ replica either replicate the index (queries split between them) or shard it (IVF
 
 from __future__ import annotations
 
-import ctypes
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,16 +21,13 @@ from typing import Any, Literal
 import numpy as np
 
 from shards._faiss import faiss, faiss_ext
-from shards.errors import (
-    GpuOutOfMemory,
-    GpuUnavailable,
-    GpuUnsupportedIndex,
-    InvalidInput,
-    InvalidQuery,
-)
+from shards.anatomy import Anatomy
+from shards.cagra import fill_level0
+from shards.cuda import gpu_count, gpu_memory, has_cuvs, parse_device, resources
+from shards.errors import GpuUnavailable, GpuUnsupportedIndex, InvalidInput, InvalidQuery
 from shards.params import SearchOverrides, make_params
+from shards.sizing import check_fits, gpu_bytes
 
-HEADROOM = 1.2  # free memory needed per byte of index (temporary buffers while cloning)
 GPU_MAX_K = 2048  # faiss GPU k-selection limit (k, and k * k_factor for a refined index)
 MultiGpu = Literal["replicate", "shard"]
 
@@ -116,9 +112,9 @@ class Placed:
             return index.search(xq, k, params=params)
 
     def _check_gpu_limits(self, k: int, ov: SearchOverrides) -> None:
-        index = faiss.downcast_index(self.index)
-        if isinstance(index, faiss.IndexRefine):
-            k_base = k * (ov.k_factor if ov.k_factor is not None else index.k_factor)
+        refine = Anatomy.of(self.index).refine
+        if refine is not None:
+            k_base = k * (ov.k_factor if ov.k_factor is not None else refine.k_factor)
             if k_base > GPU_MAX_K:
                 raise InvalidQuery(
                     f"on a GPU, k * k_factor must be <= {GPU_MAX_K}, got {k} * {ov.k_factor}"
@@ -127,91 +123,10 @@ class Placed:
             raise InvalidQuery(f"on a GPU, nprobe must be <= {GPU_MAX_K}, got {ov.nprobe}")
 
 
-def gpu_count() -> int:
-    """GPUs faiss can use (0 with faiss-cpu, or without a driver)."""
-    get = getattr(faiss, "get_num_gpus", None)
-    return int(get()) if get is not None else 0
-
-
-def has_cuvs() -> bool:
-    """True when this faiss build has cuVS (faiss-gpu-cuvs)."""
-    return hasattr(faiss, "GpuIndexCagra") and "CUVS" in faiss.get_compile_options().upper()
-
-
-_CUDART: Any = None
-
-
-def _cudart() -> Any:
-    global _CUDART
-    if _CUDART is None:
-        for name in ("libcudart.so.13", "libcudart.so.12", "libcudart.so"):
-            try:
-                _CUDART = ctypes.CDLL(name)
-                break
-            except OSError:
-                continue
-        else:
-            raise GpuUnavailable("cannot load the CUDA runtime (libcudart) to read GPU memory")
-    return _CUDART
-
-
-def gpu_memory(device: int) -> tuple[int, int]:
-    """(free, total) bytes of GPU ``device``, read through the CUDA runtime."""
-    cudart = _cudart()
-    free, total = ctypes.c_size_t(), ctypes.c_size_t()
-    if cudart.cudaSetDevice(device) != 0 or cudart.cudaMemGetInfo(
-        ctypes.byref(free), ctypes.byref(total)
-    ):
-        raise GpuUnavailable(f"cannot read the memory of GPU {device}")
-    return int(free.value), int(total.value)
-
-
 def gpu_memory_in_use(placement: Placement) -> int:
     """Bytes in use (by any process) on the GPUs of ``placement``."""
     devices = parse_device(placement.device) or ()
     return sum(total - free for free, total in (gpu_memory(d) for d in set(devices)))
-
-
-def check_fits(required: int, free: int, device: str) -> None:
-    """Raise GpuOutOfMemory unless ``required`` bytes (with headroom) fit in ``free``."""
-    need = int(required * HEADROOM)
-    if need > free:
-        raise GpuOutOfMemory(
-            f"shard needs about {need / 2**20:,.0f} MiB on {device} (index "
-            f"{required / 2**20:,.0f} MiB + {HEADROOM - 1:.0%} headroom) but only "
-            f"{free / 2**20:,.0f} MiB is free; use more shards, float16 or a smaller index"
-        )
-
-
-def parse_device(device: str) -> tuple[int, ...] | None:
-    """None for "cpu"; the GPU numbers of "cuda:N", "cuda:N,M" (or "gpu:N")."""
-    if device == "cpu":
-        return None
-    kind, _, nums = device.partition(":")
-    parts = (nums or "0").split(",")
-    if kind in ("cuda", "gpu") and all(p.strip().isdigit() for p in parts):
-        return tuple(int(p) for p in parts)
-    raise InvalidInput(f"device must be 'cpu', 'cuda:N' or 'cuda:N,M', got {device!r}")
-
-
-_RESOURCES: dict[tuple[int, int], Any] = {}
-_RESOURCES_LOCK = threading.Lock()
-
-
-def resources(device: int, temp_memory_mb: int | None = None, slot: int = 0) -> Any:
-    """The process's ``StandardGpuResources`` for GPU ``device`` (one per device and slot).
-
-    Created on first use with ``temp_memory_mb`` of scratch memory; every shard a replica
-    places on that device shares it (its streams and scratch memory are per device).
-    """
-    with _RESOURCES_LOCK:
-        res = _RESOURCES.get((device, slot))
-        if res is None:
-            res = faiss_ext.StandardGpuResources()
-            if temp_memory_mb is not None:
-                res.setTempMemory(temp_memory_mb * 2**20)
-            _RESOURCES[(device, slot)] = res
-        return res
 
 
 def place(index: faiss.Index, device: str | GpuOptions = "cpu", **options: Any) -> Placed:
@@ -238,8 +153,8 @@ def to_gpu(index: faiss.Index, opts: GpuOptions) -> Placed:
             f"GPU(s) {list(opts.devices)} asked for, but faiss sees {n} GPU(s); install the "
             "'gpu' extra on a CUDA machine, or serve with device 'cpu'"
         )
-    index = faiss.downcast_index(index)
-    refine: Any = index if isinstance(index, faiss.IndexRefine) else None
+    a = Anatomy.of(index)
+    index, refine = a.top, a.refine
     base = faiss.downcast_index(refine.base_index) if refine is not None else index
     kind = gpu_kind(base)
     cuvs = has_cuvs() if opts.use_cuvs is None else opts.use_cuvs
@@ -251,8 +166,6 @@ def to_gpu(index: faiss.Index, opts: GpuOptions) -> Placed:
             f"multi_gpu 'shard' splits IVF lists; this {kind} index needs 'replicate'"
         )
     if kind == "cagra":
-        from shards.cagra import fill_level0
-
         fill_level0(base)  # CAGRA reads every slot of its fixed-degree graph
     per_copy = gpu_bytes(base, opts.float16)
     if shard_mode:
@@ -309,22 +222,6 @@ def gpu_kind(index: faiss.Index) -> str:
         "rebuild the index for the GPU: `python -m shards build --target gpu` "
         "(Flat, IVF-PQ with exact refine, or CAGRA)"
     )
-
-
-def gpu_bytes(index: faiss.Index, float16: bool = False) -> int:
-    """Device memory ``index`` takes once cloned (estimate from its parameters)."""
-    from shards.choice import _estimate
-
-    index = faiss.downcast_index(index)
-    n, d = index.ntotal, index.d
-    if isinstance(index, faiss_ext.IndexHNSWCagra):
-        degree = index.hnsw.nb_neighbors(0)
-        return n * d * 4 + n * degree * 8  # vectors + the graph (int64 while converted)
-    if isinstance(index, faiss.IndexFlat):
-        return n * d * (2 if float16 else 4)
-    ivf = faiss.extract_index_ivf(index)
-    # cuVS pads each list to a multiple of 32 vectors (interleaved layout)
-    return _estimate(index, n) + ivf.nlist * 32 * ivf.code_size
 
 
 def _clone_sharded(index: faiss.Index, opts: GpuOptions, cuvs: bool) -> Any:

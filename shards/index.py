@@ -15,6 +15,7 @@ from shards import cagra
 from shards._faiss import BLAS_MIN_QUERIES, faiss, one_omp_thread, use_blas_from
 from shards.artefact import ShardData, new_version_name, open_version, read_shard, write_version
 from shards.coarse import coarse_assign, quantizer_digest
+from shards.cuda import graph_device
 from shards.errors import (
     InvalidInput,
     InvalidQuery,
@@ -22,7 +23,7 @@ from shards.errors import (
     UnsupportedOperation,
     VersionMismatch,
 )
-from shards.gpu import GpuOptions, Placement, gpu_count, has_cuvs
+from shards.gpu import GpuOptions, Placement
 from shards.ids import check_ids
 from shards.manifest import Manifest
 from shards.merge import merge_results
@@ -293,8 +294,7 @@ def refilled(index: faiss.Index, factory: str, x: np.ndarray) -> faiss.Index:
     """
     degree = cagra.parse_factory(factory)
     if degree is not None:
-        device = 0 if gpu_count() > 0 and has_cuvs() else None
-        out = cagra.build(x, degree, index.metric_type, device=device)
+        out = cagra.build(x, degree, index.metric_type, device=graph_device())
     else:
         out = faiss.clone_index(index)
         out.reset()

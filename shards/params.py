@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from shards._faiss import faiss, faiss_ext
+from shards.anatomy import Anatomy
 from shards.errors import InvalidQuery
 
 EF_SEARCH_MAX = 4096
@@ -90,9 +91,8 @@ class Knobs:
 
     @classmethod
     def of(cls, index: faiss.Index) -> Knobs:
-        found: dict[str, Any] = {}
-        _walk(index, found)
-        return cls(**found)
+        a = Anatomy.of(index)
+        return cls(a.nlist, a.hnsw, a.quantizer_hnsw, a.refine is not None, a.cagra)
 
     def names(self) -> list[str]:
         names = []
@@ -151,23 +151,6 @@ def static_defaults(knobs: Knobs) -> dict[str, Any]:
     if knobs.cagra:
         out["itopk_size"] = CAGRA_ITOPK_DEFAULT
     return out
-
-
-def _walk(index: faiss.Index, found: dict[str, Any]) -> None:
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexRefine):
-        found["refine"] = True
-        _walk(index.base_index, found)
-    elif isinstance(index, faiss.IndexPreTransform):
-        _walk(index.index, found)
-    elif isinstance(index, faiss.IndexIVF):
-        found["nlist"] = int(index.nlist)
-        quantizer = faiss.downcast_index(index.quantizer)
-        found["quantizer_hnsw"] = isinstance(quantizer, faiss.IndexHNSW)
-    elif isinstance(index, faiss_ext.IndexHNSWCagra):
-        found["cagra"] = True
-    elif isinstance(index, faiss.IndexHNSW):
-        found["hnsw"] = True
 
 
 # GPU classes exist only in faiss-gpu builds; an empty tuple matches nothing on faiss-cpu

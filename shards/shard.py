@@ -7,6 +7,7 @@ import threading
 import numpy as np
 
 from shards._faiss import faiss
+from shards.anatomy import Anatomy
 from shards.artefact import ShardData
 from shards.coarse import search_preassigned, tune_fastscan
 from shards.errors import InvalidInput, UnknownId, UnsupportedOperation
@@ -163,7 +164,7 @@ class Shard:
     def live_contents(self) -> tuple[np.ndarray, np.ndarray]:
         """All live vectors and ids, main rows first: ((n, d) float32, (n,) int64)."""
         st, rows = self._state, self.live_rows()
-        if not is_lossless(self.index):
+        if not Anatomy.of(self.index).lossless:
             raise UnsupportedOperation(
                 "compaction needs the exact vectors, but this index stores them lossily "
                 "(PQ without refinement): rebuild it from the source data"
@@ -171,16 +172,6 @@ class Shard:
         with self._lock:
             x = _reconstruct_rows(self.index, rows)
         return np.concatenate([x, st.delta.x]), np.concatenate([self.ids[rows], st.delta.ids])
-
-
-def is_lossless(index: faiss.Index) -> bool:
-    """True when ``reconstruct`` returns the exact stored vectors."""
-    index = faiss.downcast_index(index)
-    if isinstance(index, faiss.IndexRefine):
-        return is_lossless(index.refine_index)
-    if isinstance(index, faiss.IndexHNSW):
-        return is_lossless(index.storage)
-    return isinstance(index, faiss.IndexFlat | faiss.IndexIVFFlat)
 
 
 def _reconstruct_rows(index: faiss.Index, rows: np.ndarray) -> np.ndarray:

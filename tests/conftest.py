@@ -11,7 +11,7 @@ os.environ.setdefault("VSEARCH_PROGRESS", "0")
 
 
 def pytest_collection_modifyitems(config, items):
-    from shards.gpu import gpu_count
+    from shards.cuda import gpu_count
 
     if gpu_count() > 0:
         return

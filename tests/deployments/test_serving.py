@@ -295,6 +295,22 @@ def test_partial_coverage_503_and_504(serve_base, indexes, xq):
     assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
 
 
+def test_metadata_failure_is_an_error_not_null_rows(serve_base, indexes, xq):
+    """The search answers from every shard, then one shard fails to give its rows' metadata:
+    503, not an answer whose rows from that shard are silently null."""
+    from tests.deployments.conftest import deploy
+
+    faults = {"fail_shards": [1], "fail_methods": ["metadata"]}
+    deploy("nometa", {"index_uri": str(indexes["root"] / "flat"), "shard": {"faults": faults}})
+    url = f"{serve_base}/nometa/v1/search"
+    query = {"vectors": xq[:8].tolist(), "k": 10, "deadline_ms": 3000}
+    r = httpx.post(url, json=query, timeout=30)
+    assert r.status_code == 200 and r.json()["coverage"] == 1.0  # the search itself is whole
+    r = httpx.post(url, json={**query, "include_metadata": True}, timeout=30)
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "shards_unavailable"
+
+
 def test_default_params_change_live(serve_base, indexes, xq):
     from deployments.versions import swap_overrides
     from tests.deployments.conftest import deploy

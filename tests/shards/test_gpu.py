@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from shards._faiss import faiss
+from shards.cuda import gpu_memory, has_cuvs
 from shards.errors import GpuOutOfMemory, InvalidQuery
-from shards.gpu import GpuOptions, gpu_memory, has_cuvs, to_gpu
+from shards.gpu import GpuOptions, to_gpu
 from shards.params import SearchOverrides
 from tests.shards.helpers import brute_force, build, recall
 

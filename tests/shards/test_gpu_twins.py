@@ -9,19 +9,11 @@ from shards import InvalidInput, choose_index
 from shards._faiss import faiss
 from shards.cagra import fill_level0, parse_factory
 from shards.choice import GPU_FLAT_MAX, template_index
+from shards.cuda import gpu_count, parse_device
 from shards.errors import GpuOutOfMemory, GpuUnavailable, GpuUnsupportedIndex, InvalidQuery
-from shards.gpu import (
-    GpuOptions,
-    Placed,
-    Placement,
-    check_fits,
-    gpu_bytes,
-    gpu_count,
-    gpu_kind,
-    parse_device,
-    place,
-)
+from shards.gpu import GpuOptions, Placed, Placement, gpu_kind, place
 from shards.params import Knobs, SearchOverrides, make_params
+from shards.sizing import check_fits, gpu_bytes
 from tests.shards.helpers import brute_force, build, recall
 
 

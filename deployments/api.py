@@ -1,0 +1,118 @@
+"""The HTTP surface of the router: its routes, each a thin wrapper over the handle API.
+
+``Router`` inherits these handlers; each router replica builds its own FastAPI app from the
+``route``-marked methods (``deployments.ingress.make_app``). What a route does beyond
+parsing and answering lives in the router (the search path) or the tracker (versions).
+"""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from deployments.errors import MetricsNotReady
+from deployments.http import (
+    SearchRequest,
+    SearchResponse,
+    error_responses,
+    parse_search,
+    queries_of,
+    read_body,
+    response_json,
+)
+from deployments.ingress import route
+from deployments.scrape import scrape_cluster
+
+
+class HttpApi:
+    """The routes of ``/v1``; mixed into ``deployments.router.Router``."""
+
+    # supplied by the router
+    args: Any
+    versions: Any
+    planner: Any
+    search: Callable[..., Awaitable[dict[str, Any]]]
+    shard_infos: Callable[..., Awaitable[list[dict[str, Any]]]]
+    count_failure: Callable[[BaseException], None]
+
+    @route(
+        "post",
+        "/v1/search",
+        response_model=SearchResponse,
+        responses=error_responses(400, 401, 404, 413, 415, 429, 503, 504),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": SearchRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def http_search(self, request: Request) -> Response:
+        try:
+            limit = self.args.limits.max_body_bytes
+            req = parse_search(
+                await read_body(request, limit), limit, request.headers.get("content-type", "")
+            )
+            query = queries_of(req, self.planner.dim)
+        except Exception as exc:  # counted like every other failed request
+            self.count_failure(exc)
+            raise
+        result = await self.search(
+            query,
+            req.k,
+            req.params,
+            ids=req.ids,
+            min_coverage=req.min_coverage,
+            deadline_ms=req.deadline_ms,
+            include_metadata=req.include_metadata,
+        )
+        return Response(response_json(result), media_type="application/json")
+
+    @route("get", "/v1/health")
+    async def health(self) -> dict[str, Any]:
+        """Open route: ok or degraded, from state the router already holds (no fan-out,
+        no paths or messages: those are in the authenticated /v1/stats)."""
+        return {"status": "degraded" if self.versions.problems() else "ok"}
+
+    @route("get", "/v1/ready", responses=error_responses(401, 503))
+    async def ready(self) -> JSONResponse:
+        """200 when every shard answers from the active version."""
+        infos = await self.shard_infos()
+        v = self.versions
+        active = v.active.manifest.index_version if v.active else None
+        held = [i.get("versions_held") or [] for i in infos]
+        ok = active is not None and all(active in h for h in held)
+        versions = sorted({i.get("index_version") or "none" for i in infos})
+        body = {"ready": ok, "index_version": active, "index_versions": versions}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @route("get", "/metrics", response_class=PlainTextResponse, responses=error_responses(401, 503))
+    async def metrics_page(self) -> Response:
+        """Prometheus text: the metrics of every replica on every node, merged."""
+        page = await scrape_cluster()
+        if b"vsearch_" not in page:
+            raise MetricsNotReady("metrics are not exported yet (Ray exports every few seconds)")
+        return Response(page, media_type=CONTENT_TYPE_LATEST)
+
+    @route("get", "/v1/stats", responses=error_responses(401))
+    async def stats(self) -> dict[str, Any]:
+        v = self.versions
+        body: dict[str, Any] = {
+            "router_error": v.error,
+            "problems": v.problems(),
+            "swap": v.swap,
+            "next_version": v.next.manifest.index_version if v.next else None,
+        }
+        if v.active is not None:
+            m = v.active.manifest
+            body.update(
+                index_version=m.index_version,
+                dim=m.dim,
+                metric=m.metric,
+                factory=m.factory,
+                default_params=v.active.defaults.to_dict(),
+            )
+        body["shards"] = await self.shard_infos()
+        return body
