@@ -164,6 +164,28 @@ def test_corrupt_files_at_start_are_reported_not_crash_looped(serve_base, indexe
     assert np.isfinite(recovery)
 
 
+def test_replica_that_cannot_load_is_replaced_after_a_bounded_time(serve_base, indexes, tmp_path):
+    """A replica holding no version stays up (not ready) for ``unhealthy_after_s``, then
+    fails its health check and Serve replaces it; the new one loads once files are fixed."""
+    good = indexes["root"] / "flat"
+    bad = tmp_path / "flat"
+    shutil.copytree(good, bad)
+    corrupt(bad, 1, "truncate")
+    shard = {"reload_retry_s": 1, "unhealthy_after_s": 2}
+    deploy("replaced", {"index_uri": str(bad), "shard": shard})
+    first = replica_pids("replaced", "shard-1")
+    assert len(first) == 1
+    base = f"{serve_base}/replaced"
+    replaced = wait_for(lambda: set(replica_pids("replaced", "shard-1")) - set(first), 90, 0.5)
+    query = {"vectors": clustered(2, 16, seed=13).tolist(), "k": 5, "min_coverage": 0.6}
+    r = httpx.post(f"{base}/v1/search", json=query, timeout=30)
+    assert r.status_code == 200 and r.json()["coverage"] == pytest.approx(2 / 3)
+    shutil.rmtree(bad)
+    shutil.copytree(good, bad)
+    wait_for(lambda: httpx.get(f"{base}/v1/ready", timeout=30).status_code == 200, 60)
+    print(f"\nreplica without an index replaced by Serve after {replaced:.1f} s")
+
+
 def test_slow_shard_deadline_bounds_the_tail(serve_base, indexes):
     faults = {"delay_ms": {2: 3000}}  # one shard takes 3 s per call
     deploy("slow", {"index_uri": str(indexes["root"] / "flat"), "shard": {"faults": faults}})

@@ -31,7 +31,13 @@ def test_metrics_scrape_counts(serve_base, indexes):
     assert httpx.post(base + "/v1/search", json={"vectors": [[0.2] * 3]}).status_code == 400
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:  # Ray exports metrics every few seconds
-        text = httpx.get(base + "/metrics").text
+        r = httpx.get(base + "/metrics")
+        # never an empty 200 while Ray has not exported yet: a 503 saying so
+        ready = r.status_code == 200 and "vsearch_" in r.text
+        assert ready or (
+            r.status_code == 503 and r.json()["error"]["code"] == "metrics_not_ready"
+        ), (r.status_code, r.text[:200])
+        text = r.text if ready else ""
         ok = samples(text, "ray_vsearch_requests_total", "metrics")
         searched = samples(text, "ray_vsearch_shard_searches_total", "metrics")
         if (
