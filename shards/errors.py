@@ -76,6 +76,13 @@ class ManifestMismatch(IndexLoadError):
     code = "manifest_mismatch"
 
 
+class CorruptLogSegment(IndexLoadError):
+    """A mutation log segment fails its checksum or cannot be decoded (it is named); the
+    mutations before it still serve, none after it is applied, and writes are refused."""
+
+    code = "corrupt_log_segment"
+
+
 class UnsupportedOperation(VsearchError):
     """The operation is not possible for this index type or configuration."""
 
@@ -110,6 +117,13 @@ class VersionMismatch(VsearchError):
 
     status_code = 503
     code = "version_unavailable"
+
+
+class SequenceBehind(VersionMismatch):
+    """A shard replica has not applied the mutation sequence a query asks for yet
+    (retryable: it catches up within milliseconds, or another replica has)."""
+
+    code = "sequence_unavailable"
 
 
 class ConcurrentUpdate(VsearchError):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from shards import cagra
 from shards._faiss import BLAS_MIN_QUERIES, faiss, one_omp_thread, use_blas_from
@@ -17,29 +16,37 @@ from shards.artefact import ShardData, new_version_name, open_version, read_shar
 from shards.coarse import coarse_assign, quantizer_digest
 from shards.cuda import graph_device
 from shards.errors import (
+    ConcurrentUpdate,
+    CorruptLogSegment,
     InvalidInput,
-    InvalidQuery,
     UnknownId,
     UnsupportedOperation,
     VersionMismatch,
 )
 from shards.gpu import GpuOptions, Placement
 from shards.ids import check_ids
+from shards.log import Mutation, MutationLog
 from shards.manifest import Manifest
 from shards.merge import merge_results
-from shards.metric import Metric, prepare_vectors
+from shards.metric import Metric
 from shards.params import SearchOverrides
 from shards.partition import assign_shards
 from shards.planner import QueryPlanner
 from shards.query import Query
 from shards.shard import Shard
 from shards.storage import Store
+from shards.writes import delete_of, metadata_schema, upsert_of
+
+logger = logging.getLogger(__name__)
+WRITE_ATTEMPTS = 8  # appends lost to another writer of the same log before giving up
 
 
 class ShardedIndex:
     """One index version in memory (all shards, or the subset a replica serves)."""
 
-    def __init__(self, manifest: Manifest, shards: dict[int, Shard], root_uri: str) -> None:
+    def __init__(
+        self, manifest: Manifest, shards: dict[int, Shard], root_uri: str, *, log: bool = False
+    ) -> None:
         self.manifest = manifest
         self.shards = shards  # shard number -> Shard
         self.root_uri = root_uri
@@ -50,6 +57,12 @@ class ShardedIndex:
         digests = {quantizer_digest(s.index) for s in shards.values()}
         # one coarse assignment serves every shard when they share the trained quantizer
         self.shared_coarse = len(shards) > 1 and len(digests) == 1 and None not in digests
+        first = next(iter(shards.values()))
+        schema = metadata_schema(None if first.metadata is None else first.metadata.schema)
+        self.metadata_schema = schema
+        # the mutation log under the root: replayed on open, written by upsert/delete
+        self.log = MutationLog(root_uri, manifest.dim, schema) if log and root_uri else None
+        self.log_error: str | None = None  # a corrupt segment stopped the replay here
 
     @classmethod
     def open(
@@ -60,8 +73,13 @@ class ShardedIndex:
         shards: list[int] | None = None,
         verify: bool = True,
         mmap: bool = False,
+        log: bool = True,
     ) -> ShardedIndex:
         """Load a version (CURRENT by default); ``shards`` restricts to some shard numbers.
+
+        ``log``: replay the index's mutation log after the version's base sequence, and make
+        ``upsert`` / ``add`` / ``delete`` durable through it (False: the version's files
+        alone, and writes that stay in this process, e.g. edits to publish with ``compact``).
 
         Raises:
             IndexLoadError: (MissingFile, CorruptFile, ManifestMismatch) naming the bad file.
@@ -73,12 +91,19 @@ class ShardedIndex:
                 raise InvalidInput(f"shard {i} does not exist (index has {manifest.num_shards})")
         keep_max = Metric.parse(manifest.metric).keep_max
         loaded = {
-            i: Shard(read_shard(store, manifest, i, verify=verify, mmap=mmap), keep_max)
+            i: Shard(
+                read_shard(store, manifest, i, verify=verify, mmap=mmap),
+                keep_max,
+                manifest.base_sequence,
+            )
             for i in wanted
         }
         # a version folder opened directly publishes new versions beside itself
         root = uri.rstrip("/").rsplit("/", 1)[0] if store.path() == Store(uri).path() else uri
-        return cls(manifest, loaded, root)
+        index = cls(manifest, loaded, root, log=log)
+        if index.log is not None:
+            index.catch_up(strict=False)
+        return index
 
     def place(self, device: str | GpuOptions) -> Placement:
         """Search every loaded shard from ``device`` ("cpu", "cuda:N", or GpuOptions).
@@ -214,26 +239,88 @@ class ShardedIndex:
             raise UnknownId(f"id {int(ids[~found][0])} is not in the index")
         return out
 
-    def add(self, x: np.ndarray, ids: Any) -> None:
-        """Add vectors with new ids in [0, 2**63); they are searchable at once (delta index).
+    # ---- writes ----
+
+    def upsert(self, x: np.ndarray, ids: Any, metadata: Any = None) -> int:
+        """Insert or replace vectors ``x`` (n, d) with ``ids`` (n,) in [0, 2**63), and their
+        ``metadata`` rows; searchable at once (delta index), durable in the log when opened
+        with ``log=True``. Returns n; ``sequence`` is then this write's log position.
 
         Raises:
-            InvalidInput: an id outside [0, 2**63), repeated, or already in any shard.
+            InvalidInput: see ``shards.writes.upsert_of``; nothing is written.
         """
-        ids = check_ids(ids, what="ids", error=InvalidInput)
-        x = prepare_vectors(x, self.dim, self.metric, what="vectors")
-        if len(ids) != len(x) or len(np.unique(ids)) != len(ids):
-            raise InvalidQuery("add needs one unique id per vector")
+        m = upsert_of(
+            x, ids, metadata, dim=self.dim, metric=self.metric, schema=self.metadata_schema
+        )
+        self.write(m)
+        return len(m)
+
+    def add(self, x: np.ndarray, ids: Any, metadata: Any = None) -> int:
+        """``upsert`` of ids that must be new.
+
+        Raises:
+            InvalidInput: an id already exists (in any shard), or as for ``upsert``.
+        """
+        m = upsert_of(
+            x, ids, metadata, dim=self.dim, metric=self.metric, schema=self.metadata_schema
+        )
+        self._need_every_shard("add")
+        present = self.contains(m.ids)
+        if present.any():
+            raise InvalidInput(f"id {int(m.ids[present][0])} already exists; delete it first")
+        self.write(m)
+        return len(m)
+
+    def delete(self, ids: Any) -> int:
+        """Delete ``ids`` (absent ones are ignored); returns how many were live."""
+        return self.write(delete_of(ids))
+
+    def write(self, m: Mutation) -> int:
+        """Log ``m`` (durably, after the mutations already in the log) and apply it; returns
+        how many of its ids were live before. Without a log it is applied here only."""
+        self._need_every_shard(m.op)
+        if self.log is None:
+            return self.apply(m)
+        for _ in range(WRITE_ATTEMPTS):
+            self.catch_up()  # apply others' writes first: the log's order is the order
+            self.log.find_end(self.manifest.base_sequence)
+            try:
+                (logged,) = self.log.append([m])
+            except ConcurrentUpdate:
+                continue
+            return self.apply(logged)
+        raise ConcurrentUpdate(f"the mutation log kept moving for {WRITE_ATTEMPTS} attempts")
+
+    def apply(self, m: Mutation) -> int:
+        """Apply a mutation (logged or not) to the loaded shards: its ids leave every shard,
+        upserted rows join their owner's delta. Returns how many ids were live before."""
+        owner = self.owner_of(m.ids) if m.op == "upsert" else None
+        return sum(
+            shard.apply(m, None if owner is None else owner == number)
+            for number, shard in self.shards.items()
+        )
+
+    def catch_up(self, strict: bool = True) -> int:
+        """Apply the log's mutations after ``sequence``; returns how many. A corrupt segment
+        stops it there (``log_error``): raised when ``strict``, else logged and kept."""
+        assert self.log is not None
+        count = 0
+        try:
+            for m in self.log.read(self.sequence):
+                self.apply(m)
+                count += 1
+        except CorruptLogSegment as exc:
+            self.log_error = exc.message
+            if strict:
+                raise
+            logger.error("%s", exc.message)
+        return count
+
+    def _need_every_shard(self, what: str) -> None:
         if len(self.shards) != self.manifest.num_shards:
             # an id may live in any shard (range partition, or ids added before): every
             # shard must be asked whether it holds one already
-            raise UnsupportedOperation("add needs every shard loaded (ids must stay unique)")
-        present = self.contains(ids)
-        if present.any():
-            raise InvalidInput(f"id {int(ids[present][0])} already exists; delete it first")
-        owner = self.owner_of(ids)
-        for s in np.unique(owner):
-            self.shards[int(s)].add(x[owner == s], ids[owner == s])
+            raise UnsupportedOperation(f"{what} needs every shard loaded (ids must stay unique)")
 
     def owner_of(self, ids: np.ndarray) -> np.ndarray:
         """Shard number that new ``ids`` go to: by hash, or the last shard for ranges."""
@@ -242,18 +329,16 @@ class ShardedIndex:
             return np.full(len(ids), n - 1, dtype=np.int64)
         return assign_shards(ids, ids, n, "hash", n)
 
-    def delete(self, ids: Any) -> int:
-        """Tombstone ``ids`` in every loaded shard; returns how many were live."""
-        ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
-        return sum(shard.delete(ids) for shard in self.shards.values())
-
     def compact(self) -> Manifest:
         """Write a new version with deletes applied and adds merged; returns its manifest.
 
-        The loaded (published) version is left as it is.
+        The loaded (published) version is left as it is. With the log, the log's mutations
+        are applied first, and the new version records the last one as its base sequence
+        (readers replay what follows).
         """
-        if len(self.shards) != self.manifest.num_shards:
-            raise UnsupportedOperation("compact needs every shard loaded")
+        self._need_every_shard("compact")
+        if self.log is not None:
+            self.catch_up()
         datas = []
         for i in range(self.manifest.num_shards):
             shard = self.shards[i]
@@ -262,12 +347,10 @@ class ShardedIndex:
                 continue
             x, ids = shard.live_contents()
             index = refilled(shard.index, self.manifest.factory, x)
-            meta = shard.metadata
-            if meta is not None:
-                meta = meta.filter(pc.is_in(meta["id"], pa.array(ids)))
-            datas.append(ShardData(index, ids, meta))
+            datas.append(ShardData(index, ids, shard.live_metadata()))
         manifest = replace(
             self.manifest,
+            base_sequence=self.sequence,
             index_version=new_version_name(),
             parent_version=self.manifest.index_version,
             created_at=datetime.now(UTC).isoformat(),

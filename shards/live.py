@@ -8,7 +8,9 @@ replayed log is idempotent.
 Adds go to an append buffer that grows by doubling (amortised O(1) per added row): every
 state holds a view of its first ``n`` rows, and a later add writes only past them, so no
 reader sees a row change. Deletes in the main index flip bits of a bitmap that faiss reads
-through ``IDSelectorBitmap``; deletes in the delta copy the delta without those rows.
+through ``IDSelectorBitmap``; deletes in the delta copy the delta without those rows. An
+upsert of an id already present is a delete of it, then an add, in one new state. The
+metadata of delta rows is an Arrow table aligned with them (chunks appended, no copy).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import pyarrow as pa
 
 from shards._faiss import faiss
 from shards.merge import translate_ids
@@ -29,18 +32,21 @@ class Delta:
 
     x: np.ndarray
     ids: np.ndarray
+    meta: pa.Table | None = None  # one row per delta row ("id" first), when the index has any
     _buffer: tuple[np.ndarray, np.ndarray] | None = None  # (capacity rows) x and ids
     _used: list[int] = field(default_factory=lambda: [0])  # rows of the buffer handed out
 
     @classmethod
-    def empty(cls, d: int) -> Delta:
-        return cls(np.empty((0, d), np.float32), np.empty(0, np.int64))
+    def empty(cls, d: int, schema: pa.Schema | None = None) -> Delta:
+        meta = None if schema is None else schema.empty_table()
+        return cls(np.empty((0, d), np.float32), np.empty(0, np.int64), meta)
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def append(self, x: np.ndarray, ids: np.ndarray) -> Delta:
-        """A delta with ``x``/``ids`` after these rows (this one is left as it is)."""
+    def append(self, x: np.ndarray, ids: np.ndarray, meta: pa.Table | None = None) -> Delta:
+        """A delta with ``x``/``ids`` (and their ``meta`` rows, in this delta's schema) after
+        these rows (this one is left as it is)."""
         n, m = len(self.ids), len(ids)
         buf = self._buffer
         if buf is None or self._used[0] != n or n + m > len(buf[1]):
@@ -52,12 +58,24 @@ class Delta:
             used = self._used  # the same buffer: rows past n are nobody's yet
         buf[0][n : n + m], buf[1][n : n + m] = x, ids
         used[0] = n + m
-        return Delta(buf[0][: n + m], buf[1][: n + m], buf, used)
+        return Delta(buf[0][: n + m], buf[1][: n + m], self._meta_after(meta, ids), buf, used)
+
+    def _meta_after(self, meta: pa.Table | None, ids: np.ndarray) -> pa.Table | None:
+        if self.meta is None:
+            return None
+        schema = self.meta.schema
+        if meta is None:
+            meta = pa.table({f.name: pa.nulls(len(ids), f.type) for f in schema})
+        if "id" in meta.column_names:
+            meta = meta.drop_columns(["id"])
+        rows = meta.add_column(0, "id", pa.array(ids, pa.int64()))
+        return pa.concat_tables([self.meta, rows.select(schema.names).cast(schema)])
 
     def without(self, drop: np.ndarray) -> Delta:
         """A delta without the rows where ``drop`` (bool, (n,)) is true (a copy)."""
         keep = ~drop
-        return Delta(np.ascontiguousarray(self.x[keep]), self.ids[keep].copy())
+        meta = None if self.meta is None else self.meta.filter(pa.array(keep))
+        return Delta(np.ascontiguousarray(self.x[keep]), self.ids[keep].copy(), meta)
 
     def search(self, xq: np.ndarray, k: int, metric_type: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the delta: D (nq, k) float32, I (nq, k) ids, -1 padded."""
@@ -79,8 +97,9 @@ class LiveState:
     params: dict[tuple, tuple] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls, d: int, sequence: int = 0) -> LiveState:
-        return cls(Delta.empty(d), sequence)
+    def empty(cls, d: int, sequence: int = 0, schema: pa.Schema | None = None) -> LiveState:
+        """``schema``: the index's metadata table schema ("id" first), or None."""
+        return cls(Delta.empty(d, schema), sequence)
 
     @property
     def dirty(self) -> bool:
@@ -96,8 +115,8 @@ class LiveState:
     def with_sequence(self, sequence: int | None) -> LiveState:
         return self if sequence is None else replace(self, sequence=sequence, params={})
 
-    def with_adds(self, x: np.ndarray, ids: np.ndarray) -> LiveState:
-        return replace(self, delta=self.delta.append(x, ids), params={})
+    def with_adds(self, x: np.ndarray, ids: np.ndarray, meta: pa.Table | None = None) -> LiveState:
+        return replace(self, delta=self.delta.append(x, ids, meta), params={})
 
     def with_deletes(self, rows: np.ndarray, in_delta: np.ndarray, ntotal: int) -> LiveState:
         """Main rows ``rows`` tombstoned and delta rows where ``in_delta`` removed."""

@@ -50,6 +50,9 @@ class Manifest:
     tuning: dict[str, Any] | None = None
     metadata_columns: list[str] = field(default_factory=list)
     parent_version: str | None = None
+    # the last mutation log sequence this version's files include (0: none); readers apply
+    # the log's mutations after it
+    base_sequence: int = 0
     format_version: int = FORMAT_VERSION
 
     @property

@@ -14,7 +14,10 @@ from shards.index import ShardedIndex
 def lookup_metadata(index: ShardedIndex, ids, columns: list[str] | None = None) -> pa.Table:
     """One row per id, in order, with an ``id`` column; nulls where an id has no metadata."""
     ids = pa.array(np.asarray(ids, dtype=np.int64).ravel(), pa.int64())
-    tables = [s.metadata for s in index.shards.values() if s.metadata is not None]
+    # delta rows first: an upserted id's new row wins over its tombstoned main row
+    # (``index_in`` finds the first match)
+    deltas = [s.delta_metadata for s in index.shards.values() if s.delta_metadata is not None]
+    tables = deltas + [s.metadata for s in index.shards.values() if s.metadata is not None]
     if not tables:
         return pa.table({"id": ids})
     table = pa.concat_tables(tables)

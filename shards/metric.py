@@ -7,7 +7,7 @@ from enum import StrEnum
 import numpy as np
 
 from shards._faiss import faiss
-from shards.errors import InvalidQuery
+from shards.errors import InvalidQuery, VsearchError
 
 
 class Metric(StrEnum):
@@ -35,34 +35,42 @@ class Metric(StrEnum):
             raise InvalidQuery(f"unknown metric {value!r}; expected one of {names}") from None
 
 
-def prepare_vectors(x: np.ndarray, d: int, metric: Metric, *, what: str = "queries") -> np.ndarray:
+def prepare_vectors(
+    x: np.ndarray,
+    d: int,
+    metric: Metric,
+    *,
+    what: str = "queries",
+    error: type[VsearchError] = InvalidQuery,
+) -> np.ndarray:
     """Check ``x`` is a finite (n, d) array and return it as C-contiguous float32.
 
     Cosine vectors are L2-normalised (on a copy); a zero vector under cosine is rejected.
 
     Raises:
-        InvalidQuery: wrong rank or dimension, non-numeric dtype, NaN/Inf, zero cosine vector.
+        InvalidQuery (or ``error``): wrong rank or dimension, non-numeric dtype, NaN/Inf, zero
+            cosine vector.
     """
     x = np.asarray(x)
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2:
-        raise InvalidQuery(f"{what} must be a 2-d array (n, {d}), got shape {x.shape}")
+        raise error(f"{what} must be a 2-d array (n, {d}), got shape {x.shape}")
     if x.shape[1] != d:
-        raise InvalidQuery(f"{what} have dimension {x.shape[1]}, the index has dimension {d}")
+        raise error(f"{what} have dimension {x.shape[1]}, the index has dimension {d}")
     if x.shape[0] == 0:
-        raise InvalidQuery(f"{what} are empty: expected at least one vector")
+        raise error(f"{what} are empty: expected at least one vector")
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
-        raise InvalidQuery(f"{what} must be numeric, got dtype {x.dtype}")
+        raise error(f"{what} must be numeric, got dtype {x.dtype}")
     copy = metric is Metric.COSINE
     out = np.array(x, dtype=np.float32, order="C", copy=copy or None)
     if not np.isfinite(out).all():
         bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
-        raise InvalidQuery(f"{what} contain NaN or Inf (first at row {bad})")
+        raise error(f"{what} contain NaN or Inf (first at row {bad})")
     if metric is Metric.COSINE:
         norms = np.linalg.norm(out, axis=1)
         if (norms == 0).any():
             bad = int(np.flatnonzero(norms == 0)[0])
-            raise InvalidQuery(f"{what} row {bad} is a zero vector: cosine is undefined")
+            raise error(f"{what} row {bad} is a zero vector: cosine is undefined")
         faiss.normalize_L2(out)
     return out

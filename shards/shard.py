@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from shards._faiss import faiss
 from shards.anatomy import Anatomy
 from shards.artefact import ShardData
 from shards.coarse import search_preassigned, tune_fastscan
-from shards.errors import InvalidInput, UnknownId, UnsupportedOperation
+from shards.errors import UnknownId, UnsupportedOperation
 from shards.gpu import GpuOptions, Placed, Placement, place
 from shards.live import LiveState
+from shards.log import Mutation
 from shards.merge import merge_results, translate_ids
 from shards.params import SearchOverrides, make_params
 
@@ -20,7 +23,7 @@ from shards.params import SearchOverrides, make_params
 class Shard:
     """Searches one shard: main index (minus tombstones) plus the delta index, merged."""
 
-    def __init__(self, data: ShardData, metric_keep_max: bool) -> None:
+    def __init__(self, data: ShardData, metric_keep_max: bool, base_sequence: int = 0) -> None:
         self.index = data.index
         tune_fastscan(self.index)  # before any search: not a per-request knob
         self.ids = data.ids
@@ -29,7 +32,9 @@ class Shard:
         order = np.argsort(self.ids, kind="stable")
         self._sorted_ids, self._sorted_rows = self.ids[order], order
         self._lock = threading.Lock()
-        self._state = LiveState.empty(self.index.d)
+        schema = None if self.metadata is None else self.metadata.schema
+        # the version's files include the log up to ``base_sequence``: apply what follows
+        self._state = LiveState.empty(self.index.d, base_sequence, schema)
         self.placed = Placed([self.index], Placement("cpu"))
 
     def place(self, device: str | GpuOptions) -> Placement:
@@ -119,33 +124,29 @@ class Shard:
             out[~main] = st.delta.x[pos]
         return out
 
-    def add(self, x: np.ndarray, ids: np.ndarray, sequence: int | None = None) -> None:
-        """Add prepared vectors ``x`` (n, d) with new ids to the delta (amortised O(len(x))).
-
-        ``sequence``: the mutation log position of this add; at or below the applied one it
-        was applied already and nothing changes.
-        """
+    def apply(self, m: Mutation, owned: np.ndarray | None = None) -> int:
+        """Apply mutation ``m``: its ids leave this shard (main rows tombstoned, delta rows
+        dropped), then for an upsert the rows where ``owned`` (bool, (n,); None: all) join
+        the delta. Returns how many of the ids were live here. A mutation at or below the
+        applied sequence was applied already: nothing changes and 0 is returned."""
+        seq = m.sequence or None
         with self._lock:
             st = self._state
-            if not st.after(sequence):
-                return
-            present = self.contains(ids)
-            if present.any():
-                raise InvalidInput(f"id {int(ids[present][0])} already exists; delete it first")
-            self._state = st.with_adds(x, ids).with_sequence(sequence)
-
-    def delete(self, ids: np.ndarray, sequence: int | None = None) -> int:
-        """Tombstone ``ids``; returns how many were live here (0 for a replayed sequence)."""
-        ids = np.asarray(ids, dtype=np.int64)
-        with self._lock:
-            st = self._state
-            if not st.after(sequence):
+            if not st.after(seq):
                 return 0
-            rows = self.rows_of(ids)
+            rows = self.rows_of(m.ids)
             rows = rows[rows >= 0]
-            in_delta = np.isin(st.delta.ids, ids)
-            self._state = st.with_deletes(rows, in_delta, self.index.ntotal).with_sequence(sequence)
-            return len(rows) + int(in_delta.sum())
+            in_delta = np.isin(st.delta.ids, m.ids)
+            gone = len(rows) + int(in_delta.sum())
+            st = st.with_deletes(rows, in_delta, self.index.ntotal)
+            if m.op == "upsert":
+                assert m.x is not None
+                keep = np.ones(len(m), bool) if owned is None else owned
+                if keep.any():
+                    meta = None if m.metadata is None else m.metadata.filter(pa.array(keep))
+                    st = st.with_adds(m.x[keep], m.ids[keep], meta)
+            self._state = st.with_sequence(seq)
+            return gone
 
     def live_rows(self) -> np.ndarray:
         """Main-index rows not deleted, ascending (int64)."""
@@ -158,8 +159,25 @@ class Shard:
         return self._state.delta.ids
 
     @property
+    def delta_metadata(self) -> pa.Table | None:
+        """Metadata rows of the delta ("id" first), aligned with ``delta_ids``."""
+        return self._state.delta.meta
+
+    @property
     def dirty(self) -> bool:
         return self._state.dirty
+
+    def live_metadata(self) -> pa.Table | None:
+        """The metadata rows of every live id (main rows first, then the delta's)."""
+        if self.metadata is None:
+            return None
+        st = self._state
+        main = self.metadata
+        if st.live is not None:
+            live_ids = pa.array(self.ids[self.live_rows()], pa.int64())
+            main = main.filter(pc.is_in(main["id"], value_set=live_ids))
+        delta = st.delta.meta
+        return main if delta is None or delta.num_rows == 0 else pa.concat_tables([main, delta])
 
     def live_contents(self) -> tuple[np.ndarray, np.ndarray]:
         """All live vectors and ids, main rows first: ((n, d) float32, (n,) int64)."""

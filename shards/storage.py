@@ -75,7 +75,7 @@ class Store:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-            _fsync_dir(os.path.dirname(path))
+            fsync_dir(os.path.dirname(path))
         else:
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
@@ -97,7 +97,7 @@ class Store:
         self.fs.delete_dir(self.path(rel))
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

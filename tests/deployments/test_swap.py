@@ -35,7 +35,7 @@ def test_swap_under_load_then_a_failing_swap(serve_base, indexes, tmp_path_facto
         str(root / "idx"),
         BuildOptions(num_shards=2, index="Flat", progress=False),
     )
-    v1 = ShardedIndex.open(str(root / "idx"))
+    v1 = ShardedIndex.open(str(root / "idx"), log=False)
     deploy("swap", {"index_uri": str(root / "idx")})
     gone = np.arange(0, 60)
     v1.delete(gone)
@@ -79,7 +79,7 @@ def test_swap_under_load_then_a_failing_swap(serve_base, indexes, tmp_path_facto
     assert not np.isin(r.json()["ids"], gone).any()  # the new version has the deletes
 
     # a version with a corrupt shard file: its prepare fails, v2 stays active on every shard
-    again = ShardedIndex.open(str(root / "idx"), v2)
+    again = ShardedIndex.open(str(root / "idx"), v2, log=False)
     again.delete([100])
     v3 = again.compact()
     bad = os.path.join(root, "idx", v3.index_version, v3.shards[1].files["index"].path)

@@ -68,12 +68,12 @@ def test_swap_drill_under_http_load(serve_base, tmp_path):
     def compacted(parent: str, gone) -> str:
         """``parent`` with ``gone`` and the queries' nearest ids deleted (so it answers
         differently from ``parent``)."""
-        index = ShardedIndex.open(root, parent)
+        index = ShardedIndex.open(root, parent, log=False)
         index.delete(np.union1d(gone, index.search(xq, K)[1][:, 0]))
         return index.compact().index_version
 
     versions.append(compacted(v1, np.arange(0, 200)))  # v2: IVF, deletes applied
-    idx = ShardedIndex.open(root, versions[-1])
+    idx = ShardedIndex.open(root, versions[-1], log=False)
     live = np.concatenate([s.ids[s.live_rows()] for s in idx.shards.values()])
     np.save(tmp_path / "live.npy", xb[np.sort(live)])  # v3: HNSW over v2's rows
     v3 = build_index(
@@ -81,7 +81,7 @@ def test_swap_drill_under_http_load(serve_base, tmp_path):
     ).index_version
     versions.append(v3)
     versions.append(compacted(v3, np.arange(0, 300)))  # v4: HNSW, more deletes
-    v5 = ShardedIndex.open(root, versions[-1])
+    v5 = ShardedIndex.open(root, versions[-1], log=False)
     v5.delete([500])
     broken = v5.compact()  # v5: shard 1 truncated below, cannot load
     path = tmp_path / "idx" / broken.index_version / broken.shards[1].files["index"].path

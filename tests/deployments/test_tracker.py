@@ -34,7 +34,7 @@ def versions(tmp_path):
     np.save(tmp_path / "xb.npy", clustered(800, 8, seed=3))
     src = VectorSource(str(tmp_path / "xb.npy"))
     v1 = build_index(src, root, BuildOptions(index="Flat", num_shards=2, progress=False))
-    index = ShardedIndex.open(root)
+    index = ShardedIndex.open(root, log=False)
     index.delete([1])
     v2 = index.compact()
     v8 = build_index(src, root, BuildOptions(index="Flat", num_shards=8, progress=False))

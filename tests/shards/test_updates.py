@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shards import InvalidQuery, ShardedIndex, UnknownId, UnsupportedOperation
+from shards import InvalidInput, ShardedIndex, UnknownId, UnsupportedOperation
 from shards.artefact import list_versions
 from tests.conftest import clustered
 from tests.shards.helpers import assert_same_knn, brute_force, build, float_tolerance
@@ -44,15 +44,18 @@ def test_add_delete_compact_match_brute_force(tmp_path, data, factory, metric):
         assert_same_knn(Dref, Iref, Dc, Ic, float_tolerance(live_x, xq, metric))
     else:
         assert (Ic[:, :, None] == Iref[:, None, :]).any(2).mean() >= 0.95
-    old = ShardedIndex.open(str(tmp_path / "idx"), index.index_version)
-    assert old.ntotal == 5000  # the published version was not touched
+    assert manifest.base_sequence == index.sequence == 2  # the add and the delete
+    old = ShardedIndex.open(str(tmp_path / "idx"), index.index_version, log=False)
+    assert old.ntotal == 5000  # the published version's files were not touched
+    replayed = ShardedIndex.open(str(tmp_path / "idx"), index.index_version)
+    assert replayed.ntotal == len(live_ids) and replayed.sequence == 2  # its log, replayed
 
 
 def test_add_rejects_existing_and_duplicate_ids(tmp_path, data):
     index = build(tmp_path, data[0][:1000], index="Flat", num_shards=2)
     with pytest.raises(Exception, match="already exists"):
         index.add(data[0][:1], [5])
-    with pytest.raises(InvalidQuery, match="unique"):
+    with pytest.raises(InvalidInput, match="more than once"):
         index.add(data[0][:2], [7000, 7000])
     index.delete([5])
     index.add(data[0][:1], [5])  # re-adding a deleted id is fine

@@ -1,0 +1,223 @@
+"""The mutation log: durable upserts and deletes, replayed exactly once, checked against
+brute force over the expected live set."""
+
+import datetime
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from shards import BuildOptions, InvalidInput, ShardedIndex, VectorSource, build_index
+from shards.errors import ConcurrentUpdate, CorruptLogSegment
+from shards.log import Mutation, MutationLog
+from shards.metadata import lookup_metadata
+from tests.conftest import clustered
+from tests.shards.helpers import assert_same_knn, brute_force, build, float_tolerance
+
+D = 16
+
+
+def build_with_metadata(tmp_path, n=2000, partition="hash"):
+    x = clustered(n, D, seed=3)
+    ids = np.arange(n, dtype=np.int64)
+    table = pa.table(
+        {
+            "id": ids,
+            "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), D),
+            "tag": [f"t{i % 5}" for i in ids],
+            "year": pa.array(2000 + ids % 20, pa.int32()),
+            "day": pa.array([datetime.date(2020, 1, 1)] * n, pa.date32()),
+        }
+    )
+    pq.write_table(table, tmp_path / "in.parquet")
+    src = VectorSource(
+        str(tmp_path / "in.parquet"),
+        vector_column="emb",
+        id_column="id",
+        metadata_columns=["tag", "year", "day"],
+    )
+    opts = BuildOptions(index="Flat", num_shards=3, partition=partition, progress=False)
+    build_index(src, str(tmp_path / "idx"), opts)
+    return str(tmp_path / "idx"), x
+
+
+class Oracle:
+    """The expected live set: id -> vector."""
+
+    def __init__(self, x, ids):
+        self.rows = {int(i): v for i, v in zip(ids, x, strict=True)}
+
+    def upsert(self, x, ids):
+        self.rows.update({int(i): v for i, v in zip(ids, x, strict=True)})
+
+    def delete(self, ids):
+        for i in ids:
+            self.rows.pop(int(i), None)
+
+    def knn(self, xq, k):
+        ids = np.array(sorted(self.rows), np.int64)
+        xb = np.stack([self.rows[i] for i in ids])
+        return brute_force(xb, xq, k, "l2", ids), xb
+
+
+@pytest.mark.parametrize("partition", ["hash", "range"])
+def test_random_writes_equal_brute_force_and_survive_reopen(tmp_path, partition):
+    root, x = build_with_metadata(tmp_path, partition=partition)
+    index = ShardedIndex.open(root)
+    oracle = Oracle(x, np.arange(len(x)))
+    rng = np.random.default_rng(5)
+    xq = clustered(20, D, seed=4)
+    for step in range(120):
+        kind = rng.choice(["new", "replace", "delete"])
+        n = int(rng.integers(1, 30))
+        if kind == "delete":
+            ids = rng.choice(3000, n, replace=False)
+            live_before = sum(int(i) in oracle.rows for i in ids)
+            assert index.delete(ids) == live_before
+            oracle.delete(ids)
+        else:
+            top = 3000 if kind == "new" else 2000
+            ids = rng.choice(np.arange(2000 if kind == "new" else 0, top), n, replace=False)
+            xs = clustered(n, D, seed=100 + step)
+            index.upsert(xs, ids)
+            oracle.upsert(xs, ids)
+    assert index.sequence == 120
+    (Dref, Iref), xb = oracle.knn(xq, 10)
+    tol = float_tolerance(xb, xq, "l2")
+    D_, I_ = index.search(xq, 10)
+    assert index.ntotal == len(oracle.rows)
+    assert_same_knn(Dref, Iref, D_, I_, tol)
+    again = ShardedIndex.open(root)  # a new process: the log is replayed
+    assert again.sequence == 120 and again.ntotal == len(oracle.rows)
+    assert_same_knn(Dref, Iref, *again.search(xq, 10), tol)
+    compacted = ShardedIndex.open(root, again.compact().index_version)
+    assert compacted.manifest.base_sequence == 120 and compacted.sequence == 120
+    assert compacted.ntotal == len(oracle.rows)  # nothing replayed twice
+    assert_same_knn(Dref, Iref, *compacted.search(xq, 10), tol)
+
+
+def test_upsert_replaces_vector_and_metadata(tmp_path):
+    root, x = build_with_metadata(tmp_path)
+    index = ShardedIndex.open(root)
+    far = np.full((1, D), 50.0, np.float32)
+    index.upsert(far, [7], [{"tag": "new", "year": 1999, "day": "2024-02-29"}])
+    _, I = index.search(far, 1)
+    assert I[0, 0] == 7
+    _, I = index.search(x[7:8], 3)
+    assert 7 not in I[0]  # the old vector is gone
+    row = lookup_metadata(index, [7, 8]).to_pylist()
+    assert row[0] == {"id": 7, "tag": "new", "year": 1999, "day": datetime.date(2024, 2, 29)}
+    assert row[1]["tag"] == "t3"
+    index.upsert(far + 1, [7])  # no metadata given: the row's metadata becomes null
+    assert lookup_metadata(ShardedIndex.open(root), [7]).to_pylist()[0]["tag"] is None
+    assert index.ntotal == len(x)
+
+
+@pytest.mark.parametrize(
+    ("ids", "vectors", "metadata", "match"),
+    [
+        ([1, 2], np.zeros((2, D + 1)), None, "dimension"),
+        ([1], np.full((1, D), np.nan), None, "NaN"),
+        ([-1], np.zeros((1, D)), None, r"\[0, 2\*\*63\)"),
+        ([2**63], np.zeros((1, D)), None, r"\[0, 2\*\*63\)"),
+        ([4, 4], np.zeros((2, D)), None, "more than once"),
+        ([4, 5], np.zeros((1, D)), None, "one vector per id"),
+        ([4], np.zeros((1, D)), [{"colour": "red"}], "unknown metadata column"),
+        ([4], np.zeros((1, D)), [{"year": "nineteen"}], "'year' needs values of type int32"),
+        ([4], np.zeros((1, D)), [{"day": "not a date"}], "'day' needs values of type date32"),
+        ([4], np.zeros((1, D)), [{"tag": "a"}, {"tag": "b"}], "2 rows for 1 ids"),
+        ([4], np.zeros((1, D)), ["tag"], "must be an object"),
+    ],
+)
+def test_bad_writes_are_refused_and_change_nothing(tmp_path, ids, vectors, metadata, match):
+    root, _ = build_with_metadata(tmp_path, n=300)
+    index = ShardedIndex.open(root)
+    with pytest.raises(InvalidInput, match=match):
+        index.upsert(vectors, ids, metadata)
+    assert index.sequence == 0 and not os.path.exists(os.path.join(root, "log"))
+
+
+def test_too_many_rows_and_empty_deletes_are_refused(tmp_path):
+    index = build(tmp_path, clustered(200, D, seed=1), index="Flat")
+    with pytest.raises(InvalidInput, match="at most"):
+        index.delete(np.arange(70_000))
+    with pytest.raises(InvalidInput, match="non-empty"):
+        index.delete([])
+    assert index.sequence == 0
+
+
+def test_two_writers_of_one_log_lose_nothing(tmp_path):
+    x = clustered(500, D, seed=1)
+    a = build(tmp_path, x, index="Flat", num_shards=2)
+    b = ShardedIndex.open(str(tmp_path / "idx"))
+    for i in range(10):  # interleaved: each writer first applies the other's writes
+        a.upsert(x[i : i + 1] + 100, [10_000 + i])
+        b.delete([i])
+    assert a.sequence == 19 and b.sequence == 20
+    a.catch_up()
+    assert a.ntotal == b.ntotal == 500
+    fresh = ShardedIndex.open(str(tmp_path / "idx"))
+    assert fresh.sequence == 20
+    assert fresh.contains(np.arange(10_000, 10_010)).all()
+    assert not fresh.contains(np.arange(10)).any()
+
+
+def test_a_taken_sequence_is_refused_to_a_stale_writer(tmp_path):
+    log = MutationLog(str(tmp_path), D)
+    log.start()
+    log.append([Mutation("delete", np.array([1]))])
+    stale = MutationLog(str(tmp_path), D)
+    stale._last = 0  # it believes the log is empty
+    with pytest.raises(ConcurrentUpdate, match="sequence 1"):
+        stale.append([Mutation("delete", np.array([2]))])
+    assert [m.sequence for m in MutationLog(str(tmp_path), D).read()] == [1]
+    (again,) = stale.append([Mutation("delete", np.array([2]))])  # it re-read the end
+    assert again.sequence == 2
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_corrupt_segment_is_named_what_came_before_serves(tmp_path, how):
+    x = clustered(300, D, seed=1)
+    index = build(tmp_path, x, index="Flat", num_shards=2)
+    for i in range(3):
+        index.delete([i])
+    log = MutationLog(index.root_uri, D)
+    (_, second) = log.segments()[1]
+    path = log.store.path(second)
+    raw = Path(path).read_bytes()
+    Path(path).write_bytes(
+        raw[: len(raw) // 2] if how == "truncate" else raw[:-50] + b"x" + raw[-49:]
+    )
+    reopened = ShardedIndex.open(index.root_uri)
+    assert reopened.sequence == 1 and reopened.ntotal == 299  # the first delete only
+    assert second in (reopened.log_error or "")
+    with pytest.raises(CorruptLogSegment, match=second):
+        reopened.delete([10])
+    with pytest.raises(CorruptLogSegment, match=second):
+        MutationLog(index.root_uri, D).start()
+
+
+def test_replayed_mutation_is_applied_once(tmp_path):
+    index = build(tmp_path, clustered(300, D, seed=1), index="Flat", num_shards=2)
+    m = Mutation("upsert", np.array([5_000]), np.ones((1, D), np.float32), sequence=1)
+    assert index.apply(m) == 0 and index.ntotal == 301
+    assert index.apply(m) == 0 and index.ntotal == 301  # at or below the applied sequence
+    gone = Mutation("delete", np.array([5_000, 1]), sequence=2)
+    assert index.apply(gone) == 2 and index.apply(gone) == 0 and index.ntotal == 299
+
+
+def test_segment_round_trip_keeps_every_field(tmp_path):
+    schema = pa.schema([("tag", pa.string()), ("when", pa.timestamp("us", "UTC"))])
+    log = MutationLog(str(tmp_path), 4, schema)
+    meta = pa.table({"tag": ["a", None], "when": pa.array([0, 10**6], pa.timestamp("us", "UTC"))})
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    log.append([Mutation("upsert", np.array([3, 4]), x, meta), Mutation("delete", np.array([9]))])
+    up, de = MutationLog(str(tmp_path), 4, schema).read()
+    assert (up.sequence, up.op, de.sequence, de.op) == (1, "upsert", 2, "delete")
+    np.testing.assert_array_equal(up.x, x)
+    np.testing.assert_array_equal(up.ids, [3, 4])
+    np.testing.assert_array_equal(de.ids, [9])
+    assert up.metadata.to_pylist() == meta.to_pylist() and de.x is None
