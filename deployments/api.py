@@ -5,18 +5,25 @@
 parsing and answering lives in the router (the search path) or the tracker (versions).
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from deployments.errors import MetricsNotReady
 from deployments.http import (
+    DeleteRequest,
+    M,
     SearchRequest,
     SearchResponse,
+    UpsertRequest,
+    WriteResponse,
     error_responses,
+    parse_body,
     parse_search,
     queries_of,
     read_body,
@@ -24,6 +31,12 @@ from deployments.http import (
 )
 from deployments.ingress import route
 from deployments.scrape import scrape_cluster
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a route that reads its own body (size limit first, then the model)."""
+    content = {"application/json": {"schema": model.model_json_schema()}}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 class HttpApi:
@@ -37,17 +50,16 @@ class HttpApi:
     shard_infos: Callable[..., Awaitable[list[dict[str, Any]]]]
     count_failure: Callable[[BaseException], None]
 
+    upsert: Callable[..., Awaitable[dict[str, Any]]]
+    delete: Callable[..., Awaitable[dict[str, Any]]]
+    coordinator: Any
+
     @route(
         "post",
         "/v1/search",
         response_model=SearchResponse,
         responses=error_responses(400, 401, 404, 413, 415, 429, 503, 504),
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": SearchRequest.model_json_schema()}},
-            }
-        },
+        openapi_extra=_body_schema(SearchRequest),
     )
     async def http_search(self, request: Request) -> Response:
         try:
@@ -67,8 +79,38 @@ class HttpApi:
             min_coverage=req.min_coverage,
             deadline_ms=req.deadline_ms,
             include_metadata=req.include_metadata,
+            min_sequence=req.min_sequence,
         )
         return Response(response_json(result), media_type="application/json")
+
+    @route(
+        "post",
+        "/v1/upsert",
+        response_model=WriteResponse,
+        response_model_exclude_none=True,
+        responses=error_responses(400, 401, 413, 415, 503),
+        openapi_extra=_body_schema(UpsertRequest),
+    )
+    async def http_upsert(self, request: Request) -> dict[str, Any]:
+        req = await self._parse(request, UpsertRequest)
+        vectors = queries_of(req, self.planner.dim)
+        return await self.upsert(req.ids, vectors, req.metadata, deadline_ms=req.deadline_ms)
+
+    @route(
+        "post",
+        "/v1/delete",
+        response_model=WriteResponse,
+        responses=error_responses(400, 401, 413, 415, 503),
+        openapi_extra=_body_schema(DeleteRequest),
+    )
+    async def http_delete(self, request: Request) -> dict[str, Any]:
+        req = await self._parse(request, DeleteRequest)
+        return await self.delete(req.ids, deadline_ms=req.deadline_ms)
+
+    async def _parse(self, request: Request, model: type[M]) -> M:
+        limit = self.args.limits.max_body_bytes
+        body = await read_body(request, limit)
+        return parse_body(model, body, limit, request.headers.get("content-type", ""))
 
     @route("get", "/v1/health")
     async def health(self) -> dict[str, Any]:
@@ -115,4 +157,8 @@ class HttpApi:
                 default_params=v.active.defaults.to_dict(),
             )
         body["shards"] = await self.shard_infos()
+        try:
+            body["log"] = await asyncio.wait_for(self.coordinator.log_state.remote(), 5.0)
+        except Exception as exc:  # the coordinator restarts: say so, the rest still answers
+            body["log"] = {"sequence": None, "error": f"coordinator did not answer: {exc!r}"}
         return body

@@ -45,9 +45,12 @@ class VsearchClient:
         min_coverage: float = 1.0,
         deadline_ms: int | None = None,
         include_metadata: bool = False,
+        min_sequence: int = 0,
         timeout_s: float = 60.0,
     ) -> SearchResult:
-        """Search by vectors ``xq`` (nq, d) or by stored ``ids``; raises vsearch's typed errors."""
+        """Search by vectors ``xq`` (nq, d) or by stored ``ids``; raises vsearch's typed errors.
+
+        ``min_sequence``: a write's ``sequence``; the answer then includes that write."""
         response = self.handle.search.remote(
             None if xq is None else np.asarray(xq, dtype=np.float32),
             k,
@@ -56,9 +59,32 @@ class VsearchClient:
             min_coverage=min_coverage,
             deadline_ms=deadline_ms,
             include_metadata=include_metadata,
+            min_sequence=min_sequence,
         )
-        try:
-            out = response.result(timeout_s=timeout_s)
-        except Exception as exc:  # re-raise the replica's own error type (InvalidQuery, ...)
-            raise (getattr(exc, "cause", None) or exc) from None
-        return SearchResult(**out)
+        return SearchResult(**_result(response, timeout_s))
+
+    def upsert(
+        self,
+        ids: list[int] | np.ndarray,
+        vectors: np.ndarray,
+        metadata: list[dict[str, Any] | None] | None = None,
+        *,
+        timeout_s: float = 60.0,
+    ) -> int:
+        """Insert or replace ``vectors`` (n, d) under ``ids``; returns the write's sequence
+        once durable (pass it as ``min_sequence`` to read it back)."""
+        x = np.asarray(vectors, dtype=np.float32)
+        response = self.handle.upsert.remote(np.asarray(ids), x, metadata)
+        return int(_result(response, timeout_s)["sequence"])
+
+    def delete(self, ids: list[int] | np.ndarray, *, timeout_s: float = 60.0) -> tuple[int, int]:
+        """Delete ``ids``; returns ``(sequence, deleted)`` (deleted: how many were live)."""
+        out = _result(self.handle.delete.remote(np.asarray(ids)), timeout_s)
+        return int(out["sequence"]), out["deleted"]
+
+
+def _result(response: Any, timeout_s: float) -> dict[str, Any]:
+    try:
+        return response.result(timeout_s=timeout_s)
+    except Exception as exc:  # re-raise the replica's own error type (InvalidQuery, ...)
+        raise (getattr(exc, "cause", None) or exc) from None

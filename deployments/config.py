@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validat
 
 from shards.gpu import GpuOptions
 from shards.planner import MAX_CANDIDATES, MAX_K, MAX_QUERIES
+from shards.writes import MAX_WRITE_ROWS
 
 
 class Autoscaling(BaseModel):
@@ -147,6 +148,9 @@ class Limits(BaseModel):
     max_queries: PositiveInt = Field(1024, le=MAX_QUERIES)
     max_candidates: PositiveInt = Field(
         MAX_CANDIDATES, description="nq * k * k_factor per request: the work one request makes"
+    )
+    max_write_rows: PositiveInt = Field(
+        4096, le=MAX_WRITE_ROWS, description="ids per upsert or delete request"
     )
     max_body_bytes: PositiveInt = 16 * 2**20
     default_deadline_ms: PositiveInt = 1000

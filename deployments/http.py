@@ -8,13 +8,15 @@ import datetime
 import decimal
 import json
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deployments.errors import BadRequest, BodyTooLarge, UnsupportedMediaType
 from shards.errors import VsearchError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class SearchRequest(BaseModel):
@@ -34,6 +36,11 @@ class SearchRequest(BaseModel):
     min_coverage: float = Field(1.0, ge=0.0, le=1.0, description="fraction of shards required")
     deadline_ms: int | None = Field(None, description="default from the service limits")
     include_metadata: bool = False
+    min_sequence: int = Field(
+        0,
+        ge=0,
+        description="answer from shards that applied this write sequence (read-your-writes)",
+    )
 
     @model_validator(mode="after")
     def _one_query_form(self) -> SearchRequest:
@@ -43,6 +50,43 @@ class SearchRequest(BaseModel):
                 f"give exactly one of vectors, vectors_b64, ids (got {given or 'none'})"
             )
         return self
+
+
+class UpsertRequest(BaseModel):
+    """Body of POST /v1/upsert: ids with ``vectors`` or ``vectors_b64``, optional metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] = Field(..., description="ids in [0, 2**63); an existing id is replaced")
+    vectors: list[list[float]] | None = Field(None, description="one list per id")
+    vectors_b64: str | None = Field(None, description="base64 of little-endian float32, row-major")
+    metadata: list[dict[str, Any] | None] | None = Field(
+        None, description="one object per id: columns of the index's metadata schema"
+    )
+    deadline_ms: int | None = None
+
+    @model_validator(mode="after")
+    def _one_vector_form(self) -> UpsertRequest:
+        if (self.vectors is None) == (self.vectors_b64 is None):
+            raise ValueError("give exactly one of vectors, vectors_b64")
+        return self
+
+
+class DeleteRequest(BaseModel):
+    """Body of POST /v1/delete."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] = Field(..., description="ids to delete; absent ones are not an error")
+    deadline_ms: int | None = None
+
+
+class WriteResponse(BaseModel):
+    """Body of a successful write."""
+
+    sequence: int = Field(..., description="the write's log position: use as min_sequence")
+    upserted: int | None = None
+    deleted: int | None = Field(None, description="ids that were live (null: not counted yet)")
 
 
 class ErrorDetail(BaseModel):
@@ -85,9 +129,13 @@ class SearchResponse(BaseModel):
 
 
 def parse_search(body: bytes, max_bytes: int, content_type: str = "") -> SearchRequest:
-    """Parse and validate a request body (UnsupportedMediaType, BodyTooLarge, BadRequest).
+    """Parse and validate a search body (UnsupportedMediaType, BodyTooLarge, BadRequest)."""
+    return parse_body(SearchRequest, body, max_bytes, content_type)
 
-    A body without a content type is read as JSON; any other declared type is refused.
+
+def parse_body(model: type[M], body: bytes, max_bytes: int, content_type: str = "") -> M:
+    """Parse and validate a request body as ``model`` (UnsupportedMediaType, BodyTooLarge,
+    BadRequest). A body without a content type is read as JSON; other types are refused.
     """
     media = content_type.split(";")[0].strip().lower()
     if media and media != "application/json" and not media.endswith("+json"):
@@ -101,7 +149,7 @@ def parse_search(body: bytes, max_bytes: int, content_type: str = "") -> SearchR
     except RecursionError:
         raise BadRequest("body is nested too deeply") from None
     try:
-        return SearchRequest.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
@@ -113,8 +161,8 @@ def encode_vectors_b64(xq: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(xq, dtype="<f4").tobytes()).decode()
 
 
-def queries_of(req: SearchRequest, d: int) -> np.ndarray | None:
-    """The (nq, d) float32 queries of a request, or None when it searches by ids."""
+def queries_of(req: SearchRequest | UpsertRequest, d: int) -> np.ndarray | None:
+    """The (n, d) float32 vectors of a request, or None when it searches by ids."""
     if req.vectors is not None:
         if not req.vectors:
             return np.empty((0, d), dtype=np.float32)  # the planner says why that is wrong

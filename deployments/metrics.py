@@ -44,6 +44,13 @@ class ShardMetrics:
             boundaries=LATENCY_S,
             tag_keys=tags,
         )
+        self.sequence = Gauge(
+            "vsearch_shard_applied_sequence", "mutation sequence applied", tag_keys=tags
+        )
+        self.delta_rows = Gauge("vsearch_shard_delta_rows", "rows in the delta", tag_keys=tags)
+        self.tombstones = Gauge(
+            "vsearch_shard_tombstones", "main rows deleted or replaced", tag_keys=tags
+        )
         self.batch = Histogram(
             "vsearch_shard_batch_queries",
             "query vectors per search",
@@ -76,4 +83,14 @@ class RouterMetrics:
         )
         self.queries = Histogram(
             "vsearch_request_queries", "query vectors per request", boundaries=SIZES
+        )
+        write_tags = ("kind", "status")
+        self.writes = Counter(
+            "vsearch_writes_total", "upserts and deletes by status class", tag_keys=write_tags
+        )
+        self.write_rows = Counter(
+            "vsearch_write_rows_total", "ids upserted or deleted", tag_keys=("kind",)
+        )
+        self.write_latency = Histogram(
+            "vsearch_write_seconds", "time to make a write durable", boundaries=LATENCY_S
         )

@@ -8,8 +8,11 @@ next version, through the app's coordinator (``deployments.tracker``).
 """
 
 import asyncio
+import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +27,7 @@ from deployments.fanout import fan_out, unwrap
 from deployments.ingress import make_app
 from deployments.metrics import RouterMetrics
 from deployments.tracker import VersionTracker
-from shards.artefact import open_version
+from shards.artefact import metadata_schema_of, open_version
 from shards.errors import (
     IndexLoadError,
     InvalidQuery,
@@ -33,11 +36,15 @@ from shards.errors import (
     VsearchError,
 )
 from shards.ids import check_ids
+from shards.log import Mutation
 from shards.merge import merge_results
 from shards.params import SearchOverrides
 from shards.partition import assign_shards
 from shards.planner import QueryPlanner
 from shards.query import Query
+from shards.writes import delete_of, upsert_of
+
+log = logging.getLogger(__name__)
 
 UNAVAILABLE_RETRIES = 6  # a replica that lacks the version or its files: try others
 
@@ -76,6 +83,7 @@ class Router(HttpApi):
         self.group_sizes = [len(g) for g in groups]
         self.coordinator = coordinator
         self.app_name = serve.get_replica_context().app_name
+        self._schemas: dict[str, Any] = {}  # version -> its metadata columns (writes check)
         self.versions = VersionTracker(
             self._planner,
             self._coordinator,
@@ -98,7 +106,8 @@ class Router(HttpApi):
         return self.versions.planner
 
     def _planner(self, version: str | None, defaults: dict[str, Any]) -> QueryPlanner:
-        _, manifest = open_version(self.args.index_uri, version)
+        store, manifest = open_version(self.args.index_uri, version)
+        self._schemas[manifest.index_version] = metadata_schema_of(store, manifest)
         lim = self.args.limits
         planner = QueryPlanner(
             manifest,
@@ -174,8 +183,12 @@ class Router(HttpApi):
         deadline_ms: int | None = None,
         include_metadata: bool = False,
         metadata_columns: list[str] | None = None,
+        min_sequence: int = 0,
     ) -> dict[str, Any]:
-        """Search by vectors ``xq`` (nq, d) or by stored ``ids``; numpy in, numpy out."""
+        """Search by vectors ``xq`` (nq, d) or by stored ``ids``; numpy in, numpy out.
+
+        ``min_sequence``: answer only from shards that have applied this mutation sequence
+        (a write's answer): read-your-writes; shards wait for it within the deadline."""
         t0 = time.perf_counter()
         if (xq is None) == (ids is None):
             raise InvalidQuery("give exactly one of query vectors or ids")
@@ -190,13 +203,15 @@ class Router(HttpApi):
             raise InvalidQuery(f"min_coverage must be in [0, 1], got {min_coverage}")
         deadline = time.monotonic() + self._deadline_s(deadline_ms)
         version = planner.manifest.index_version
+        if isinstance(min_sequence, bool) or not isinstance(min_sequence, int) or min_sequence < 0:
+            raise InvalidQuery(f"min_sequence must be an integer >= 0, got {min_sequence!r}")
         exclude = None
         if ids is not None:
             exclude = check_ids(ids)
             planner.check_count(len(exclude))  # before any vector is fetched
-            xq = await self._vectors_of(planner, exclude, deadline)
+            xq = await self._vectors_of(planner, exclude, deadline, min_sequence)
         xq = planner.prepare(xq)
-        query = Query(k, ov, exclude=exclude, version=version)
+        query = Query(k, ov, exclude=exclude, version=version, min_sequence=min_sequence)
         planner.check_cost(len(xq), query.fetch_k, ov)
         m.k.observe(k)
         m.queries.observe(len(xq))
@@ -229,6 +244,72 @@ class Router(HttpApi):
             out["metadata"] = await self._metadata(planner, I, metadata_columns, deadline, answered)
         out["took_ms"] = round(1000 * (time.perf_counter() - t0), 3)
         return out
+
+    # ---- the write path (handle API) ----
+
+    async def upsert(
+        self, ids: Any, vectors: Any, metadata: Any = None, *, deadline_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Insert or replace ``vectors`` (n, d) with ``ids`` and optional ``metadata`` rows;
+        ``{"sequence", "upserted"}`` once durable in the log (searches with that
+        ``min_sequence`` see it)."""
+        with self._counting("upsert"):
+            self._deadline_s(deadline_ms)
+            planner = self.planner
+            m = upsert_of(
+                vectors,
+                ids,
+                metadata,
+                dim=planner.dim,
+                metric=planner.metric,
+                schema=self._schemas.get(planner.manifest.index_version),
+                max_rows=self.args.limits.max_write_rows,
+            )
+            seq = await self._write(m)
+            return {"sequence": seq, "upserted": len(m)}
+
+    async def delete(self, ids: Any, *, deadline_ms: int | None = None) -> dict[str, Any]:
+        """Delete ``ids``; ``{"sequence", "deleted"}``: how many were live, counted by the
+        owner shards when they apply it (None if they do not within the deadline; the
+        delete itself is durable either way)."""
+        with self._counting("delete"):
+            deadline = time.monotonic() + self._deadline_s(deadline_ms)
+            planner = self.planner
+            m = delete_of(ids, self.args.limits.max_write_rows)
+            seq = await self._write(m)
+            query = Query(1, version=planner.manifest.index_version, min_sequence=seq)
+            groups = self._owner_groups(planner, m.ids)
+            try:
+                outcome = await self._fan_out(
+                    lambda h, q: h.removed.remote(seq, q), query, deadline, 1.0, groups
+                )
+                deleted: int | None = sum(outcome.answers)
+            except VsearchError as exc:
+                log.warning("delete at sequence %d is logged; not counted: %s", seq, exc)
+                deleted = None
+            return {"sequence": seq, "deleted": deleted}
+
+    @contextmanager
+    def _counting(self, kind: str) -> Iterator[None]:
+        """Count a write by kind and status class."""
+        try:
+            yield
+        except Exception as exc:
+            status = exc.status_code if isinstance(exc, VsearchError) else 500
+            self.metrics.writes.inc(tags={"kind": kind, "status": f"{status // 100}xx"})
+            raise
+        self.metrics.writes.inc(tags={"kind": kind, "status": "2xx"})
+
+    async def _write(self, m: Mutation) -> int:
+        """Log ``m`` through the app's one writer; its sequence once durable."""
+        t0 = time.perf_counter()
+        try:
+            seq = await self.coordinator.write.remote(m)
+        except Exception as exc:
+            raise (unwrap(exc) or exc) from None
+        self.metrics.write_rows.inc(len(m), tags={"kind": m.op})
+        self.metrics.write_latency.observe(time.perf_counter() - t0)
+        return seq
 
     async def _fan_out(self, send, query: Query, deadline: float, min_coverage: float, groups=None):
         """``send(handle, query)`` to every shard group (or ``groups``), query budget set."""
@@ -268,11 +349,13 @@ class Router(HttpApi):
         owners = set(assign_shards(ids, ids, man.num_shards, "hash", man.num_shards).tolist())
         return [i for i, g in enumerate(self.groups) if owners & set(g)]
 
-    async def _vectors_of(self, planner: QueryPlanner, ids: np.ndarray, deadline: float):
+    async def _vectors_of(
+        self, planner: QueryPlanner, ids: np.ndarray, deadline: float, min_sequence: int = 0
+    ):
         groups = self._owner_groups(planner, ids)
-        query = Query(1, version=planner.manifest.index_version)
+        query = Query(1, version=planner.manifest.index_version, min_sequence=min_sequence)
         outcome = await self._fan_out(
-            lambda h, q: h.reconstruct.remote(ids, q.version), query, deadline, 1.0, groups
+            lambda h, q: h.reconstruct.remote(ids, q), query, deadline, 1.0, groups
         )
         out = np.zeros((len(ids), planner.dim), dtype=np.float32)
         found = np.zeros(len(ids), dtype=bool)

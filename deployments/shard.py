@@ -19,12 +19,13 @@ from ray import serve
 
 from deployments.config import ShardOptions
 from deployments.errors import DeadlineExceeded
+from deployments.follow import Follower
 from deployments.metrics import ShardMetrics
 from deployments.swap import retirable
 from shards import ShardedIndex
 from shards._faiss import faiss
 from shards.artefact import open_version
-from shards.errors import IndexLoadError, VersionMismatch
+from shards.errors import IndexLoadError, SequenceBehind, VersionMismatch
 from shards.gpu import gpu_memory_in_use
 from shards.metadata import lookup_metadata
 from shards.query import Query
@@ -107,6 +108,8 @@ class ShardServer:
         self.replica, self.deployment = ctx.replica_id.unique_id, ctx.deployment
         label = f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
         self.metrics, self.tags = ShardMetrics(), {"shard": label}
+        self.follower = Follower(self._tail, lambda: [v.index for v in self.versions.values()])
+        self._following: asyncio.Task | None = None
         self._batched.set_max_batch_size(self.opts.batch_size)
         self._batched.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
 
@@ -141,13 +144,17 @@ class ShardServer:
             await self._report()  # learns the active version
             wanted = [v for v in (self.active, self.wanted) if v is not None]
             for v in dict.fromkeys(wanted or [None]):  # None: the root's CURRENT
-                await self._load(v)
+                await self._load(v)  # replays the log's files after the version's base
             await self._report()
+            self._following = asyncio.get_running_loop().create_task(self.follower.run())
             return
         if self.wanted not in self.versions:
             self._task = asyncio.get_running_loop().create_task(self._prepare(self.wanted))
         else:
             await self._report()
+
+    async def _tail(self, after: int, wait_s: float):
+        return await self.coordinator.tail.remote(after, wait_s)
 
     async def _prepare(self, version: str | None) -> None:
         await self._load(version)
@@ -227,6 +234,8 @@ class ShardServer:
         if self.opts.faults is not None:
             await self._inject(self.opts.faults, "search")
         deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
+        if query.min_sequence:
+            await self._caught_up(self._held(query.version), query.min_sequence, deadline)
         if self.opts.batch_size <= 1:
             return await self._run(xq, query, deadline)
         out = await self._batched(xq, query, deadline)
@@ -277,6 +286,22 @@ class ShardServer:
             m.batch.observe(len(xq), tags=tags)
         return D, I, v, loaded.index.sequence
 
+    async def _caught_up(self, loaded: LoadedShards, sequence: int, deadline: float | None):
+        """Wait (until ``deadline``) for ``loaded`` to apply ``sequence``, or SequenceBehind."""
+        if not await self.follower.wait_for(loaded.index, sequence, deadline):
+            raise SequenceBehind(
+                f"shards {self.numbers} are at mutation sequence {loaded.index.sequence}, "
+                f"the query needs {sequence}"
+            )
+
+    async def removed(self, sequence: int, query: Query) -> int:
+        """How many ids the mutation at ``sequence`` removed from these shards (waiting for
+        it to be applied within the query's budget)."""
+        loaded = self._held(query.version)
+        deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
+        await self._caught_up(loaded, sequence, deadline)
+        return loaded.index.removed_at(sequence)
+
     async def _inject(self, faults, method: str) -> None:
         delay = max((faults.delay_ms.get(n, 0) for n in self.numbers), default=0)
         if delay and method == "search":
@@ -284,11 +309,16 @@ class ShardServer:
         if set(self.numbers) & set(faults.fail_shards) and method in faults.fail_methods:
             raise RuntimeError(f"injected fault in shards {self.numbers}")
 
-    async def reconstruct(self, ids: np.ndarray, version: str | None = None):
-        """``(found, vectors)``: which ids live here and their stored vectors."""
+    async def reconstruct(self, ids: np.ndarray, query: Query):
+        """``(found, vectors)``: which ids live here (at ``query``'s version, once its
+        ``min_sequence`` is applied) and their stored vectors."""
         if self.opts.faults is not None:
             await self._inject(self.opts.faults, "reconstruct")
-        index = self._held(version).index
+        loaded = self._held(query.version)
+        if query.min_sequence:
+            deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
+            await self._caught_up(loaded, query.min_sequence, deadline)
+        index = loaded.index
         found = index.contains(ids)
         return found, index.reconstruct(ids[found]) if found.any() else None
 
@@ -343,6 +373,10 @@ class ShardServer:
                 "sequence": shard.sequence,
                 **common,
                 "ntotal": shard.ntotal,
+                "delta_rows": len(shard.delta_ids),
+                "tombstones": shard.tombstones,
+                "log_error": cur.index.log_error,
+                "log_follow_error": self.follower.error,
                 "factory": manifest.factory,
                 "device": cur.placement.device,
                 "cuvs": cur.placement.cuvs,
@@ -376,6 +410,10 @@ class ShardServer:
                 raise RuntimeError(f"shards {self.numbers}: no version loaded: {self.error}")
             return
         cur = self._serving() or next(iter(self.versions.values()))
+        shards = cur.index.shards.values()
+        self.metrics.sequence.set(float(cur.index.sequence), tags=self.tags)
+        self.metrics.delta_rows.set(float(sum(len(s.delta_ids) for s in shards)), tags=self.tags)
+        self.metrics.tombstones.set(float(sum(s.tombstones for s in shards)), tags=self.tags)
         if cur.placement.on_gpu:  # every health check refreshes the GPU memory gauge
             self.metrics.gpu_memory.set(float(gpu_memory_in_use(cur.placement)), tags=self.tags)
         if cur.probe is not None and not await asyncio.to_thread(cur.probe_ok, cur.probe):

@@ -247,3 +247,14 @@ def verify_version(uri: str, version: str | None = None) -> tuple[Manifest, list
             except (MissingFile, CorruptFile) as exc:
                 problems.append(exc.message)
     return manifest, problems
+
+
+def metadata_schema_of(store: Store, manifest: Manifest) -> pa.Schema | None:
+    """The metadata columns of a version (without ``id``), from one shard's Parquet footer;
+    None when it has none."""
+    from shards.writes import metadata_schema
+
+    entry = manifest.shards[0].files.get("metadata")
+    if entry is None:
+        return None
+    return metadata_schema(pq.read_schema(pa.BufferReader(store.read_bytes(entry.path))))

@@ -19,6 +19,7 @@ from shards.errors import (
     ConcurrentUpdate,
     CorruptLogSegment,
     InvalidInput,
+    SequenceBehind,
     UnknownId,
     UnsupportedOperation,
     VersionMismatch,
@@ -38,6 +39,7 @@ from shards.storage import Store
 from shards.writes import delete_of, metadata_schema, upsert_of
 
 logger = logging.getLogger(__name__)
+REMOVED_KEPT = 65536  # mutations whose removal count is remembered
 WRITE_ATTEMPTS = 8  # appends lost to another writer of the same log before giving up
 
 
@@ -63,6 +65,7 @@ class ShardedIndex:
         # the mutation log under the root: replayed on open, written by upsert/delete
         self.log = MutationLog(root_uri, manifest.dim, schema) if log and root_uri else None
         self.log_error: str | None = None  # a corrupt segment stopped the replay here
+        self._removed: dict[int, int] = {}  # sequence -> live ids it removed (recent ones)
 
     @classmethod
     def open(
@@ -205,7 +208,7 @@ class ShardedIndex:
                 f"asked for version {query.version}, these shards hold {self.index_version}"
             )
         if query.min_sequence and query.min_sequence > self.sequence:
-            raise VersionMismatch(
+            raise SequenceBehind(
                 f"asked for mutation sequence {query.min_sequence}, these shards are at "
                 f"{self.sequence}"
             )
@@ -295,10 +298,26 @@ class ShardedIndex:
         """Apply a mutation (logged or not) to the loaded shards: its ids leave every shard,
         upserted rows join their owner's delta. Returns how many ids were live before."""
         owner = self.owner_of(m.ids) if m.op == "upsert" else None
-        return sum(
+        gone = sum(
             shard.apply(m, None if owner is None else owner == number)
             for number, shard in self.shards.items()
         )
+        if m.sequence:
+            self._removed[m.sequence] = gone
+            while len(self._removed) > REMOVED_KEPT:
+                self._removed.pop(next(iter(self._removed)))
+        return gone
+
+    def removed_at(self, sequence: int) -> int:
+        """How many live ids the logged mutation at ``sequence`` removed from the loaded
+        shards (replaced or deleted), for the write's answer.
+
+        Raises:
+            SequenceBehind: it is not applied here, or too long ago to remember.
+        """
+        if sequence not in self._removed:
+            raise SequenceBehind(f"mutation {sequence} is not among the last applied here")
+        return self._removed[sequence]
 
     def catch_up(self, strict: bool = True) -> int:
         """Apply the log's mutations after ``sequence``; returns how many. A corrupt segment

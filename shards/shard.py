@@ -159,6 +159,11 @@ class Shard:
         return self._state.delta.ids
 
     @property
+    def tombstones(self) -> int:
+        """Main rows deleted or replaced since the version was built."""
+        return self.index.ntotal - self._state.live_main(self.index.ntotal)
+
+    @property
     def delta_metadata(self) -> pa.Table | None:
         """Metadata rows of the delta ("id" first), aligned with ``delta_ids``."""
         return self._state.delta.meta

@@ -1,0 +1,125 @@
+"""The one writer of an app's mutation log, and the in-memory tail replicas follow.
+
+Plain asyncio around ``shards.log.MutationLog`` (tested without Ray); the app's coordinator
+holds one. Writes that arrive while a segment is being made durable wait and go together
+into the next one (group commit: one fsync for many writes); each is acknowledged with its
+sequence once its segment is durable, never before. Replicas ask ``tail_after`` for what
+follows their sequence and are answered as soon as there is something (a long poll), or
+told to read the log's files (``None``) when the tail no longer reaches back that far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from shards.errors import ConcurrentUpdate, CorruptLogSegment
+from shards.log import Mutation, MutationLog
+
+log = logging.getLogger(__name__)
+
+TAIL_ROWS = 200_000  # rows of recent mutations kept for replicas (older: from the files)
+SEGMENT_ROWS = 65_536  # at most this many rows per group commit
+TAIL_BATCH = 1024  # mutations per answer to a replica
+APPEND_ATTEMPTS = 3  # another writer took our sequence: find the end again and retry
+
+
+class LogWriter:
+    """Orders, commits and hands out the mutations of one log."""
+
+    def __init__(self, log_: MutationLog, floor: int = 0) -> None:
+        self.log = log_
+        self.error: CorruptLogSegment | None = None
+        try:
+            self.end = log_.start(floor)  # every segment above the floor checked
+        except CorruptLogSegment as exc:
+            self.error, self.end = exc, floor
+            log.error("mutation log refuses writes: %s", exc.message)
+        self.tail: deque[Mutation] = deque()
+        self.tail_rows = 0
+        self.pending: list[tuple[Mutation, asyncio.Future]] = []
+        self.flusher: asyncio.Task | None = None
+        self.changed = asyncio.Condition()
+
+    async def write(self, m: Mutation) -> int:
+        """Log ``m`` durably; returns its sequence.
+
+        Raises:
+            CorruptLogSegment: the log has a corrupt segment (writes are refused).
+            ConcurrentUpdate: other writers kept taking the next sequence.
+        """
+        if self.error is not None:
+            raise self.error
+        fut = asyncio.get_running_loop().create_future()
+        self.pending.append((m, fut))
+        if self.flusher is None or self.flusher.done():
+            self.flusher = asyncio.get_running_loop().create_task(self._flush())
+        return await fut
+
+    async def _flush(self) -> None:
+        while self.pending:
+            batch = self._take()
+            try:
+                logged = await asyncio.to_thread(self._append, [m for m, _ in batch])
+            except Exception as exc:  # nothing of this batch is durable: every write fails
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            if logged[0].sequence != self.end + 1:  # another writer came between: the tail
+                self.tail.clear()  # no longer follows on; replicas read the files
+                self.tail_rows = 0
+            self.end = logged[-1].sequence
+            for lm in logged:
+                self._keep(lm)
+            for (_, fut), lm in zip(batch, logged, strict=True):
+                if not fut.done():
+                    fut.set_result(lm.sequence)
+            async with self.changed:
+                self.changed.notify_all()
+
+    def _take(self) -> list[tuple[Mutation, asyncio.Future]]:
+        rows, n = 0, 0
+        for m, _ in self.pending:
+            if n and rows + len(m) > SEGMENT_ROWS:
+                break
+            rows, n = rows + len(m), n + 1
+        batch, self.pending = self.pending[:n], self.pending[n:]
+        return batch
+
+    def _append(self, batch: list[Mutation]) -> list[Mutation]:
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                return self.log.append(batch)
+            except ConcurrentUpdate:
+                if attempt == APPEND_ATTEMPTS - 1:
+                    raise
+                log.warning("another writer appended to the mutation log; appending after it")
+        raise AssertionError("unreachable")
+
+    def _keep(self, m: Mutation) -> None:
+        self.tail.append(m)
+        self.tail_rows += len(m)
+        while self.tail_rows > TAIL_ROWS and len(self.tail) > 1:
+            self.tail_rows -= len(self.tail.popleft())
+
+    async def tail_after(self, after: int, wait_s: float) -> list[Mutation] | None:
+        """The mutations after ``after`` (at most ``TAIL_BATCH``), waiting up to ``wait_s``
+        for one when there is none yet; None when the tail does not reach back to
+        ``after + 1`` (read the log's files instead)."""
+        if after >= self.end:
+            async with self.changed:
+                try:
+                    await asyncio.wait_for(self.changed.wait_for(lambda: self.end > after), wait_s)
+                except TimeoutError:
+                    return []
+        if not self.tail or self.tail[0].sequence > after + 1:
+            return None
+        out = []
+        for m in self.tail:
+            if m.sequence > after:
+                out.append(m)
+                if len(out) == TAIL_BATCH:
+                    break
+        return out

@@ -1,0 +1,223 @@
+"""Writes through the service on a real local Ray: upserts, replacements and deletes over
+HTTP under concurrent searches, read-your-writes, and the log surviving replicas, the
+coordinator and the whole application going down."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from shards import ShardedIndex
+from shards.log import MutationLog
+from tests.conftest import clustered
+from tests.deployments.conftest import LoadThreads, deploy
+from tests.deployments.test_faults import replica_pids, wait_for
+from tests.shards.helpers import assert_same_knn, brute_force, float_tolerance
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+D = 16
+
+
+@pytest.fixture
+def fresh(indexes, tmp_path):
+    """A copy of the flat index (3 shards, a ``tag`` column) that a test may write to."""
+    root = tmp_path / "flat"
+    shutil.copytree(indexes["root"] / "flat", root)
+    return root, indexes["xb"], indexes["ids"]
+
+
+class Writers(LoadThreads):
+    """Threads writing random upserts (new ids and replacements) and deletes over HTTP;
+    every acknowledged write is kept with its sequence."""
+
+    def __init__(self, url: str, ids: np.ndarray, threads: int = 3, limit: int | None = None):
+        self.url, self.ids, self.limit = url, ids, limit
+        self.acked: list[tuple[int, str, np.ndarray, np.ndarray | None]] = []
+        self.failed: list[str] = []
+        self.lock = threading.Lock()
+        self.count = 0
+        super().__init__(threads)
+
+    def run(self) -> None:
+        rng = np.random.default_rng(threading.get_ident() % 2**32)
+        client = httpx.Client(timeout=30)
+        while not self.stop.is_set():
+            with self.lock:
+                if self.limit is not None and self.count >= self.limit:
+                    return
+                self.count += 1
+            n = int(rng.integers(1, 12))
+            kind = rng.choice(["new", "replace", "delete"], p=[0.4, 0.35, 0.25])
+            fresh_ids = kind == "new"
+            ids = np.unique(
+                rng.integers(10**6, 10**12, n) if fresh_ids else rng.choice(self.ids, n)
+            )
+            try:
+                if kind == "delete":
+                    r = client.post(f"{self.url}/v1/delete", json={"ids": ids.tolist()})
+                    x = None
+                else:
+                    x = clustered(len(ids), D, seed=int(rng.integers(1 << 30)))
+                    body = {"ids": ids.tolist(), "vectors": x.tolist()}
+                    r = client.post(f"{self.url}/v1/upsert", json=body)
+            except httpx.HTTPError as exc:
+                self.failed.append(repr(exc))
+                continue
+            if r.status_code != 200:
+                self.failed.append(f"{r.status_code} {r.text[:200]}")
+                continue
+            with self.lock:
+                self.acked.append((r.json()["sequence"], str(kind), ids, x))
+
+    def expected(self, xb: np.ndarray, ids: np.ndarray) -> dict[int, np.ndarray]:
+        """The live set after every acknowledged write, applied in sequence order."""
+        live = {int(i): v for i, v in zip(ids, xb, strict=True)}
+        for _, kind, w_ids, x in sorted(self.acked, key=lambda a: a[0]):
+            if kind == "delete":
+                for i in w_ids:
+                    live.pop(int(i), None)
+            else:
+                live.update({int(i): v for i, v in zip(w_ids, x, strict=True)})
+        return live
+
+
+def exact(live: dict[int, np.ndarray], xq: np.ndarray, k: int):
+    ids = np.array(sorted(live), np.int64)
+    xb = np.stack([live[i] for i in ids])
+    return brute_force(xb, xq, k, "l2", ids), float_tolerance(xb, xq, "l2")
+
+
+def search(url: str, xq: np.ndarray, k: int = 10, **extra):
+    r = httpx.post(f"{url}/v1/search", json={"vectors": xq.tolist(), "k": k, **extra}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    scores = np.array([[np.inf if s is None else s for s in row] for row in body["scores"]])
+    return scores.astype(np.float32), np.array(body["ids"]), body
+
+
+def test_random_writes_under_searches_equal_brute_force(serve_base, fresh):
+    root, xb, ids = fresh
+    deploy("writes", {"index_uri": str(root), "shard": {"num_replicas": 2}})
+    url = f"{serve_base}/writes"
+    xq = clustered(40, D, seed=21)
+    seen: list[int] = []
+
+    class Searches(LoadThreads):
+        def run(self) -> None:
+            while not self.stop.is_set():
+                seen.append(search(url, xq[:4])[2]["sequence"])
+
+    with Searches(1), Writers(url, ids, threads=3, limit=600) as writers:
+        done = lambda: writers.count >= 600 and not any(t.is_alive() for t in writers.threads)  # noqa: E731
+        wait_for(done, 240)
+    assert writers.failed == [] and len(writers.acked) == 600
+    sequences = sorted(a[0] for a in writers.acked)
+    assert sequences == list(range(1, 601))  # one per write, none repeated or skipped
+    assert seen and min(seen) >= 0
+    (Dref, Iref), tol = exact(writers.expected(xb, ids), xq, 10)
+    for _ in range(4):  # every replica of every shard, read-your-writes from the last write
+        D_, I_, body = search(url, xq, min_sequence=600)
+        assert body["sequence"] >= 600
+        assert_same_knn(Dref, Iref, D_, I_, tol)
+    # the library reads the same log and agrees
+    lib = ShardedIndex.open(str(root))
+    assert lib.sequence == 600
+    assert_same_knn(Dref, Iref, *lib.search(xq, 10), tol)
+
+
+def test_read_your_writes_metadata_and_bad_writes(serve_base, fresh):
+    root, xb, ids = fresh
+    deploy("ryw", {"index_uri": str(root)})
+    url = f"{serve_base}/ryw"
+    far = np.full((1, D), 40.0, np.float32)
+    r = httpx.post(
+        f"{url}/v1/upsert",
+        json={"ids": [int(ids[5])], "vectors": far.tolist(), "metadata": [{"tag": "moved"}]},
+    )
+    assert r.status_code == 200 and r.json()["upserted"] == 1, r.text
+    seq = r.json()["sequence"]
+    _, I_, body = search(url, far, 1, min_sequence=seq, include_metadata=True)
+    assert I_[0, 0] == ids[5] and body["metadata"][0][0]["tag"] == "moved"
+    r = httpx.post(f"{url}/v1/delete", json={"ids": [int(ids[5]), int(ids[6]), 999_999_999]})
+    assert r.status_code == 200 and r.json()["deleted"] == 2, r.text
+    _, I_, _ = search(url, np.vstack([far, xb[6:7]]), 3, min_sequence=r.json()["sequence"])
+    assert ids[5] not in I_ and ids[6] not in I_
+    # a search that asks for a sequence nobody has: 504 within its deadline, not a stale answer
+    q = {"vectors": far.tolist(), "k": 1, "min_sequence": 10**6, "deadline_ms": 300}
+    r = httpx.post(f"{url}/v1/search", json=q, timeout=30)
+    assert r.status_code == 504, r.text
+    bad = [
+        ({"ids": [1], "vectors": [[0.0] * (D + 1)]}, "dimension"),
+        ({"ids": [1], "vectors": [[float("nan")] * D]}, None),
+        ({"ids": [-1], "vectors": [[0.0] * D]}, "2**63"),
+        ({"ids": [2**63], "vectors": [[0.0] * D]}, "2**63"),
+        ({"ids": [4, 4], "vectors": [[0.0] * D] * 2}, "more than once"),
+        ({"ids": [4], "vectors": [[0.0] * D], "metadata": [{"colour": 1}]}, "unknown metadata"),
+        ({"ids": [4], "vectors": [[0.0] * D], "metadata": [{"tag": 5}]}, "'tag'"),
+        ({"ids": list(range(5000)), "vectors_b64": ""}, None),
+        ({"ids": [4]}, "exactly one of vectors"),
+    ]
+    for body, words in bad:
+        raw = httpx.post(f"{url}/v1/upsert", content=_json(body), timeout=30)
+        assert raw.status_code == 400, (body, raw.text)
+        assert words is None or words in raw.json()["error"]["message"], raw.text
+    r = httpx.post(f"{url}/v1/delete", json={"ids": list(range(5000))})
+    assert r.status_code == 400 and "at most 4096" in r.json()["error"]["message"]
+    stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
+    assert stats["log"] == {"sequence": 2, "error": None}  # the refused writes logged nothing
+    assert {s["sequence"] for s in stats["shards"]} == {2}
+
+
+def _json(body) -> bytes:
+    import json
+
+    return json.dumps(body).encode()  # NaN as NaN (json.dumps allows it): the server refuses
+
+
+def test_acknowledged_writes_survive_replica_coordinator_and_app_restarts(serve_base, fresh):
+    """A continuous write stream while a shard replica is SIGKILLed, then the coordinator
+    (the log's writer); then the app is deleted and deployed again. Every acknowledged
+    write is there, none twice, and every replica of a shard answers the same."""
+    import os
+    import signal
+
+    root, xb, ids = fresh
+    deploy("durable", {"index_uri": str(root), "shard": {"num_replicas": 2}})
+    url = f"{serve_base}/durable"
+    with Writers(url, ids, threads=2) as writers:
+        wait_for(lambda: len(writers.acked) >= 50, 60)
+        os.kill(replica_pids("durable", "shard-1")[0], signal.SIGKILL)
+        wait_for(lambda: len(writers.acked) >= 150, 120)
+        os.kill(replica_pids("durable", "coordinator")[0], signal.SIGKILL)
+        wait_for(lambda: len(writers.acked) >= 250, 180)
+    acked = len(writers.acked)
+    print(f"\n{acked} writes acknowledged, {len(writers.failed)} refused while replicas died")
+    from deployments.local import undeploy
+
+    undeploy("durable")
+    deploy("durable", {"index_uri": str(root), "shard": {"num_replicas": 2}})
+    # what is durable is the log: every acknowledged write is in it, at its sequence, once
+    logged = {m.sequence: m for m in MutationLog(str(root), D).read()}
+    for seq, kind, w_ids, _ in writers.acked:
+        assert seq in logged and logged[seq].op == ("delete" if kind == "delete" else "upsert")
+        np.testing.assert_array_equal(logged[seq].ids, w_ids)
+    assert sorted(logged) == list(range(1, len(logged) + 1))  # no sequence twice or skipped
+    live = {int(i): v for i, v in zip(ids, xb, strict=True)}
+    for seq in sorted(logged):
+        m = logged[seq]
+        for j, i in enumerate(m.ids):
+            live.pop(int(i), None)
+            if m.op == "upsert":
+                live[int(i)] = m.x[j]
+    xq = clustered(30, D, seed=5)
+    (Dref, Iref), tol = exact(live, xq, 10)
+    for _ in range(4):  # both replicas of each shard, after the restart
+        D_, I_, _ = search(url, xq, min_sequence=max(logged))
+        assert_same_knn(Dref, Iref, D_, I_, tol)
+    stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
+    per_shard = {s["shard"]: s["ntotal"] for s in stats["shards"]}
+    assert sum(per_shard.values()) == len(live)  # nothing doubled
