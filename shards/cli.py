@@ -1,4 +1,4 @@
-"""``python -m shards build|search|inspect|verify|export-ids|autotune``.
+"""``python -m shards build|search|inspect|verify|export-ids|autotune|upsert|delete|compact``.
 
 User mistakes exit with status 2 and one line on stderr, never a traceback.
 """
@@ -114,6 +114,22 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--queries", help=".npy held-out queries (default: sampled stored vectors)")
     a.add_argument("--default-recall", type=float, default=0.95)
     a.set_defaults(run=_autotune)
+
+    u = sub.add_parser("upsert", help="insert or replace vectors (durable in the index's log)")
+    u.add_argument("dir")
+    u.add_argument("--vectors", required=True, help=".npy (n, d) float vectors")
+    u.add_argument("--ids", required=True, help=".npy (n,) integer ids, or comma-separated ids")
+    u.add_argument("--metadata", help=".jsonl: one object per id (the index's metadata columns)")
+    u.set_defaults(run=_upsert)
+
+    d = sub.add_parser("delete", help="delete ids (durable in the index's log)")
+    d.add_argument("dir")
+    d.add_argument("--ids", required=True, help=".npy (n,) integer ids, or comma-separated ids")
+    d.set_defaults(run=_delete)
+
+    c = sub.add_parser("compact", help="publish a version with the log's writes merged in")
+    c.add_argument("dir")
+    c.set_defaults(run=_compact)
     return p
 
 
@@ -202,6 +218,7 @@ def _inspect(args) -> int:
         f"shards    {m.num_shards} ({m.partition}): " + ", ".join(f"{s.ntotal:,}" for s in m.shards)
     )
     print(f"defaults  {json.dumps(m.default_params)}")
+    print(f"log       writes up to sequence {m.base_sequence} included in this version")
     if m.tuning:
         print(f"tuning    {len(m.tuning['curve'])} points, {m.tuning['note']}")
     print(f"build     {json.dumps({k: v for k, v in m.build.items() if k != 'source'})}")
@@ -234,4 +251,48 @@ def _autotune(args) -> int:
 
     m = autotune_index(args.dir, args.version, queries=args.queries, target=args.default_recall)
     print(f"tuned {m.index_version} (from {m.parent_version}): defaults {m.default_params}")
+    return 0
+
+
+def _ids_arg(text: str) -> np.ndarray:
+    if text.endswith(".npy"):
+        return np.load(text)
+    try:
+        return np.array([int(t) for t in text.split(",") if t.strip()], dtype=np.int64)
+    except ValueError:
+        raise InvalidInput(
+            f"--ids must be a .npy file or comma-separated integers: {text!r}"
+        ) from None
+
+
+def _upsert(args) -> int:
+    from shards.index import ShardedIndex
+
+    metadata = None
+    if args.metadata:
+        with open(args.metadata) as f:
+            metadata = [json.loads(line) for line in f if line.strip()]
+    index = ShardedIndex.open(args.dir)
+    n = index.upsert(np.load(args.vectors), _ids_arg(args.ids), metadata)
+    print(f"upserted {n:,} vectors at sequence {index.sequence}")
+    return 0
+
+
+def _delete(args) -> int:
+    from shards.index import ShardedIndex
+
+    index = ShardedIndex.open(args.dir)
+    n = index.delete(_ids_arg(args.ids))
+    print(f"deleted {n:,} ids at sequence {index.sequence}")
+    return 0
+
+
+def _compact(args) -> int:
+    from shards.index import ShardedIndex
+
+    m = ShardedIndex.open(args.dir).compact()
+    print(
+        f"published {m.index_version} (from {m.parent_version}): {m.ntotal:,} vectors, "
+        f"log included up to sequence {m.base_sequence}"
+    )
     return 0

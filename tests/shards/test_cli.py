@@ -159,3 +159,29 @@ def test_export_ids(cli_index):
     table = pq.read_table(cli_index / "ids.parquet")
     assert sorted(table["id"].to_pylist()) == list(range(6000))
     assert set(table["shard"].to_pylist()) == {0, 1, 2}
+
+
+def test_upsert_delete_compact_share_the_log_with_the_library(tmp_path, data):
+    from shards import ShardedIndex
+
+    xb = data[0][:500]
+    np.save(tmp_path / "xb.npy", xb)
+    cli("build", tmp_path / "xb.npy", "--out", tmp_path / "idx", "--shards", 2, "--index", "Flat")
+    new = np.full((2, xb.shape[1]), 9.0, np.float32)
+    np.save(tmp_path / "new.npy", new)
+    out = cli("upsert", tmp_path / "idx", "--vectors", tmp_path / "new.npy", "--ids", "7,9000")
+    assert "upserted 2 vectors at sequence 1" in out.stdout
+    assert (
+        "deleted 2 ids at sequence 2"
+        in cli("delete", tmp_path / "idx", "--ids", "1,2,77777").stdout
+    )
+    index = ShardedIndex.open(str(tmp_path / "idx"))  # the library reads the same log
+    assert index.sequence == 2 and index.ntotal == 499
+    assert index.search(new[:1], 2)[1][0].tolist() in ([7, 9000], [9000, 7])
+    out = cli("compact", tmp_path / "idx")
+    assert "log included up to sequence 2" in out.stdout
+    assert "up to sequence 2 included" in cli("inspect", tmp_path / "idx").stdout
+    bad = cli(
+        "upsert", tmp_path / "idx", "--vectors", tmp_path / "new.npy", "--ids=-1,3", check=False
+    )
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ids must be in [0, 2**63)")
