@@ -107,6 +107,12 @@ class HttpApi:
         req = await self._parse(request, DeleteRequest)
         return await self.delete(req.ids, deadline_ms=req.deadline_ms)
 
+    @route("post", "/v1/compact", responses=error_responses(401, 503))
+    async def http_compact(self) -> dict[str, Any]:
+        """Start compacting the active version online (the log's writes merged into a new
+        version, swapped in when every replica holds it); the compaction's state."""
+        return await self.coordinator.compact.remote("POST /v1/compact")
+
     async def _parse(self, request: Request, model: type[M]) -> M:
         limit = self.args.limits.max_body_bytes
         body = await read_body(request, limit)
@@ -159,6 +165,7 @@ class HttpApi:
         body["shards"] = await self.shard_infos()
         try:
             body["log"] = await asyncio.wait_for(self.coordinator.log_state.remote(), 5.0)
+            body["compaction"] = await asyncio.wait_for(self.coordinator.compaction.remote(), 5.0)
         except Exception as exc:  # the coordinator restarts: say so, the rest still answers
             body["log"] = {"sequence": None, "error": f"coordinator did not answer: {exc!r}"}
         return body

@@ -170,6 +170,11 @@ class AppArgs(BaseModel):
     auth_token_env: str | None = Field(
         None, description="name of an env var holding a bearer token; unset: no auth"
     )
+    compact_after_changes: PositiveInt | None = Field(
+        None,
+        description="compact online once the shards hold this many changed rows (delta rows "
+        "and deleted or replaced ones); None: only on POST /v1/compact",
+    )
     router_replicas: PositiveInt = 1
     router_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources of the router (node pinning)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from deployments.compaction import Compactions, compact_version
 from deployments.swap import Report
 from deployments.writer import LogWriter
 from shards.artefact import metadata_schema_of, open_version
@@ -22,11 +23,25 @@ from shards.log import Mutation, MutationLog
 class Coordinator:
     """Holds ``active`` (the committed version) and the last report of every shard replica."""
 
-    def __init__(self, index_uri: str | None = None) -> None:
+    def __init__(
+        self, index_uri: str | None = None, compact_after_changes: int | None = None
+    ) -> None:
         self.active: str | None = None
         self.reports: dict[str, Report] = {}
         self.index_uri = index_uri
         self._writer: LogWriter | None = None
+        self.compactions = Compactions(self._launch, compact_after_changes)
+
+    async def _launch(self, version: str | None) -> dict[str, Any]:
+        """Compact ``version`` in a Ray task: its own process, off every request path."""
+        import ray
+
+        task = ray.remote(compact_version).options(num_cpus=1, max_retries=0)
+        return await task.remote(self.index_uri, version)
+
+    async def compact(self, why: str = "asked for") -> dict[str, Any]:
+        """Start compacting the active version (unless one runs); the compaction's state."""
+        return self.compactions.start(self.active, why)
 
     def writer(self) -> LogWriter:
         """The log writer, started on first use (reads the log's end and checks it)."""
@@ -51,21 +66,44 @@ class Coordinator:
         return {"sequence": w.end, "error": None if w.error is None else w.error.message}
 
     async def report(
-        self, replica: str, deployment: str, loaded: list[str], failed: dict[str, str]
-    ) -> str | None:
-        """Record what ``replica`` holds; returns the active version."""
-        self.reports[replica] = Report(deployment, tuple(loaded), dict(failed))
-        return self.active
+        self,
+        replica: str,
+        deployment: str,
+        loaded: list[str],
+        failed: dict[str, str],
+        changes: int = 0,
+    ) -> tuple[str | None, str | None]:
+        """Record what ``replica`` holds (and the changes its active version has applied
+        since it was built); returns the active version and the one a compaction proposes."""
+        self.reports[replica] = Report(deployment, tuple(loaded), dict(failed), changes)
+        if self.active is not None and self.active in loaded:
+            self.compactions.maybe_start(self.active, self._changes())
+        return self.active, self.compactions.proposed
+
+    def _changes(self) -> int:
+        """Changes over all shards: the most any replica of each deployment reports."""
+        most: dict[str, int] = {}
+        for r in self.reports.values():
+            most[r.deployment] = max(most.get(r.deployment, 0), r.changes)
+        return sum(most.values())
 
     async def commit(self, expected: str | None, version: str) -> str | None:
         """Make ``version`` active if the active one is still ``expected`` (or unset: a
         restarted coordinator); returns the active version after the call."""
         if self.active in (expected, None):
             self.active = version
+            self.compactions.committed(version)
         return self.active
 
     async def view(self) -> dict[str, Any]:
         """The active version and the fresh reports (``Report`` objects, by replica id)."""
         now = time.monotonic()
         self.reports = {r: rep for r, rep in self.reports.items() if rep.fresh(now)}
-        return {"active": self.active, "reports": dict(self.reports)}
+        return {
+            "active": self.active,
+            "proposed": self.compactions.proposed,
+            "reports": dict(self.reports),
+        }
+
+    async def compaction(self) -> dict[str, Any]:
+        return self.compactions.status()

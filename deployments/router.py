@@ -27,7 +27,7 @@ from deployments.fanout import fan_out, unwrap
 from deployments.ingress import make_app
 from deployments.metrics import RouterMetrics
 from deployments.tracker import VersionTracker
-from shards.artefact import metadata_schema_of, open_version
+from shards.artefact import descends_from, metadata_schema_of, open_version
 from shards.errors import (
     IndexLoadError,
     InvalidQuery,
@@ -90,6 +90,7 @@ class Router(HttpApi):
             self._running,
             self.args.index_version,
             self.args.default_params,
+            lambda version, ancestor: descends_from(self.args.index_uri, version, ancestor),
         )
         self.metrics = RouterMetrics()
         self._retryable = retryable(self.args.replica_retries)

@@ -24,7 +24,7 @@ from deployments.metrics import ShardMetrics
 from deployments.swap import retirable
 from shards import ShardedIndex
 from shards._faiss import faiss
-from shards.artefact import open_version
+from shards.artefact import descends_from, open_version
 from shards.errors import IndexLoadError, SequenceBehind, VersionMismatch
 from shards.gpu import gpu_memory_in_use
 from shards.metadata import lookup_metadata
@@ -142,6 +142,10 @@ class ShardServer:
         self.wanted = config.get("index_version")
         if not self.versions:
             await self._report()  # learns the active version
+            if self.active and self.wanted and self.active != self.wanted:
+                made = await asyncio.to_thread(descends_from, self.uri, self.active, self.wanted)
+                if made:  # an online compaction of the configured version is active
+                    self.wanted = self.active
             wanted = [v for v in (self.active, self.wanted) if v is not None]
             for v in dict.fromkeys(wanted or [None]):  # None: the root's CURRENT
                 await self._load(v)  # replays the log's files after the version's base
@@ -197,16 +201,23 @@ class ShardServer:
         Best effort: a coordinator that does not answer within ``REPORT_TIMEOUT_S`` (it is
         being restarted) changes nothing here; the next health check reports again.
         """
+        held = self.versions.get(self.active) if self.active else None
+        changes = 0 if held is None else held.index.changes
         call = self.coordinator.report.remote(
-            self.replica, self.deployment, list(self.versions), self._failures()
+            self.replica, self.deployment, list(self.versions), self._failures(), changes
         )
         try:
-            active = await asyncio.wait_for(call, REPORT_TIMEOUT_S)
+            active, proposed = await asyncio.wait_for(call, REPORT_TIMEOUT_S)
         except Exception as exc:
             log.warning("shards %s: no report to the coordinator: %r", self.numbers, exc)
             return self.active
         if active != self.active:
             self.active, self.active_since = active, time.monotonic()
+        if proposed is not None and proposed != self.wanted and self.versions:
+            # a compaction published the next version: prepare it as a swap's next one
+            self.wanted = proposed
+            if self._task is None or self._task.done():
+                self._task = asyncio.get_running_loop().create_task(self._prepare(proposed))
         return active
 
     def _retire(self) -> None:

@@ -33,6 +33,7 @@ class Report:
     deployment: str
     loaded: tuple[str, ...]
     failed: dict[str, str] = field(default_factory=dict)  # version -> why it did not load
+    changes: int = 0  # delta rows + tombstones of its active version (compaction trigger)
     at: float = field(default_factory=time.monotonic)
 
     def fresh(self, now: float) -> bool:

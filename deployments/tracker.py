@@ -40,8 +40,10 @@ class VersionTracker:
         running: Running,
         wanted: str | None,
         defaults: dict[str, Any],
+        made_from: Callable[[str, str], bool] | None = None,
     ) -> None:
         self.open_planner, self.coordinator, self.running = open_planner, coordinator, running
+        self.made_from = made_from
         self.wanted, self.defaults = wanted, dict(defaults)
         self.active: QueryPlanner | None = None  # the version every new request is pinned to
         self.next: QueryPlanner | None = None  # being prepared by the shard replicas
@@ -90,12 +92,18 @@ class VersionTracker:
         if self.active is None:
             active = await self.coordinator("commit", None, version)
             self.active = planner if active == version else await self._adopt(active)
-            if active != version:
+            if active != version and not await self._made_from(active, version):
                 self._next(planner)
             return
-        if version == self.active.manifest.index_version:
+        mine = self.active.manifest.index_version
+        if version == mine:
             # new default params, or back to the active version: no swap is pending
             self.active, self.next, self.swap = planner, None, {}
+            return
+        if await self._made_from(mine, version):
+            # the configured version was compacted online into the active one: keep it
+            # (with the configured default params), swap nowhere
+            self.active, self.next, self.swap = await self._open(mine), None, {}
             return
         self._next(planner)
 
@@ -110,6 +118,13 @@ class VersionTracker:
             return
         self.next = planner
         self.swap = {"version": version, "state": Prepare.WAITING.value, "why": "started"}
+
+    async def _made_from(self, version: str | None, ancestor: str) -> bool:
+        """``version`` was made from ``ancestor`` (an online compaction of it): a router that
+        starts with the old version configured keeps the newer active one."""
+        if version is None or self.made_from is None:
+            return False
+        return await asyncio.to_thread(self.made_from, version, ancestor)
 
     async def _adopt(self, version: str | None) -> QueryPlanner:
         """The planner of ``version`` (committed elsewhere), reusing ``next`` when it is it."""
@@ -139,6 +154,11 @@ class VersionTracker:
             await self.coordinator("commit", None, mine)
         elif view["active"] != mine:
             self.active = await self._adopt(view["active"])
+        proposed = view.get("proposed")
+        pending = self.next.manifest.index_version if self.next is not None else None
+        if proposed is not None and proposed not in (pending, self.active.manifest.index_version):
+            self.wanted = proposed  # a compaction published it: swap to it as usual
+            await self._want()
         reports = view["reports"]
         self.reported = sorted({why for r in reports.values() for why in r.failed.values()})
         if self.next is None:

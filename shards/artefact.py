@@ -258,3 +258,19 @@ def metadata_schema_of(store: Store, manifest: Manifest) -> pa.Schema | None:
     if entry is None:
         return None
     return metadata_schema(pq.read_schema(pa.BufferReader(store.read_bytes(entry.path))))
+
+
+def descends_from(uri: str, version: str, ancestor: str | None, depth: int = 32) -> bool:
+    """True when ``version`` was made from ``ancestor`` (through compactions or re-tunes:
+    its ``parent_version`` chain reaches it), or is it."""
+    current: str | None = version
+    for _ in range(depth):
+        if current is None:
+            return False
+        if current == ancestor:
+            return True
+        try:
+            current = open_version(uri, current)[1].parent_version
+        except Exception:  # a parent that is gone ends the chain
+            return False
+    return False

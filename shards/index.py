@@ -138,6 +138,11 @@ class ShardedIndex:
         return sum(s.ntotal for s in self.shards.values())
 
     @property
+    def changes(self) -> int:
+        """Rows changed since the version was built: delta rows and tombstoned main rows."""
+        return sum(len(s.delta_ids) + s.tombstones for s in self.shards.values())
+
+    @property
     def sequence(self) -> int:
         """The mutation log position every loaded shard has applied (0: none)."""
         return min(s.sequence for s in self.shards.values())

@@ -94,3 +94,37 @@ def test_a_failed_prepare_keeps_the_active_version(tmp_path):
         assert "cannot load version: truncated" in t.problems()
 
     asyncio.run(drill())
+
+
+def test_a_compacted_version_is_proposed_committed_and_kept(tmp_path):
+    """An online compaction proposes v2 (made from v1): the router prepares and commits it
+    like any swap; a router (re)started with v1 configured keeps v2, and so does a
+    redeploy of the same config (no swap back)."""
+    from shards.artefact import descends_from
+
+    root, v1, v2, _ = versions(tmp_path)
+    coord = Coordinator()
+    running = {"shard-0": 1, "shard-1": 1}
+
+    def with_lineage(wanted):
+        t = tracker(root, coord, running, wanted)
+        t.made_from = lambda version, ancestor: descends_from(root, version, ancestor)
+        return t
+
+    async def drill():
+        t = with_lineage(v1)
+        await t._want()
+        coord.compactions.proposed = v2  # what a finished compaction leaves
+        await t.sync()
+        assert t.next is not None and t.next.manifest.index_version == v2
+        for replica, dep in (("a", "shard-0"), ("c", "shard-1")):
+            await coord.report(replica, dep, [v1, v2], {})
+        await t.sync()
+        assert coord.active == v2 and coord.compactions.proposed is None
+        restarted = with_lineage(v1)
+        await restarted._want()
+        assert restarted.planner.manifest.index_version == v2 and restarted.next is None
+        await t.configure(v1, {})  # the same config deployed again
+        assert t.planner.manifest.index_version == v2 and t.next is None and t.swap == {}
+
+    asyncio.run(drill())

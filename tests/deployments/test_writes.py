@@ -221,3 +221,50 @@ def test_acknowledged_writes_survive_replica_coordinator_and_app_restarts(serve_
     stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
     per_shard = {s["shard"]: s["ntotal"] for s in stats["shards"]}
     assert sum(per_shard.values()) == len(live)  # nothing doubled
+
+
+def test_compaction_online_under_writes_and_searches(serve_base, fresh):
+    """POST /v1/compact while writes and searches flow: a Ray task publishes the next
+    version (the log merged in up to its base sequence), every replica prepares it, the
+    router commits it; no request fails and the answers equal the log replayed."""
+    root, xb, ids = fresh
+    deploy("compact", {"index_uri": str(root), "shard": {"num_replicas": 2}})
+    url = f"{serve_base}/compact"
+    first = httpx.get(f"{url}/v1/stats", timeout=30).json()["index_version"]
+    xq = clustered(20, D, seed=8)
+    failed: list[str] = []
+
+    class Searches(LoadThreads):
+        def run(self) -> None:
+            while not self.stop.is_set():
+                r = httpx.post(f"{url}/v1/search", json={"vectors": xq[:2].tolist()}, timeout=30)
+                if r.status_code != 200:
+                    failed.append(r.text[:200])
+
+    def active() -> str:
+        return httpx.get(f"{url}/v1/stats", timeout=30).json()["index_version"]
+
+    with Searches(2), Writers(url, ids, threads=2) as writers:
+        wait_for(lambda: len(writers.acked) >= 60, 60)
+        r = httpx.post(f"{url}/v1/compact", timeout=30)
+        assert r.status_code == 200 and r.json()["state"] == "running", r.text
+        swap = wait_for(lambda: active() != first, 120, 0.5)
+        wait_for(lambda: len(writers.acked) >= 160, 120)  # writes after the new base
+    stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
+    print(f"\ncompaction online: swapped after {swap:.1f} s, {stats['compaction']}")
+    assert failed == [] and writers.failed == []
+    assert stats["compaction"]["state"] == "active" and stats["compaction"]["base_sequence"] > 0
+    assert stats["compaction"]["version"] == stats["index_version"]
+    logged = {m.sequence: m for m in MutationLog(str(root), D).read()}
+    live = {int(i): v for i, v in zip(ids, xb, strict=True)}
+    for seq in sorted(logged):
+        m = logged[seq]
+        for j, i in enumerate(m.ids):
+            live.pop(int(i), None)
+            if m.op == "upsert":
+                live[int(i)] = m.x[j]
+    (Dref, Iref), tol = exact(live, xq, 10)
+    for _ in range(4):
+        D_, I_, body = search(url, xq, min_sequence=max(logged))
+        assert body["index_version"] == stats["index_version"]
+        assert_same_knn(Dref, Iref, D_, I_, tol)

@@ -1,0 +1,88 @@
+"""Compaction online: the next version built off the request path from the active one plus
+the log, then swapped in by the two-phase swap.
+
+``compact_version`` is the work (a Ray task started by the coordinator: its own process and
+memory, never a replica's); ``Compactions`` is the coordinator's state of it (plain asyncio,
+tested without Ray): at most one at a time, started by ``POST /v1/compact`` or when the
+shards report more changes than ``compact_after_changes``; the version it publishes is
+*proposed* to routers and replicas, which prepare and commit it like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Launch = Callable[[str | None], Awaitable[dict[str, Any]]]
+
+
+def compact_version(index_uri: str, version: str | None) -> dict[str, Any]:
+    """Open ``version`` with its log, publish the compacted version; what it did."""
+    from shards.index import ShardedIndex
+
+    t0 = time.perf_counter()
+    index = ShardedIndex.open(index_uri, version)
+    changes = index.changes
+    manifest = index.compact()
+    return {
+        "version": manifest.index_version,
+        "parent": version,
+        "base_sequence": manifest.base_sequence,
+        "changes": changes,
+        "vectors": manifest.ntotal,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+class Compactions:
+    """At most one compaction at a time, and the version the last one proposes."""
+
+    def __init__(self, launch: Launch, after_changes: int | None = None) -> None:
+        self.launch, self.after_changes = launch, after_changes
+        self.task: asyncio.Task | None = None
+        self.proposed: str | None = None  # published by a compaction, not yet active
+        self.last: dict[str, Any] = {}  # state of the last compaction, for stats
+        self.count = 0
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def start(self, active: str | None, why: str) -> dict[str, Any]:
+        """Start compacting ``active`` unless one runs or a proposed version waits."""
+        if self.running or self.proposed is not None:
+            return self.status()
+        self.last = {"state": "running", "from": active, "why": why, "started": time.time()}
+        self.task = asyncio.get_running_loop().create_task(self._run(active))
+        return self.status()
+
+    def maybe_start(self, active: str | None, changes: int) -> None:
+        """Start one when the shards report at least ``after_changes`` changes."""
+        if self.after_changes is not None and changes >= self.after_changes:
+            self.start(active, f"{changes} changes since the version was built")
+
+    async def _run(self, active: str | None) -> None:
+        try:
+            done = await self.launch(active)
+        except Exception as exc:
+            self.last = {**self.last, "state": "failed", "error": repr(exc)[:500]}
+            log.error("compaction of %s failed: %r", active, exc)
+            return
+        self.count += 1
+        self.proposed = done["version"]
+        self.last = {**self.last, **done, "state": "proposed"}
+        log.info("compaction published %s: %s", done["version"], done)
+
+    def committed(self, version: str) -> None:
+        """``version`` became active: a proposal it answers is done."""
+        if version == self.proposed:
+            self.proposed = None
+            self.last = {**self.last, "state": "active"}
+
+    def status(self) -> dict[str, Any]:
+        return {**self.last, "proposed": self.proposed, "compactions": self.count}

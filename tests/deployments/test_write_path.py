@@ -1,0 +1,141 @@
+"""The write path's asyncio parts without Ray: the log writer (group commit, the tail), a
+replica's follower, and the compaction state of the coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from deployments.compaction import Compactions
+from deployments.follow import Follower
+from deployments.writer import LogWriter
+from shards.errors import CorruptLogSegment
+from shards.log import Mutation, MutationLog
+from tests.conftest import clustered
+from tests.shards.helpers import build
+
+D = 16
+
+
+def upsert(i: int) -> Mutation:
+    return Mutation("upsert", np.array([10_000 + i]), np.full((1, D), i, np.float32))
+
+
+def test_concurrent_writes_are_committed_together_and_acknowledged_once_durable(tmp_path):
+    log = MutationLog(str(tmp_path), D)
+
+    async def main():
+        writer = LogWriter(log)
+        seqs = await asyncio.gather(*(writer.write(upsert(i)) for i in range(50)))
+        return writer, seqs
+
+    writer, seqs = asyncio.run(main())
+    assert sorted(seqs) == list(range(1, 51))
+    segments = log.segments()
+    assert len(segments) < 10  # writes that arrive together share a segment (one fsync)
+    durable = [m.sequence for m in MutationLog(str(tmp_path), D).read()]
+    assert durable == list(range(1, 51))  # every acknowledged write is in the files
+    assert writer.end == 50
+
+
+def test_tail_waits_for_writes_and_sends_replicas_to_the_files_when_short(tmp_path):
+    log = MutationLog(str(tmp_path), D)
+    log.start()
+    log.append([upsert(0), upsert(1)])  # written before this writer: only in the files
+
+    async def main():
+        writer = LogWriter(MutationLog(str(tmp_path), D))
+        assert writer.end == 2
+        assert await writer.tail_after(0, 0.1) is None  # not in memory: read the files
+        assert await writer.tail_after(2, 0.05) == []  # nothing new within the wait
+        waiting = asyncio.ensure_future(writer.tail_after(2, 5))
+        await asyncio.sleep(0.05)
+        await writer.write(upsert(2))
+        got = await waiting
+        assert [m.sequence for m in got] == [3]
+
+    asyncio.run(main())
+
+
+def test_a_corrupt_log_refuses_writes(tmp_path):
+    log = MutationLog(str(tmp_path), D)
+    log.start()
+    log.append([upsert(0)])
+    path = log.store.path(log.segments()[0][1])
+    with open(path, "r+b") as f:
+        f.truncate(10)
+
+    async def main():
+        writer = LogWriter(MutationLog(str(tmp_path), D))
+        with pytest.raises(CorruptLogSegment, match=r"00000000000000000001\.mlog"):
+            await writer.write(upsert(1))
+
+    asyncio.run(main())
+
+
+def test_follower_applies_the_tail_and_falls_back_to_the_files(tmp_path):
+    index = build(tmp_path, clustered(300, D, seed=1), index="Flat", num_shards=2)
+    writer_log = MutationLog(index.root_uri, D)
+    writer_log.start()
+    writer_log.append([upsert(0)])  # only in the files
+    sent: list[Mutation] = []
+
+    async def tail(after: int, wait_s: float):
+        if after < 1:
+            return None  # the writer's memory does not reach back: read the files
+        fresh = [m for m in sent if m.sequence > after]
+        if not fresh:
+            await asyncio.sleep(min(wait_s, 0.01))
+        return fresh
+
+    async def main():
+        follower = Follower(tail, lambda: [index])
+        task = asyncio.ensure_future(follower.run())
+        assert await follower.wait_for(index, 1, asyncio.get_running_loop().time() + 5)
+        (m2,) = writer_log.append([Mutation("delete", np.array([10_000]))])
+        sent.append(m2)
+        assert await follower.wait_for(index, 2, asyncio.get_running_loop().time() + 5)
+        assert not await follower.wait_for(index, 3, asyncio.get_running_loop().time() + 0.1)
+        task.cancel()
+
+    asyncio.run(main())
+    assert index.sequence == 2 and index.ntotal == 300
+
+
+def test_compactions_one_at_a_time_proposed_until_committed():
+    started: list[str | None] = []
+    gate = asyncio.Event
+
+    async def main():
+        release = gate()
+
+        async def launch(version):
+            started.append(version)
+            await release.wait()
+            return {"version": "v2", "base_sequence": 7}
+
+        c = Compactions(launch, after_changes=100)
+        c.maybe_start("v1", 99)
+        assert not c.running
+        c.maybe_start("v1", 100)
+        assert c.running and c.status()["state"] == "running"
+        c.start("v1", "again")  # one at a time
+        release.set()
+        await c.task
+        assert started == ["v1"] and c.proposed == "v2" and c.status()["state"] == "proposed"
+        c.start("v1", "while v2 waits")  # no second compaction before v2 is active
+        assert started == ["v1"]
+        c.committed("v2")
+        assert c.proposed is None and c.status()["state"] == "active"
+
+        async def broken(version):
+            raise RuntimeError("disk full")
+
+        failing = Compactions(broken)
+        failing.start("v1", "asked")
+        await failing.task
+        assert failing.status()["state"] == "failed" and "disk full" in failing.status()["error"]
+
+    asyncio.run(main())
