@@ -28,7 +28,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     coordinator = serve.deployment(Coordinator, name="coordinator").options(
         num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
     )
-    state = coordinator.bind(args.index_uri, args.compact_after_changes)
+    state = coordinator.bind(args.index_uri, args.compact_after_changes, args.max_delta_rows)
     options = args.shard.model_dump()
     # versions and default params travel in user_config: changing them reconfigures the
     # running replicas in place (a two-phase live swap) instead of replacing them

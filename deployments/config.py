@@ -175,6 +175,11 @@ class AppArgs(BaseModel):
         description="compact online once the shards hold this many changed rows (delta rows "
         "and deleted or replaced ones); None: only on POST /v1/compact",
     )
+    max_delta_rows: PositiveInt | None = Field(
+        2_000_000,
+        description="upserts are refused (503 delta_full) while the shards' deltas hold this "
+        "many rows, and a compaction starts; None: no bound",
+    )
     router_replicas: PositiveInt = 1
     router_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources of the router (node pinning)"

@@ -10,6 +10,8 @@ seconds. Writes are hard state: each is acknowledged only once durable in the lo
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from typing import Any
 
@@ -17,15 +19,24 @@ from deployments.compaction import Compactions, compact_version
 from deployments.swap import Report
 from deployments.writer import LogWriter
 from shards.artefact import metadata_schema_of, open_version
+from shards.errors import DeltaFull
 from shards.log import Mutation, MutationLog
+
+log = logging.getLogger(__name__)
+RETIRE_LOG_AFTER_S = 30.0  # after a compaction's commit: replicas drop older versions first
 
 
 class Coordinator:
     """Holds ``active`` (the committed version) and the last report of every shard replica."""
 
     def __init__(
-        self, index_uri: str | None = None, compact_after_changes: int | None = None
+        self,
+        index_uri: str | None = None,
+        compact_after_changes: int | None = None,
+        max_delta_rows: int | None = None,
     ) -> None:
+        self.max_delta_rows = max_delta_rows
+        self.retired: dict[str, Any] = {}  # the last log retirement, for stats
         self.active: str | None = None
         self.reports: dict[str, Report] = {}
         self.index_uri = index_uri
@@ -54,7 +65,18 @@ class Coordinator:
         return self._writer
 
     async def write(self, m: Mutation) -> int:
-        """Log ``m`` durably; its sequence (``LogWriter.write``)."""
+        """Log ``m`` durably; its sequence (``LogWriter.write``).
+
+        Raises:
+            DeltaFull: the shards' deltas hold ``max_delta_rows`` (a compaction is started).
+        """
+        delta = self._most("delta_rows")
+        if self.max_delta_rows is not None and m.op == "upsert" and delta >= self.max_delta_rows:
+            self.compactions.start(self.active, f"the deltas hold {delta} rows")
+            raise DeltaFull(
+                f"the shards' deltas hold {delta:,} rows (max_delta_rows "
+                f"{self.max_delta_rows:,}): upserts wait for the compaction now running"
+            )
         return await self.writer().write(m)
 
     async def tail(self, after: int, wait_s: float) -> list[Mutation] | None:
@@ -72,28 +94,54 @@ class Coordinator:
         loaded: list[str],
         failed: dict[str, str],
         changes: int = 0,
+        delta_rows: int = 0,
     ) -> tuple[str | None, str | None]:
         """Record what ``replica`` holds (and the changes its active version has applied
         since it was built); returns the active version and the one a compaction proposes."""
-        self.reports[replica] = Report(deployment, tuple(loaded), dict(failed), changes)
+        self.reports[replica] = Report(deployment, tuple(loaded), dict(failed), changes, delta_rows)
         if self.active is not None and self.active in loaded:
-            self.compactions.maybe_start(self.active, self._changes())
+            self.compactions.maybe_start(self.active, self._most("changes"))
         return self.active, self.compactions.proposed
 
-    def _changes(self) -> int:
-        """Changes over all shards: the most any replica of each deployment reports."""
+    def _most(self, field: str) -> int:
+        """Over all shards: the most any fresh replica of each deployment reports."""
+        now = time.monotonic()
         most: dict[str, int] = {}
         for r in self.reports.values():
-            most[r.deployment] = max(most.get(r.deployment, 0), r.changes)
+            if r.fresh(now):
+                most[r.deployment] = max(most.get(r.deployment, 0), getattr(r, field))
         return sum(most.values())
 
     async def commit(self, expected: str | None, version: str) -> str | None:
         """Make ``version`` active if the active one is still ``expected`` (or unset: a
         restarted coordinator); returns the active version after the call."""
         if self.active in (expected, None):
+            compacted = version == self.compactions.proposed
             self.active = version
             self.compactions.committed(version)
+            if compacted and self.index_uri is not None:
+                asyncio.get_running_loop().create_task(self._retire_log_later())
         return self.active
+
+    async def _retire_log_later(self, wait_s: float = RETIRE_LOG_AFTER_S) -> None:
+        """Once replicas have dropped the versions before a compaction, delete the log
+        segments every version still held includes (``MutationLog.retire``)."""
+        await asyncio.sleep(wait_s)
+        try:
+            self.retired = await asyncio.to_thread(self._retire_log)
+        except Exception as exc:  # retried after the next compaction; never fatal
+            self.retired = {"error": repr(exc)[:300]}
+            log.warning("log retirement failed: %r", exc)
+
+    def _retire_log(self) -> dict[str, Any]:
+        now = time.monotonic()
+        held = {v for r in self.reports.values() if r.fresh(now) for v in r.loaded}
+        held |= {self.active} if self.active else set()
+        assert self.index_uri is not None
+        floor = min(open_version(self.index_uri, v)[1].base_sequence for v in held)
+        gone = self.writer().log.retire(floor)
+        log.info("retired %d log segments at or below sequence %d", gone, floor)
+        return {"upto": floor, "segments": gone, "versions_held": sorted(held)}
 
     async def view(self) -> dict[str, Any]:
         """The active version and the fresh reports (``Report`` objects, by replica id)."""
@@ -106,4 +154,4 @@ class Coordinator:
         }
 
     async def compaction(self) -> dict[str, Any]:
-        return self.compactions.status()
+        return {**self.compactions.status(), "log_retired": self.retired}

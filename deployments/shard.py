@@ -203,8 +203,9 @@ class ShardServer:
         """
         held = self.versions.get(self.active) if self.active else None
         changes = 0 if held is None else held.index.changes
+        delta = 0 if held is None else sum(len(s.delta_ids) for s in held.index.shards.values())
         call = self.coordinator.report.remote(
-            self.replica, self.deployment, list(self.versions), self._failures(), changes
+            self.replica, self.deployment, list(self.versions), self._failures(), changes, delta
         )
         try:
             active, proposed = await asyncio.wait_for(call, REPORT_TIMEOUT_S)

@@ -83,6 +83,21 @@ class CorruptLogSegment(IndexLoadError):
     code = "corrupt_log_segment"
 
 
+class LogRetired(IndexLoadError):
+    """The log no longer holds the mutations a version needs (they were retired after a
+    compaction included them): open a newer version."""
+
+    code = "log_retired"
+
+
+class DeltaFull(VsearchError):
+    """The shards' deltas hold ``max_delta_rows``: writes wait for the compaction that
+    was started (retry after it; ``/v1/stats`` shows its state)."""
+
+    status_code = 503
+    code = "delta_full"
+
+
 class UnsupportedOperation(VsearchError):
     """The operation is not possible for this index type or configuration."""
 

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from shards.errors import ConcurrentUpdate, CorruptLogSegment
+from shards.errors import ConcurrentUpdate, CorruptLogSegment, LogRetired
 from shards.storage import Store, fsync_dir
 
 LOG_DIR = "log"
@@ -96,6 +96,14 @@ class MutationLog:
             CorruptLogSegment: a segment fails its check; the mutations before it were given.
         """
         segs = self.segments()
+        if segs and segs[0][0] > after + 1:
+            raise LogRetired(
+                f"the mutation log at {self.store.root} starts at sequence {segs[0][0]}: the "
+                f"mutations after {after} that a reader needs were retired after a compaction "
+                "included them; open a version whose base sequence is at least "
+                f"{segs[0][0] - 1}",
+                self.store.root,
+            )
         for i, (_, name) in enumerate(segs):
             nxt = segs[i + 1][0] if i + 1 < len(segs) else None
             if nxt is not None and nxt <= after + 1:
@@ -171,8 +179,10 @@ class MutationLog:
         return self._last
 
     def retire(self, upto: int) -> int:
-        """Delete the segments whose mutations are all at or below ``upto``; returns how
-        many. The newest segment is kept (it tells a new writer where the log ends)."""
+        """Delete the segments whose mutations are all at or below ``upto`` (the lowest base
+        sequence of every version still served); returns how many. The newest segment is
+        kept (it tells a new writer where the log ends). A reader that needs a retired
+        mutation gets ``LogRetired``, never a silently incomplete state."""
         segs = self.segments()
         gone = 0
         for (_, name), (nxt, _) in itertools.pairwise(segs):

@@ -139,3 +139,46 @@ def test_compactions_one_at_a_time_proposed_until_committed():
         assert failing.status()["state"] == "failed" and "disk full" in failing.status()["error"]
 
     asyncio.run(main())
+
+
+def test_coordinator_bounds_the_delta_and_retires_the_log_after_a_compaction(tmp_path):
+    from deployments.coordinator import Coordinator
+    from shards import ShardedIndex
+    from shards.errors import DeltaFull
+
+    index = build(tmp_path, clustered(300, D, seed=1), index="Flat", num_shards=2)
+    v1 = index.index_version
+
+    async def launch(version):  # the Ray task's work, run here
+        from deployments.compaction import compact_version
+
+        return compact_version(index.root_uri, version)
+
+    async def main():
+        coord = Coordinator(index.root_uri, max_delta_rows=3)
+        coord.compactions.launch = launch
+        await coord.commit(None, v1)
+        for i in range(3):
+            await coord.write(upsert(i))
+        await coord.report("a", "shard-0", [v1], {}, 3, 2)
+        await coord.report("b", "shard-1", [v1], {}, 1, 1)
+        with pytest.raises(DeltaFull, match="hold 3 rows"):
+            await coord.write(upsert(9))
+        await coord.compactions.task  # the bound started a compaction
+        v2 = coord.compactions.proposed
+        assert v2 is not None and coord.compactions.last["base_sequence"] == 3
+        await coord.write(Mutation("delete", np.array([1])))  # deletes still flow
+        await coord.write(Mutation("delete", np.array([2])))  # after the new base
+        await coord.commit(v1, v2)
+        await coord.report("a", "shard-0", [v1, v2], {})  # v1 still held: nothing retired
+        assert coord._retire_log()["segments"] == 0
+        await coord.report("a", "shard-0", [v2], {})
+        await coord.report("b", "shard-1", [v2], {})
+        coord.active = v2
+        done = coord._retire_log()
+        assert done["upto"] == 3 and done["segments"] >= 1
+        return v2
+
+    v2 = asyncio.run(main())
+    again = ShardedIndex.open(index.root_uri, v2)
+    assert again.sequence == 5 and again.ntotal == 301  # +3 upserts, -2 deletes

@@ -254,3 +254,22 @@ def test_ivfpq_recall_after_writes_is_that_of_a_fresh_build(tmp_path):
     fresh_recall = float((If[:, :, None] == gt[:, None, :]).any(2).mean())
     assert index.ntotal == len(live_ids)
     assert written >= fresh_recall - 0.01, (written, fresh_recall)
+
+
+def test_retired_segments_refuse_readers_that_need_them(tmp_path):
+    from shards.errors import LogRetired
+
+    x = clustered(300, D, seed=1)
+    index = build(tmp_path, x, index="Flat", num_shards=2)
+    old = index.index_version
+    for i in range(4):
+        index.delete([i])
+    compacted = ShardedIndex.open(index.root_uri, index.compact().index_version)
+    index.delete([10])  # after the compacted version's base (4)
+    log = MutationLog(index.root_uri, D)
+    assert log.retire(compacted.manifest.base_sequence) == 4
+    again = ShardedIndex.open(index.root_uri, compacted.index_version)
+    assert again.sequence == 5 and again.ntotal == 295
+    with pytest.raises(LogRetired, match="starts at sequence 5"):
+        ShardedIndex.open(index.root_uri, old)  # its base is 0: mutations 1-4 are gone
+    assert ShardedIndex.open(index.root_uri, old, log=False).ntotal == 300
