@@ -165,7 +165,12 @@ class HttpApi:
         body["shards"] = await self.shard_infos()
         try:
             body["log"] = await asyncio.wait_for(self.coordinator.log_state.remote(), 5.0)
-            body["compaction"] = await asyncio.wait_for(self.coordinator.compaction.remote(), 5.0)
+            state = self.coordinator.compaction.remote()
+            body["compaction"] = await asyncio.wait_for(state, 5.0)
+            end = body["log"]["sequence"]
+            for info in body["shards"]:  # how far each shard is behind the log
+                if info.get("sequence") is not None and end is not None:
+                    info["lag"] = max(0, end - info["sequence"])
         except Exception as exc:  # the coordinator restarts: say so, the rest still answers
             body["log"] = {"sequence": None, "error": f"coordinator did not answer: {exc!r}"}
         return body

@@ -42,8 +42,13 @@ def compact_version(index_uri: str, version: str | None) -> dict[str, Any]:
 class Compactions:
     """At most one compaction at a time, and the version the last one proposes."""
 
-    def __init__(self, launch: Launch, after_changes: int | None = None) -> None:
-        self.launch, self.after_changes = launch, after_changes
+    def __init__(
+        self,
+        launch: Launch,
+        after_changes: int | None = None,
+        on_done: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.launch, self.after_changes, self.on_done = launch, after_changes, on_done
         self.task: asyncio.Task | None = None
         self.proposed: str | None = None  # published by a compaction, not yet active
         self.last: dict[str, Any] = {}  # state of the last compaction, for stats
@@ -72,11 +77,15 @@ class Compactions:
         except Exception as exc:
             self.last = {**self.last, "state": "failed", "error": repr(exc)[:500]}
             log.error("compaction of %s failed: %r", active, exc)
+            if self.on_done is not None:
+                self.on_done(self.last)
             return
         self.count += 1
         self.proposed = done["version"]
         self.last = {**self.last, **done, "state": "proposed"}
         log.info("compaction published %s: %s", done["version"], done)
+        if self.on_done is not None:
+            self.on_done(self.last)
 
     def committed(self, version: str) -> None:
         """``version`` became active: a proposal it answers is done."""

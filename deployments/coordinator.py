@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from deployments.compaction import Compactions, compact_version
+from deployments.metrics import LogMetrics
 from deployments.swap import Report
 from deployments.writer import LogWriter
 from shards.artefact import metadata_schema_of, open_version
@@ -41,7 +42,13 @@ class Coordinator:
         self.reports: dict[str, Report] = {}
         self.index_uri = index_uri
         self._writer: LogWriter | None = None
-        self.compactions = Compactions(self._launch, compact_after_changes)
+        self.metrics = LogMetrics()
+        self.compactions = Compactions(self._launch, compact_after_changes, self._compacted)
+
+    def _compacted(self, last: dict[str, Any]) -> None:
+        self.metrics.compactions.inc(tags={"state": last["state"]})
+        if "seconds" in last:
+            self.metrics.compaction_s.set(float(last["seconds"]))
 
     async def _launch(self, version: str | None) -> dict[str, Any]:
         """Compact ``version`` in a Ray task: its own process, off every request path."""
@@ -77,7 +84,9 @@ class Coordinator:
                 f"the shards' deltas hold {delta:,} rows (max_delta_rows "
                 f"{self.max_delta_rows:,}): upserts wait for the compaction now running"
             )
-        return await self.writer().write(m)
+        seq = await self.writer().write(m)
+        self.metrics.sequence.set(float(self.writer().end))
+        return seq
 
     async def tail(self, after: int, wait_s: float) -> list[Mutation] | None:
         """What follows ``after`` in the log, or None: read the files (``LogWriter``)."""

@@ -94,3 +94,17 @@ class RouterMetrics:
         self.write_latency = Histogram(
             "vsearch_write_seconds", "time to make a write durable", boundaries=LATENCY_S
         )
+
+
+class LogMetrics:
+    """The mutation log and compactions, at the app's coordinator."""
+
+    def __init__(self) -> None:
+        self.sequence = Gauge("vsearch_log_sequence", "last durable mutation sequence")
+        self.segments = Counter("vsearch_log_segments_total", "segments written (group commits)")
+        self.compactions = Counter(
+            "vsearch_compactions_total", "online compactions by outcome", tag_keys=("state",)
+        )
+        self.compaction_s = Gauge(
+            "vsearch_compaction_seconds", "duration of the last online compaction"
+        )

@@ -169,7 +169,8 @@ def test_read_your_writes_metadata_and_bad_writes(serve_base, fresh):
     assert r.status_code == 400 and "at most 4096" in r.json()["error"]["message"]
     stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
     assert stats["log"] == {"sequence": 2, "error": None}  # the refused writes logged nothing
-    assert {s["sequence"] for s in stats["shards"]} == {2}
+    assert {(s["sequence"], s["lag"]) for s in stats["shards"]} == {(2, 0)}
+    assert stats["compaction"]["compactions"] == 0
 
 
 def _json(body) -> bytes:
@@ -180,8 +181,8 @@ def _json(body) -> bytes:
 
 def test_acknowledged_writes_survive_replica_coordinator_router_and_app_restarts(serve_base, fresh):
     """A continuous write stream while a shard replica is SIGKILLed, then the coordinator
-    (the log's writer), then the router; then the app is deleted and deployed again. Every acknowledged
-    write is there, none twice, and every replica of a shard answers the same."""
+    (the log's writer), then the router; then the app is deleted and deployed again. Every
+    acknowledged write is there, none twice, and every replica of a shard answers the same."""
     import os
     import signal
 
