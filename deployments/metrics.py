@@ -101,7 +101,6 @@ class LogMetrics:
 
     def __init__(self) -> None:
         self.sequence = Gauge("vsearch_log_sequence", "last durable mutation sequence")
-        self.segments = Counter("vsearch_log_segments_total", "segments written (group commits)")
         self.compactions = Counter(
             "vsearch_compactions_total", "online compactions by outcome", tag_keys=("state",)
         )
