@@ -47,8 +47,10 @@ class Compactions:
         launch: Launch,
         after_changes: int | None = None,
         on_done: Callable[[dict[str, Any]], None] | None = None,
+        active: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.launch, self.after_changes, self.on_done = launch, after_changes, on_done
+        self.active = active  # the app's active version now
         self.task: asyncio.Task | None = None
         self.proposed: str | None = None  # published by a compaction, not yet active
         self.last: dict[str, Any] = {}  # state of the last compaction, for stats
@@ -81,9 +83,14 @@ class Compactions:
                 self.on_done(self.last)
             return
         self.count += 1
-        self.proposed = done["version"]
-        self.last = {**self.last, **done, "state": "proposed"}
-        log.info("compaction published %s: %s", done["version"], done)
+        if self.active() != active:
+            # another version went live meanwhile (an operator's swap): proposing this one
+            # would swap back to older data, so it is left unused
+            self.last = {**self.last, **done, "state": "stale", "active": self.active()}
+            log.warning("compaction of %s is stale: %s is active now", active, self.active())
+        else:
+            self.proposed = done["version"]
+            self.last = {**self.last, **done, "state": "proposed"}
         if self.on_done is not None:
             self.on_done(self.last)
 

@@ -20,7 +20,7 @@ from deployments.metrics import LogMetrics
 from deployments.swap import Report
 from deployments.writer import LogWriter
 from shards.artefact import metadata_schema_of, open_version
-from shards.errors import DeltaFull
+from shards.errors import CorruptLogSegment, DeltaFull
 from shards.log import Mutation, MutationLog
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ class Coordinator:
         self.index_uri = index_uri
         self._writer: LogWriter | None = None
         self.metrics = LogMetrics()
-        self.compactions = Compactions(self._launch, compact_after_changes, self._compacted)
+        self.compactions = Compactions(
+            self._launch, compact_after_changes, self._compacted, lambda: self.active
+        )
 
     def _compacted(self, last: dict[str, Any]) -> None:
         self.metrics.compactions.inc(tags={"state": last["state"]})
@@ -68,8 +70,23 @@ class Coordinator:
                 raise RuntimeError("this coordinator has no index to write to")
             store, manifest = open_version(self.index_uri)
             log_ = MutationLog(self.index_uri, manifest.dim, metadata_schema_of(store, manifest))
-            self._writer = LogWriter(log_, manifest.base_sequence)
+            writer = LogWriter(log_, manifest.base_sequence)
+            applied = self._most_applied()
+            if writer.error is None and applied > writer.end:
+                # replicas applied writes the files no longer hold: numbering after the
+                # files would reuse sequences they have applied (and skip the new writes)
+                writer.error = CorruptLogSegment(
+                    f"the mutation log at {log_.store.root} ends at sequence {writer.end}, "
+                    f"but a replica has applied {applied}: segments are missing; restore "
+                    "them (writes are refused until then)",
+                    log_.store.root,
+                )
+            self._writer = writer
         return self._writer
+
+    def _most_applied(self) -> int:
+        now = time.monotonic()
+        return max((r.sequence for r in self.reports.values() if r.fresh(now)), default=0)
 
     async def write(self, m: Mutation) -> int:
         """Log ``m`` durably; its sequence (``LogWriter.write``).
@@ -104,10 +121,13 @@ class Coordinator:
         failed: dict[str, str],
         changes: int = 0,
         delta_rows: int = 0,
+        sequence: int = 0,
     ) -> tuple[str | None, str | None]:
         """Record what ``replica`` holds (and the changes its active version has applied
         since it was built); returns the active version and the one a compaction proposes."""
-        self.reports[replica] = Report(deployment, tuple(loaded), dict(failed), changes, delta_rows)
+        self.reports[replica] = Report(
+            deployment, tuple(loaded), dict(failed), changes, delta_rows, sequence
+        )
         if self.active is not None and self.active in loaded:
             self.compactions.maybe_start(self.active, self._most("changes"))
         return self.active, self.compactions.proposed

@@ -33,7 +33,9 @@ class Follower:
         self.tail, self.held = tail, held
         self.applied = asyncio.Condition()
         self.last_file_read = 0.0
-        self.error: str | None = None  # the writer's last failure to answer
+        self.error: str | None = None  # the writer's last failure to answer (the files serve)
+        self.broken: str | None = None  # applying the log failed (a retired or missing part)
+        self.broken_since: float | None = None
 
     def sequence(self) -> int | None:
         """The sequence every held version has applied (None: none held)."""
@@ -41,40 +43,63 @@ class Follower:
         return min(i.sequence for i in indexes) if indexes else None
 
     async def run(self) -> None:
-        """Follow forever (the replica's background task)."""
+        """Follow forever (the replica's background task); every failure is kept in
+        ``error`` (the replica reports it) and retried, never the end of the task."""
         while True:
-            after = self.sequence()
-            if after is None:
-                await asyncio.sleep(RETRY_S)
-                continue
             try:
-                got = await asyncio.wait_for(self.tail(after, WAIT_S), WAIT_S + 5)
-                self.error = None
-            except Exception as exc:  # the writer restarts, or is busy: read the files
-                self.error = f"no answer from the log writer: {exc!r}"
-                got = None
+                await self.step()
+            except Exception as exc:
+                self.broken = f"cannot apply the mutation log: {exc!r}"[:500]
+                self.broken_since = self.broken_since or time.monotonic()
+                log.error(self.broken)
                 await asyncio.sleep(RETRY_S)
-            stale = time.monotonic() - self.last_file_read > FILE_POLL_S
-            if got is None or (not got and stale):
-                await self.read_files()
-            elif got:
-                await asyncio.to_thread(self._apply, got)
-            await self._notify()
+            else:
+                self.broken = self.broken_since = None
 
-    async def read_files(self) -> None:
+    async def step(self) -> None:
+        """One round: wait for what follows, apply it (or read the files), notify."""
+        after = self.sequence()
+        if after is None:
+            await asyncio.sleep(RETRY_S)
+            return
+        try:
+            got = await asyncio.wait_for(self.tail(after, WAIT_S), WAIT_S + 5)
+        except Exception as exc:  # the writer restarts, or is busy: read the files
+            self.error = f"no answer from the log writer: {exc!r}"[:500]
+            got = None
+            await asyncio.sleep(RETRY_S)
+        stale = time.monotonic() - self.last_file_read > FILE_POLL_S
+        indexes = self.held()  # here, on the event loop: the replica changes its dict here
+        if got is None or (not got and stale):
+            await self.read_files(indexes)
+        elif got:
+            await asyncio.to_thread(self._apply, indexes, got)
+        if got is not None:
+            self.error = None
+        await self._notify()
+
+    async def read_files(self, indexes: list[ShardedIndex] | None = None) -> None:
         """Apply what the log's files hold after each held version's sequence."""
         self.last_file_read = time.monotonic()
-        await asyncio.to_thread(self._catch_up)
+        await asyncio.to_thread(self._catch_up, self.held() if indexes is None else indexes)
 
-    def _catch_up(self) -> None:
-        for index in self.held():
+    @staticmethod
+    def _catch_up(indexes: list[ShardedIndex]) -> None:
+        for index in indexes:
             if index.log is not None:
                 index.catch_up(strict=False)
 
-    def _apply(self, mutations: list[Mutation]) -> None:
-        for index in self.held():
+    @staticmethod
+    def _apply(indexes: list[ShardedIndex], mutations: list[Mutation]) -> None:
+        for index in indexes:
             for m in mutations:
-                index.apply(m)
+                if m.sequence <= index.sequence:
+                    continue  # this version has it (it asked from the least held sequence)
+                if m.sequence != index.sequence + 1 and index.log is not None:
+                    index.catch_up(strict=False)  # a version loaded meanwhile: the files
+                    if m.sequence <= index.sequence:
+                        continue
+                index.apply(m)  # LogGap if the files did not close the gap: loud
 
     async def _notify(self) -> None:
         async with self.applied:

@@ -37,7 +37,7 @@ from shards.errors import (
 )
 from shards.ids import check_ids
 from shards.log import Mutation
-from shards.merge import merge_results
+from shards.merge import drop_repeats, merge_results
 from shards.params import SearchOverrides
 from shards.partition import assign_shards
 from shards.planner import QueryPlanner
@@ -228,7 +228,11 @@ class Router(HttpApi):
         for part in parts:
             if part[2] != version:  # an invariant: shards answer the pinned version or refuse
                 raise VsearchError(f"a shard answered version {part[2]} for {version}")
-        D, I = query.finish(*merge_results([(p[0], p[1]) for p in parts], planner.metric.keep_max))
+        keep_max = planner.metric.keep_max
+        D, I = merge_results([(p[0], p[1]) for p in parts], keep_max)
+        if planner.manifest.partition == "range":  # an upsert can move an id between shards
+            D, I = drop_repeats(D, I, -np.inf if keep_max else np.inf)
+        D, I = query.finish(D, I)
         m.merge.observe(time.perf_counter() - t_merge)
         if outcome.coverage < 1.0:
             m.degraded.inc()
@@ -242,7 +246,10 @@ class Router(HttpApi):
         }
         if include_metadata:
             answered = [i for i, a in enumerate(outcome.answers) if a is not None]
-            out["metadata"] = await self._metadata(planner, I, metadata_columns, deadline, answered)
+            newest = max(p[3] for p in parts)  # metadata from a state at least this new
+            out["metadata"] = await self._metadata(
+                planner, I, metadata_columns, deadline, answered, newest
+            )
         out["took_ms"] = round(1000 * (time.perf_counter() - t0), 3)
         return out
 
@@ -369,17 +376,24 @@ class Router(HttpApi):
         return out
 
     async def _metadata(
-        self, planner: QueryPlanner, I: np.ndarray, columns, deadline: float, answered: list[int]
+        self,
+        planner: QueryPlanner,
+        I: np.ndarray,
+        columns,
+        deadline: float,
+        answered: list[int],
+        sequence: int,
     ):
         """Metadata rows for the ids of ``I``, from the groups that answered the search and
-        can own them: every one of those must answer (a row is never silently null)."""
+        can own them, at ``sequence`` or later (the newest state the search read): every
+        one of those must answer (a row is never silently null)."""
         flat = np.unique(I[I >= 0])
         groups = sorted(set(answered) & set(self._owner_groups(planner, flat)))
         rows: dict[int, dict] = {}
         if groups:
             outcome = await self._fan_out(
-                lambda h, q: h.metadata.remote(flat, columns, q.version),
-                Query(1, version=planner.manifest.index_version),
+                lambda h, q: h.metadata.remote(flat, columns, q),
+                Query(1, version=planner.manifest.index_version, min_sequence=sequence),
                 deadline,
                 1.0,
                 groups,

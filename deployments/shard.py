@@ -125,7 +125,12 @@ class ShardServer:
         a version nobody asks for any more is no problem of this replica's)."""
         current = (self.wanted or "CURRENT", self.active)
         self.failed = {v: why for v, why in self.failed.items() if v in current}
-        return {v: why for v, why in self.failed.items() if v not in self.versions}
+        out = {v: why for v, why in self.failed.items() if v not in self.versions}
+        for v, loaded in self.versions.items():  # a version that cannot follow the log
+            why = self.follower.broken or loaded.index.log_error
+            if why is not None and v in current:
+                out[f"log of {v}"] = f"shards {self.numbers}: {why}"
+        return out
 
     def _serving(self) -> LoadedShards | None:
         """The version this replica serves by default: the active one, else the wanted."""
@@ -204,8 +209,15 @@ class ShardServer:
         held = self.versions.get(self.active) if self.active else None
         changes = 0 if held is None else held.index.changes
         delta = 0 if held is None else sum(len(s.delta_ids) for s in held.index.shards.values())
+        applied = self.follower.sequence() or 0
         call = self.coordinator.report.remote(
-            self.replica, self.deployment, list(self.versions), self._failures(), changes, delta
+            self.replica,
+            self.deployment,
+            list(self.versions),
+            self._failures(),
+            changes,
+            delta,
+            applied,
         )
         try:
             active, proposed = await asyncio.wait_for(call, REPORT_TIMEOUT_S)
@@ -281,6 +293,7 @@ class ShardServer:
     async def _run(self, xq: np.ndarray, query: Query, deadline: float | None, record=True):
         loaded = self._held(query.version)
         m, tags, v = self.metrics, self.tags, loaded.version
+        seq = loaded.index.sequence  # before: the state searched has at least this one
         t0 = time.perf_counter()
         self.in_flight[v] += 1
         try:
@@ -296,7 +309,7 @@ class ShardServer:
             m.searches.inc(tags=tags)
             m.queries.inc(len(xq), tags=tags)
             m.batch.observe(len(xq), tags=tags)
-        return D, I, v, loaded.index.sequence
+        return D, I, v, seq
 
     async def _caught_up(self, loaded: LoadedShards, sequence: int, deadline: float | None):
         """Wait (until ``deadline``) for ``loaded`` to apply ``sequence``, or SequenceBehind."""
@@ -335,12 +348,17 @@ class ShardServer:
         return found, index.reconstruct(ids[found]) if found.any() else None
 
     async def metadata(
-        self, ids: np.ndarray, columns: list[str] | None, version: str | None = None
+        self, ids: np.ndarray, columns: list[str] | None, query: Query
     ) -> dict[int, dict]:
-        """Metadata rows of the ids that live in these shards, by id."""
+        """Metadata rows of the ids that live in these shards, by id (at ``query``'s version,
+        once its ``min_sequence`` is applied: the sequence the search answered from)."""
         if self.opts.faults is not None:
             await self._inject(self.opts.faults, "metadata")
-        index = self._held(version).index
+        loaded = self._held(query.version)
+        if query.min_sequence:
+            deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
+            await self._caught_up(loaded, query.min_sequence, deadline)
+        index = loaded.index
         found = index.contains(ids)
         if not found.any():
             return {}
@@ -387,8 +405,8 @@ class ShardServer:
                 "ntotal": shard.ntotal,
                 "delta_rows": len(shard.delta_ids),
                 "tombstones": shard.tombstones,
-                "log_error": cur.index.log_error,
-                "log_follow_error": self.follower.error,
+                "log_error": cur.index.log_error or self.follower.broken,
+                "log_writer_error": self.follower.error,
                 "factory": manifest.factory,
                 "device": cur.placement.device,
                 "cuvs": cur.placement.cuvs,
@@ -411,6 +429,13 @@ class ShardServer:
         """
         await self._report()
         self._retire()
+        if self._following is not None and self._following.done():
+            raise RuntimeError(f"shards {self.numbers}: the log follower stopped")
+        since = self.follower.broken_since
+        if since is not None and time.monotonic() - since > self.opts.unhealthy_after_s:
+            # this replica's versions cannot follow the log (a retired or missing part):
+            # a replacement loads the active version afresh
+            raise RuntimeError(f"shards {self.numbers}: {self.follower.broken}")
         busy = self._task is not None and not self._task.done()
         retry = self._retry_at is not None and time.monotonic() >= self._retry_at and not busy
         if retry and self.wanted not in self.versions:

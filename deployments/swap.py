@@ -35,6 +35,7 @@ class Report:
     failed: dict[str, str] = field(default_factory=dict)  # version -> why it did not load
     changes: int = 0  # delta rows + tombstones of its active version (compaction trigger)
     delta_rows: int = 0  # rows in its active version's delta (the write bound)
+    sequence: int = 0  # the mutation sequence its versions have applied
     at: float = field(default_factory=time.monotonic)
 
     def fresh(self, now: float) -> bool:

@@ -90,6 +90,13 @@ class LogRetired(IndexLoadError):
     code = "log_retired"
 
 
+class LogGap(IndexLoadError):
+    """A logged mutation arrived that does not follow the applied sequence: the ones in
+    between must be read from the log first (never skipped)."""
+
+    code = "log_gap"
+
+
 class DeltaFull(VsearchError):
     """The shards' deltas hold ``max_delta_rows``: writes wait for the compaction that
     was started (retry after it; ``/v1/stats`` shows its state)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from shards.errors import (
     ConcurrentUpdate,
     CorruptLogSegment,
     InvalidInput,
+    LogGap,
     SequenceBehind,
     UnknownId,
     UnsupportedOperation,
@@ -66,6 +68,7 @@ class ShardedIndex:
         self.log = MutationLog(root_uri, manifest.dim, schema) if log and root_uri else None
         self.log_error: str | None = None  # a corrupt segment stopped the replay here
         self._removed: dict[int, int] = {}  # sequence -> live ids it removed (recent ones)
+        self._applying = threading.Lock()  # a mutation reaches every shard at once
 
     @classmethod
     def open(
@@ -183,8 +186,13 @@ class ShardedIndex:
         A single query runs with one OpenMP thread (``_faiss.one_omp_thread``)."""
         with one_omp_thread() if len(xq) == 1 else nullcontext():
             shards = list(self.shards.values())
+            with self._applying:  # one state of every shard: no mutation half applied
+                states = [shard.state for shard in shards]
             coarse = coarse_assign(shards[0].index, xq, ov) if self.shared_coarse else None
-            parts = [shard.search(xq, k, ov, coarse) for shard in shards]
+            parts = [
+                shard.search(xq, k, ov, coarse, st)
+                for shard, st in zip(shards, states, strict=True)
+            ]
         return merge_results(parts, self.metric.keep_max)
 
     def search_by_id(
@@ -291,8 +299,8 @@ class ShardedIndex:
             return self.apply(m)
         for _ in range(WRITE_ATTEMPTS):
             self.catch_up()  # apply others' writes first: the log's order is the order
-            self.log.find_end(self.manifest.base_sequence)
-            try:
+            self.log._last = self.sequence  # append right after what this index holds: if
+            try:  # another writer took that sequence meanwhile, the exclusive name says so
                 (logged,) = self.log.append([m])
             except ConcurrentUpdate:
                 continue
@@ -301,12 +309,27 @@ class ShardedIndex:
 
     def apply(self, m: Mutation) -> int:
         """Apply a mutation (logged or not) to the loaded shards: its ids leave every shard,
-        upserted rows join their owner's delta. Returns how many ids were live before."""
+        upserted rows join their owner's delta, all at once for searches. Returns how many
+        ids were live before (0 for a logged mutation applied already).
+
+        Raises:
+            LogGap: a logged mutation that does not follow the applied sequence (the ones
+                between are missing here: ``catch_up`` from the log's files first).
+        """
         owner = self.owner_of(m.ids) if m.op == "upsert" else None
-        gone = sum(
-            shard.apply(m, None if owner is None else owner == number)
-            for number, shard in self.shards.items()
-        )
+        with self._applying:
+            if m.sequence:
+                if m.sequence <= self.sequence:
+                    return 0
+                if m.sequence != self.sequence + 1:
+                    raise LogGap(
+                        f"mutation {m.sequence} does not follow sequence {self.sequence} "
+                        f"of version {self.index_version}: catch up from the log first"
+                    )
+            gone = sum(
+                shard.apply(m, None if owner is None else owner == number)
+                for number, shard in self.shards.items()
+            )
         if m.sequence:
             self._removed[m.sequence] = gone
             while len(self._removed) > REMOVED_KEPT:

@@ -130,7 +130,7 @@ class MutationLog:
             raise CorruptLogSegment(
                 f"mutation log segment {path} is truncated or corrupt (checksum mismatch); "
                 "mutations after it are not applied and writes are refused until it is "
-                "restored or removed with every segment after it",
+                "restored from a copy (removing it would reuse its sequence numbers)",
                 path,
             )
         try:

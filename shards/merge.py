@@ -36,3 +36,20 @@ def exclude_ids(
     other = np.asarray(ids)[:, None] != I
     order = np.argsort(~other, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1)
+
+
+def drop_repeats(D: np.ndarray, I: np.ndarray, fill: float) -> tuple[np.ndarray, np.ndarray]:
+    """Keep each id's first (best) occurrence per row of sorted results; later ones become
+    padding (id -1, score ``fill``) at the end of the row. An id is found twice when shards
+    answered from different mutation sequences (an upsert moved it between range shards)."""
+    order = np.argsort(I, axis=1, kind="stable")
+    srt = np.take_along_axis(I, order, 1)
+    repeat_sorted = np.zeros_like(srt, dtype=bool)
+    repeat_sorted[:, 1:] = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)
+    repeat = np.zeros_like(repeat_sorted)
+    np.put_along_axis(repeat, order, repeat_sorted, 1)
+    if not repeat.any():
+        return D, I
+    keep = np.argsort(repeat, axis=1, kind="stable")
+    D, I, repeat = (np.take_along_axis(a, keep, 1) for a in (D, I, repeat))
+    return np.where(repeat, fill, D).astype(np.float32), np.where(repeat, -1, I)

@@ -54,14 +54,25 @@ class Shard:
         """The mutation log position this shard has applied (0: none)."""
         return self._state.sequence
 
+    @property
+    def state(self) -> LiveState:
+        """The current snapshot (immutable: a mutation publishes a new one)."""
+        return self._state
+
     def search(
-        self, xq: np.ndarray, k: int, ov: SearchOverrides, coarse=None
+        self,
+        xq: np.ndarray,
+        k: int,
+        ov: SearchOverrides,
+        coarse=None,
+        st: LiveState | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of prepared queries ``xq`` (nq, d) float32: D (nq, k) float32, I (nq, k) ids.
 
-        ``coarse``: the IVF assignment from ``coarse.coarse_assign``, shared by all shards.
+        ``coarse``: the IVF assignment from ``coarse.coarse_assign``, shared by all shards;
+        ``st``: the state to search (the current one by default).
         """
-        st = self._state
+        st = self._state if st is None else st
         if self.placed.placement.on_gpu:
             D, I = self.placed.search(xq, k, ov, st.selector)
         elif coarse is not None:

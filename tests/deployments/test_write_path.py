@@ -116,7 +116,8 @@ def test_compactions_one_at_a_time_proposed_until_committed():
             await release.wait()
             return {"version": "v2", "base_sequence": 7}
 
-        c = Compactions(launch, after_changes=100)
+        now = {"active": "v1"}
+        c = Compactions(launch, after_changes=100, active=lambda: now["active"])
         c.maybe_start("v1", 99)
         assert not c.running
         c.maybe_start("v1", 100)
@@ -129,6 +130,13 @@ def test_compactions_one_at_a_time_proposed_until_committed():
         assert started == ["v1"]
         c.committed("v2")
         assert c.proposed is None and c.status()["state"] == "active"
+
+        release.clear()
+        c.start("v2", "again")  # and an operator swaps to v9 while it runs: not proposed
+        now["active"] = "v9"
+        release.set()
+        await c.task
+        assert c.proposed is None and c.status()["state"] == "stale"
 
         async def broken(version):
             raise RuntimeError("disk full")
@@ -182,3 +190,19 @@ def test_coordinator_bounds_the_delta_and_retires_the_log_after_a_compaction(tmp
     v2 = asyncio.run(main())
     again = ShardedIndex.open(index.root_uri, v2)
     assert again.sequence == 5 and again.ntotal == 301  # +3 upserts, -2 deletes
+
+
+def test_writer_refuses_to_reuse_sequences_replicas_have_applied(tmp_path):
+    """Segments vanished (removed by hand): numbering after the files would hand replicas
+    that applied the lost sequences new writes under the same numbers, which they skip."""
+    from deployments.coordinator import Coordinator
+
+    index = build(tmp_path, clustered(300, D, seed=1), index="Flat", num_shards=2)
+
+    async def main():
+        coord = Coordinator(index.root_uri)
+        await coord.report("a", "shard-0", [index.index_version], {}, 0, 0, 12)
+        with pytest.raises(CorruptLogSegment, match="a replica has applied 12"):
+            await coord.write(upsert(1))
+
+    asyncio.run(main())

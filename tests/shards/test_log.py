@@ -273,3 +273,65 @@ def test_retired_segments_refuse_readers_that_need_them(tmp_path):
     with pytest.raises(LogRetired, match="starts at sequence 5"):
         ShardedIndex.open(index.root_uri, old)  # its base is 0: mutations 1-4 are gone
     assert ShardedIndex.open(index.root_uri, old, log=False).ntotal == 300
+
+
+def test_a_write_never_skips_another_writers_mutation(tmp_path, monkeypatch):
+    """Another writer appends between this index's catch-up and its append: the append
+    collides, the index applies the other write, then logs its own after it."""
+    x = clustered(300, D, seed=1)
+    a = build(tmp_path, x, index="Flat", num_shards=2)
+    b = ShardedIndex.open(a.root_uri)
+    real = a.catch_up
+    calls = {"n": 0}
+
+    def late_catch_up(strict=True):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            b.upsert(np.full((1, D), 7.0, np.float32), [777])  # lands in the gap
+            return 0
+        return real(strict)
+
+    monkeypatch.setattr(a, "catch_up", late_catch_up)
+    a.delete([5])
+    assert a.sequence == 2 and a.contains([777]).all() and not a.contains([5]).any()
+    logged = [(m.sequence, m.op) for m in MutationLog(a.root_uri, D).read()]
+    assert logged == [(1, "upsert"), (2, "delete")]
+
+
+def test_a_mutation_after_a_gap_is_refused_not_skipped(tmp_path):
+    from shards.errors import LogGap
+
+    index = build(tmp_path, clustered(300, D, seed=1), index="Flat", num_shards=2)
+    with pytest.raises(LogGap, match="mutation 3 does not follow sequence 0"):
+        index.apply(Mutation("delete", np.array([1]), sequence=3))
+    assert index.sequence == 0 and index.ntotal == 300
+
+
+def test_searches_never_see_a_mutation_half_applied(tmp_path):
+    """Range partition: an upsert moves an id from its shard to the last one. A search
+    running beside it reads every shard from one state, so it never finds the id twice."""
+    import threading
+
+    x = clustered(3000, D, seed=1)
+    index = build(tmp_path, x, index="Flat", num_shards=3, partition="range")
+    moved = np.arange(0, 600)
+    stop = threading.Event()
+    repeats = []
+
+    def search():
+        while not stop.is_set():
+            _, I = index.search(x[moved[:64]] + 1e-3, 4)
+            for row in I:
+                live = row[row >= 0]
+                if len(set(live.tolist())) != len(live):
+                    repeats.append(row.tolist())
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in moved:
+        index.upsert(x[i : i + 1] + 2e-3, [i])  # same neighbourhood, now in the last shard
+    stop.set()
+    for t in threads:
+        t.join()
+    assert repeats == [], repeats[:3]

@@ -37,3 +37,14 @@ def test_merge_pads_with_minus_one():
     c = (np.array([[5.0, big, big, big]], np.float32), np.array([[1, -1, -1, -1]]))
     _D, I = merge_results([c, c], keep_max=False)
     assert I[0, 0] == 1 and (I[0, 2:] == -1).all()
+
+
+def test_drop_repeats_keeps_each_ids_best_occurrence():
+    from shards.merge import drop_repeats
+
+    D = np.array([[0.1, 0.2, 0.3, 0.5], [1.0, 2.0, 3.0, 4.0]], np.float32)
+    I = np.array([[5, 7, 5, -1], [1, 2, 3, 4]])
+    D2, I2 = drop_repeats(D, I, np.inf)
+    assert I2.tolist() == [[5, 7, -1, -1], [1, 2, 3, 4]]
+    assert D2[0, :2].tolist() == pytest.approx([0.1, 0.2]) and np.isinf(D2[0, 3])
+    assert drop_repeats(D[1:], I[1:], np.inf)[1].tolist() == [[1, 2, 3, 4]]
