@@ -26,7 +26,13 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     _, manifest = open_version(args.index_uri, args.index_version)
     coordinator = serve.deployment(Coordinator, name="coordinator").options(
-        num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=1000,
+        # its long-running calls are the replicas' long polls of the log (they retry
+        # elsewhere): waiting for them to end would hold every shutdown for WAIT_S
+        graceful_shutdown_timeout_s=1,
+        graceful_shutdown_wait_loop_s=0.2,
     )
     state = coordinator.bind(args.index_uri, args.compact_after_changes, args.max_delta_rows)
     options = args.shard.model_dump()

@@ -31,7 +31,7 @@ def test_metrics_scrape_counts(serve_base, indexes):
     assert httpx.post(base + "/v1/search", json={"vectors": [[0.2] * 3]}).status_code == 400
     deadline, text = time.time() + 60, ""
     while time.time() < deadline:  # Ray exports metrics every few seconds
-        r = httpx.get(base + "/metrics")
+        r = httpx.get(base + "/metrics", timeout=30)  # every node's export, merged
         # never an empty 200 while Ray has not exported yet: a 503 saying so
         ready = r.status_code == 200 and "vsearch_" in r.text
         assert ready or (
