@@ -1,7 +1,9 @@
 """Writes through the service: upserts/s and deletes/s over HTTP, write-to-visible latency,
 search QPS with and without a concurrent write stream, and compaction time.
 
-    python -m bench.writes [--quick]
+    RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 python -m bench.writes [--quick]
+
+(the environment `make serve` runs with: HAProxy on the HTTP port, Serve's direct ingress)
 
 GloVe (390k x 50, cosine, 4 shards, the automatic index) on a local Ray, one replica per
 shard. Every figure is measured in this one run: the search throughput under writes is
@@ -188,9 +190,15 @@ def run(quick: bool, workdir: str) -> dict:
         print(json.dumps(compact), file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    env = " ".join(
+        f"{k}={os.environ[k]}"
+        for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
+        if os.environ.get(k)
+    )
     return {
-        "command": f"python -m bench.writes {' '.join(sys.argv[1:])}".strip(),
+        "command": f"{env} python -m bench.writes {' '.join(sys.argv[1:])}".strip(),
         "dataset": ds.name,
+        "factory": compact["factory"],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "rates": rates,
         "visible": visible,
@@ -204,8 +212,8 @@ def markdown(r: dict) -> str:
     lines = [
         "# Writes through the service",
         "",
-        f"`{r['command']}` on {r['machine']['cpus']} cores; {r['dataset']}, 4 shards, one "
-        "replica per shard, HTTP (`vectors_b64`) through Serve on a local Ray.",
+        f"`{r['command']}` on {r['machine']['cpus']} cores; {r['dataset']}, 4 shards "
+        f"({r['factory']}), one replica per shard, HTTP (`vectors_b64`) on a local Ray.",
         "",
         "| write | batch | callers | requests/s | rows/s | p50 ms | p99 ms |",
         "| --- | --- | --- | --- | --- | --- | --- |",
