@@ -31,12 +31,13 @@ def deploy(name: str, args: dict[str, Any], overrides: list[dict[str, Any]] | No
     _get_global_client().deploy_apps(config, _blocking=True)
 
 
-def undeploy(name: str) -> None:
-    """Delete application ``name`` (deployed through ``deploy``) and wait until it is gone."""
+def undeploy(name: str, wait: bool = True) -> None:
+    """Delete application ``name`` (deployed through ``deploy``); ``wait``: until it is gone
+    (else Serve's controller finishes in the background, about 3 s)."""
     from ray import serve
 
     if APPS.pop(name, None) is not None:
-        serve.delete(name)
+        serve.delete(name, _blocking=wait)
 
 
 def free_ports(n: int) -> list[int]:

@@ -58,7 +58,7 @@ def _undeploy_apps_of_the_test():
     before = set(APPS)
     yield
     for name in set(APPS) - before:
-        undeploy(name)
+        undeploy(name, wait=False)  # the next test need not wait for the replicas to stop
 
 
 def deploy(name: str, args: dict, overrides: list[dict] | None = None) -> None:
