@@ -334,16 +334,20 @@ class ShardServer:
         if set(self.numbers) & set(faults.fail_shards) and method in faults.fail_methods:
             raise RuntimeError(f"injected fault in shards {self.numbers}")
 
-    async def reconstruct(self, ids: np.ndarray, query: Query):
-        """``(found, vectors)``: which ids live here (at ``query``'s version, once its
-        ``min_sequence`` is applied) and their stored vectors."""
+    async def _state_for(self, query: Query, method: str) -> ShardedIndex:
+        """The index ``query`` is pinned to, once its ``min_sequence`` is applied."""
         if self.opts.faults is not None:
-            await self._inject(self.opts.faults, "reconstruct")
+            await self._inject(self.opts.faults, method)
         loaded = self._held(query.version)
         if query.min_sequence:
             deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
             await self._caught_up(loaded, query.min_sequence, deadline)
-        index = loaded.index
+        return loaded.index
+
+    async def reconstruct(self, ids: np.ndarray, query: Query):
+        """``(found, vectors)``: which ids live here (at ``query``'s version, once its
+        ``min_sequence`` is applied) and their stored vectors."""
+        index = await self._state_for(query, "reconstruct")
         found = index.contains(ids)
         return found, index.reconstruct(ids[found]) if found.any() else None
 
@@ -352,13 +356,7 @@ class ShardServer:
     ) -> dict[int, dict]:
         """Metadata rows of the ids that live in these shards, by id (at ``query``'s version,
         once its ``min_sequence`` is applied: the sequence the search answered from)."""
-        if self.opts.faults is not None:
-            await self._inject(self.opts.faults, "metadata")
-        loaded = self._held(query.version)
-        if query.min_sequence:
-            deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
-            await self._caught_up(loaded, query.min_sequence, deadline)
-        index = loaded.index
+        index = await self._state_for(query, "metadata")
         found = index.contains(ids)
         if not found.any():
             return {}

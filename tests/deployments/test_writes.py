@@ -102,6 +102,18 @@ class Writers(LoadThreads):
         return live
 
 
+def replayed(logged: dict, xb: np.ndarray, ids: np.ndarray) -> dict[int, np.ndarray]:
+    """The live set: the built vectors, then every logged mutation in sequence order."""
+    live = {int(i): v for i, v in zip(ids, xb, strict=True)}
+    for seq in sorted(logged):
+        m = logged[seq]
+        for j, i in enumerate(m.ids):
+            live.pop(int(i), None)
+            if m.op == "upsert":
+                live[int(i)] = m.x[j]
+    return live
+
+
 def exact(live: dict[int, np.ndarray], xq: np.ndarray, k: int):
     ids = np.array(sorted(live), np.int64)
     xb = np.stack([live[i] for i in ids])
@@ -223,13 +235,7 @@ def test_acknowledged_writes_survive_replica_coordinator_router_and_app_restarts
         assert seq in logged and logged[seq].op == ("delete" if kind == "delete" else "upsert")
         np.testing.assert_array_equal(logged[seq].ids, w_ids)
     assert sorted(logged) == list(range(1, len(logged) + 1))  # no sequence twice or skipped
-    live = {int(i): v for i, v in zip(ids, xb, strict=True)}
-    for seq in sorted(logged):
-        m = logged[seq]
-        for j, i in enumerate(m.ids):
-            live.pop(int(i), None)
-            if m.op == "upsert":
-                live[int(i)] = m.x[j]
+    live = replayed(logged, xb, ids)
     xq = clustered(30, D, seed=5)
     (Dref, Iref), tol = exact(live, xq, 10)
     for _ in range(4):  # both replicas of each shard, after the restart
@@ -271,13 +277,7 @@ def test_compaction_online_under_writes_and_searches(shared):
     assert stats["compaction"]["state"] == "active" and stats["compaction"]["base_sequence"] > 0
     assert stats["compaction"]["version"] == stats["index_version"]
     logged = {m.sequence: m for m in MutationLog(str(root), D).read()}
-    live = {int(i): v for i, v in zip(ids, xb, strict=True)}
-    for seq in sorted(logged):
-        m = logged[seq]
-        for j, i in enumerate(m.ids):
-            live.pop(int(i), None)
-            if m.op == "upsert":
-                live[int(i)] = m.x[j]
+    live = replayed(logged, xb, ids)
     (Dref, Iref), tol = exact(live, xq, 10)
     for _ in range(4):
         D_, I_, body = search(url, xq, min_sequence=max(logged))
