@@ -69,6 +69,9 @@ class ShardOptions(BaseModel):
     reload_retry_s: PositiveFloat = Field(
         10.0, description="a replica whose index failed to load retries after this long"
     )
+    health_check_period_s: PositiveFloat = Field(
+        5.0, description="Serve's health check of each replica (reports, retirement, probe)"
+    )
     unhealthy_after_s: PositiveFloat = Field(
         60.0,
         description="a replica holding no index this long fails its health check (replaced)",
@@ -132,7 +135,7 @@ class ShardOptions(BaseModel):
                 "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(self.omp_threads)}},
             },
             "max_ongoing_requests": self.max_ongoing_requests,
-            "health_check_period_s": 5,
+            "health_check_period_s": self.health_check_period_s,
         }
         if self.autoscaling is not None:
             opts["autoscaling_config"] = self.autoscaling.model_dump()

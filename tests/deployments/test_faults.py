@@ -171,7 +171,7 @@ def test_replica_that_cannot_load_is_replaced_after_a_bounded_time(serve_base, i
     bad = tmp_path / "flat"
     shutil.copytree(good, bad)
     corrupt(bad, 1, "truncate")
-    shard = {"reload_retry_s": 1, "unhealthy_after_s": 2}
+    shard = {"reload_retry_s": 1, "unhealthy_after_s": 2, "health_check_period_s": 1}
     deploy("replaced", {"index_uri": str(bad), "shard": shard})
     first = replica_pids("replaced", "shard-1")
     assert len(first) == 1
