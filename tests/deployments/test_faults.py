@@ -145,9 +145,16 @@ def test_corrupt_files_at_start_are_reported_not_crash_looped(serve_base, indexe
     ready = httpx.get(f"{base}/v1/ready", timeout=30)
     assert ready.status_code == 503
     assert httpx.get(f"{base}/v1/health", timeout=30).json() == {"status": "degraded"}
-    problems = httpx.get(f"{base}/v1/stats", timeout=30).json()["problems"]
-    named = {n for n in (1, 2) if any(f"shard-0000{n}" in p for p in problems)}
-    assert named == {1, 2} and all("cannot load" in p for p in problems), "\n".join(problems)
+
+    def problems() -> list[str]:
+        return httpx.get(f"{base}/v1/stats", timeout=30).json()["problems"]
+
+    def named() -> set[int]:
+        return {n for n in (1, 2) if any(f"shard-0000{n}" in p for p in problems())}
+
+    # each replica reports its failure; the router reads the reports every SYNC_S (5 s)
+    wait_for(lambda: named() == {1, 2}, timeout_s=20)
+    assert all("cannot load" in p for p in problems()), "\n".join(problems())
     query = {"vectors": clustered(2, 16, seed=13).tolist(), "k": 5}
     r = httpx.post(f"{base}/v1/search", json=query, timeout=30)
     assert r.status_code == 503 and "cannot load" in r.json()["error"]["message"]
