@@ -299,9 +299,8 @@ class ShardedIndex:
             return self.apply(m)
         for _ in range(WRITE_ATTEMPTS):
             self.catch_up()  # apply others' writes first: the log's order is the order
-            self.log._last = self.sequence  # append right after what this index holds: if
-            try:  # another writer took that sequence meanwhile, the exclusive name says so
-                (logged,) = self.log.append([m])
+            try:  # right after what this index holds: if another writer took that sequence
+                (logged,) = self.log.append([m], after=self.sequence)  # the name says so
             except ConcurrentUpdate:
                 continue
             return self.apply(logged)

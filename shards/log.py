@@ -142,14 +142,17 @@ class MutationLog:
 
     # ---- writing (one writer) ----
 
-    def append(self, batch: list[Mutation]) -> list[Mutation]:
-        """Write ``batch`` as one durable segment, numbered after the last sequence; returns
-        the mutations with their sequences.
+    def append(self, batch: list[Mutation], after: int | None = None) -> list[Mutation]:
+        """Write ``batch`` as one durable segment, numbered after the last sequence (or
+        right after ``after``: what the caller has applied); returns the mutations with
+        their sequences.
 
         Raises:
             ConcurrentUpdate: another writer wrote that sequence first (locally detected);
                 this writer re-reads the log's end before its next append.
         """
+        if after is not None:
+            self._last = after
         if self._last is None:
             self.find_end()
         assert self._last is not None
