@@ -5,17 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import nullcontext
-from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from shards import cagra
-from shards._faiss import BLAS_MIN_QUERIES, faiss, one_omp_thread, use_blas_from
-from shards.artefact import ShardData, new_version_name, open_version, read_shard, write_version
+from shards._faiss import BLAS_MIN_QUERIES, one_omp_thread, use_blas_from
+from shards.artefact import open_version, read_shard
 from shards.coarse import coarse_assign, quantizer_digest
-from shards.cuda import graph_device
+from shards.compaction import compact
 from shards.errors import (
     ConcurrentUpdate,
     CorruptLogSegment,
@@ -280,7 +277,7 @@ class ShardedIndex:
         m = upsert_of(
             x, ids, metadata, dim=self.dim, metric=self.metric, schema=self.metadata_schema
         )
-        self._need_every_shard("add")
+        self.need_every_shard("add")
         present = self.contains(m.ids)
         if present.any():
             raise InvalidInput(f"id {int(m.ids[present][0])} already exists; delete it first")
@@ -294,7 +291,7 @@ class ShardedIndex:
     def write(self, m: Mutation) -> int:
         """Log ``m`` (durably, after the mutations already in the log) and apply it; returns
         how many of its ids were live before. Without a log it is applied here only."""
-        self._need_every_shard(m.op)
+        self.need_every_shard(m.op)
         if self.log is None:
             return self.apply(m)
         for _ in range(WRITE_ATTEMPTS):
@@ -362,7 +359,7 @@ class ShardedIndex:
             logger.error("%s", exc.message)
         return count
 
-    def _need_every_shard(self, what: str) -> None:
+    def need_every_shard(self, what: str) -> None:
         if len(self.shards) != self.manifest.num_shards:
             # an id may live in any shard (range partition, or ids added before): every
             # shard must be asked whether it holds one already
@@ -376,32 +373,14 @@ class ShardedIndex:
         return assign_shards(ids, ids, n, "hash", n)
 
     def compact(self) -> Manifest:
-        """Write a new version with deletes applied and adds merged; returns its manifest.
-
-        The loaded (published) version is left as it is. With the log, the log's mutations
-        are applied first, and the new version records the last one as its base sequence
-        (readers replay what follows).
-        """
-        self._need_every_shard("compact")
+        """Write a new version with deletes applied and adds merged; returns its manifest
+        (``shards.compaction``). The loaded version is left as it is. With the log, the
+        log's mutations are applied first, and the new version records the last one as its
+        base sequence (readers replay what follows)."""
+        self.need_every_shard("compact")
         if self.log is not None:
             self.catch_up()
-        datas = []
-        for i in range(self.manifest.num_shards):
-            shard = self.shards[i]
-            if not shard.dirty:
-                datas.append(ShardData(shard.index, shard.ids, shard.metadata))
-                continue
-            x, ids = shard.live_contents()
-            index = refilled(shard.index, self.manifest.factory, x)
-            datas.append(ShardData(index, ids, shard.live_metadata()))
-        manifest = replace(
-            self.manifest,
-            base_sequence=self.sequence,
-            index_version=new_version_name(),
-            parent_version=self.manifest.index_version,
-            created_at=datetime.now(UTC).isoformat(),
-        )
-        return write_version(self.root_uri, manifest, datas, expect_current=self.index_version)
+        return compact(self.manifest, self.shards, self.root_uri, self.sequence)
 
     def iter_vectors(self, block: int = 65536):
         """Yield ``(vectors, ids)`` blocks of every live vector (lossless indexes only)."""
@@ -409,28 +388,3 @@ class ShardedIndex:
             x, ids = shard.live_contents()
             for start in range(0, len(ids), block):
                 yield x[start : start + block], ids[start : start + block]
-
-
-def refilled(index: faiss.Index, factory: str, x: np.ndarray) -> faiss.Index:
-    """A copy of ``index``'s kind and training holding exactly the prepared vectors ``x``.
-
-    A CAGRA graph is built again (its CPU form is an ``IndexHNSWCagra``, which
-    ``faiss.clone_index`` turns into a plain ``IndexHNSW`` that ignores CAGRA's knobs);
-    every other index is cloned (same trained quantizer and codebook), emptied and refilled.
-
-    Raises:
-        UnsupportedOperation: the copy would not be of the same kind (never published).
-    """
-    degree = cagra.parse_factory(factory)
-    if degree is not None:
-        out = cagra.build(x, degree, index.metric_type, device=graph_device())
-    else:
-        out = faiss.clone_index(index)
-        out.reset()
-        out.add(x)
-    before, after = type(faiss.downcast_index(index)), type(faiss.downcast_index(out))
-    if before is not after:
-        raise UnsupportedOperation(
-            f"compaction would turn a {before.__name__} into {after.__name__}"
-        )
-    return out
