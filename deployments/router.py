@@ -11,8 +11,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -27,6 +25,8 @@ from deployments.fanout import fan_out, unwrap
 from deployments.ingress import make_app
 from deployments.metrics import RouterMetrics
 from deployments.tracker import VersionTracker
+from deployments.versions import owner_groups
+from deployments.writes import counting, log_write
 from shards.artefact import descends_from, metadata_schema_of, open_version
 from shards.errors import (
     IndexLoadError,
@@ -36,10 +36,8 @@ from shards.errors import (
     VsearchError,
 )
 from shards.ids import check_ids
-from shards.log import Mutation
 from shards.merge import drop_repeats, merge_results
 from shards.params import SearchOverrides
-from shards.partition import assign_shards
 from shards.planner import QueryPlanner
 from shards.query import Query
 from shards.writes import delete_of, upsert_of
@@ -261,7 +259,7 @@ class Router(HttpApi):
         """Insert or replace ``vectors`` (n, d) with ``ids`` and optional ``metadata`` rows;
         ``{"sequence", "upserted"}`` once durable in the log (searches with that
         ``min_sequence`` see it)."""
-        with self._counting("upsert"):
+        with counting(self.metrics, "upsert"):
             self._deadline_s(deadline_ms)
             planner = self.planner
             m = upsert_of(
@@ -273,18 +271,18 @@ class Router(HttpApi):
                 schema=self._schemas.get(planner.manifest.index_version),
                 max_rows=self.args.limits.max_write_rows,
             )
-            seq = await self._write(m)
+            seq = await log_write(self.coordinator, self.metrics, m)
             return {"sequence": seq, "upserted": len(m)}
 
     async def delete(self, ids: Any, *, deadline_ms: int | None = None) -> dict[str, Any]:
         """Delete ``ids``; ``{"sequence", "deleted"}``: how many were live, counted by the
         owner shards when they apply it (None if they do not within the deadline; the
         delete itself is durable either way)."""
-        with self._counting("delete"):
+        with counting(self.metrics, "delete"):
             deadline = time.monotonic() + self._deadline_s(deadline_ms)
             planner = self.planner
             m = delete_of(ids, self.args.limits.max_write_rows)
-            seq = await self._write(m)
+            seq = await log_write(self.coordinator, self.metrics, m)
             query = Query(1, version=planner.manifest.index_version, min_sequence=seq)
             groups = self._owner_groups(planner, m.ids)
             try:
@@ -296,28 +294,6 @@ class Router(HttpApi):
                 log.warning("delete at sequence %d is logged; not counted: %s", seq, exc)
                 deleted = None
             return {"sequence": seq, "deleted": deleted}
-
-    @contextmanager
-    def _counting(self, kind: str) -> Iterator[None]:
-        """Count a write by kind and status class."""
-        try:
-            yield
-        except Exception as exc:
-            status = exc.status_code if isinstance(exc, VsearchError) else 500
-            self.metrics.writes.inc(tags={"kind": kind, "status": f"{status // 100}xx"})
-            raise
-        self.metrics.writes.inc(tags={"kind": kind, "status": "2xx"})
-
-    async def _write(self, m: Mutation) -> int:
-        """Log ``m`` through the app's one writer; its sequence once durable."""
-        t0 = time.perf_counter()
-        try:
-            seq = await self.coordinator.write.remote(m)
-        except Exception as exc:
-            raise (unwrap(exc) or exc) from None
-        self.metrics.write_rows.inc(len(m), tags={"kind": m.op})
-        self.metrics.write_latency.observe(time.perf_counter() - t0)
-        return seq
 
     async def _fan_out(self, send, query: Query, deadline: float, min_coverage: float, groups=None):
         """``send(handle, query)`` to every shard group (or ``groups``), query budget set."""
@@ -349,13 +325,7 @@ class Router(HttpApi):
         return ms / 1000
 
     def _owner_groups(self, planner: QueryPlanner, ids: np.ndarray) -> list[int]:
-        """The shard groups that can hold ``ids``: their owners under hash partitioning
-        (adds go there too), every group under range partitioning."""
-        man = planner.manifest
-        if man.partition != "hash":
-            return list(range(len(self.shards)))
-        owners = set(assign_shards(ids, ids, man.num_shards, "hash", man.num_shards).tolist())
-        return [i for i, g in enumerate(self.groups) if owners & set(g)]
+        return owner_groups(planner.manifest, self.groups, ids)
 
     async def _vectors_of(
         self, planner: QueryPlanner, ids: np.ndarray, deadline: float, min_sequence: int = 0

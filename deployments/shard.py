@@ -1,8 +1,10 @@
 """The shard deployment: each replica serves a group of shards (one by default).
 
-A replica holds the active index version and, during a swap, the next one; every call
-names its version and is answered from exactly that one (``VersionMismatch`` otherwise, which
-the router retries on another replica). See ``deployments.swap`` for the phases.
+A replica holds the active index version and, during a swap, the next one
+(``deployments.held``); every call names its version and is answered from exactly that one
+(``VersionMismatch`` otherwise, which the router retries on another replica). It follows the
+mutation log (``deployments.follow``) and reports what it holds to the coordinator. See
+``deployments.swap`` for the phases.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,66 +19,19 @@ import numpy as np
 from ray import serve
 
 from deployments.config import ShardOptions
-from deployments.errors import DeadlineExceeded
 from deployments.follow import Follower
+from deployments.held import HeldVersions, LoadedShards
 from deployments.metrics import ShardMetrics
-from deployments.swap import retirable
 from shards import ShardedIndex
 from shards._faiss import faiss
-from shards.artefact import descends_from, open_version
-from shards.errors import IndexLoadError, SequenceBehind, VersionMismatch
+from shards.artefact import descends_from
+from shards.errors import SequenceBehind
 from shards.gpu import gpu_memory_in_use
 from shards.metadata import lookup_metadata
 from shards.query import Query
 
 log = logging.getLogger("ray.serve")
-PROBE_CANDIDATES = 16  # live rows tried as the health probe
-SUB_BATCH = 256  # a long batch is searched in parts, checking the deadline between them
 REPORT_TIMEOUT_S = 2.0  # a health check must not wait on the coordinator (Serve's is 30 s)
-
-
-class LoadedShards:
-    """Shards of one version on their device, with a probe vector for health checks."""
-
-    def __init__(self, uri: str, numbers: list[int], version: str | None, opts: ShardOptions):
-        self.index = ShardedIndex.open(uri, version, shards=numbers, mmap=opts.mmap)
-        self.placement = self.index.place(opts.device())
-        self.probe = self._pick_probe(self.index.shards[numbers[0]])
-
-    @property
-    def version(self) -> str:
-        return self.index.index_version
-
-    def search(self, xq: np.ndarray, query: Query, deadline: float | None):
-        """``query`` over these shards, in parts of ``SUB_BATCH`` that check ``deadline``."""
-        parts = []
-        for start in range(0, len(xq), SUB_BATCH):
-            if deadline is not None and time.monotonic() > deadline:
-                raise DeadlineExceeded("deadline passed: the rest of the batch is not searched")
-            parts.append(self.index.search_query(xq[start : start + SUB_BATCH], query))
-        if len(parts) == 1:
-            return parts[0]
-        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
-
-    def probe_ok(self, probe: np.ndarray) -> bool:
-        """The probe is found: its own score comes first (itself or an exact duplicate)."""
-        D, _ = self.index.search_query(probe, Query(10))
-        keep_max = self.index.metric.keep_max
-        own = float(probe[0] @ probe[0]) if keep_max else 0.0
-        return bool(abs(float(D[0, 0]) - own) <= 1e-3 * max(1.0, abs(own)))
-
-    def _pick_probe(self, shard) -> np.ndarray | None:
-        """The first of a few live rows that the index finds (a graph can miss some)."""
-        rows = shard.live_rows()[:PROBE_CANDIDATES]
-        for row in rows:
-            vec = self.index.reconstruct([int(shard.ids[row])])
-            if self.probe_ok(vec):
-                return vec
-        if len(rows):
-            log.warning(
-                "shards: none of %d probe rows is found; health checks search only", len(rows)
-            )
-        return None
 
 
 @dataclass
@@ -93,21 +47,14 @@ class ShardServer:
     def __init__(self, index_uri: str, numbers: list[int], options: dict, coordinator) -> None:
         self.opts = ShardOptions(**options)
         faiss.omp_set_num_threads(self.opts.omp_threads)
-        self.uri, self.numbers = index_uri, list(numbers)
+        self.numbers = list(numbers)
         self.coordinator = coordinator
-        self.versions: dict[str, LoadedShards] = {}
-        self.failed: dict[str, str] = {}  # version -> why it did not load
-        self.wanted: str | None = None  # from user_config
-        self.active: str | None = None  # from the coordinator
-        self.active_since: float | None = None  # when this replica saw ``active`` first
-        self.in_flight: Counter[str] = Counter()
-        self.empty_since: float | None = None  # holding no version since (failed loads)
-        self._retry_at: float | None = None
         self._task: asyncio.Task | None = None
         ctx = serve.get_replica_context()
         self.replica, self.deployment = ctx.replica_id.unique_id, ctx.deployment
         label = f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
         self.metrics, self.tags = ShardMetrics(), {"shard": label}
+        self.held = HeldVersions(index_uri, self.numbers, self.opts, self.metrics, self.tags)
         self.follower = Follower(self._tail, lambda: [v.index for v in self.versions.values()])
         self._following: asyncio.Task | None = None
         self._batched.set_max_batch_size(self.opts.batch_size)
@@ -120,22 +67,12 @@ class ShardServer:
         """Why the wanted (or active) version is not held, if it is not."""
         return next(iter(self._failures().values()), None)
 
-    def _failures(self) -> dict[str, str]:
-        """Failed loads of the wanted and the active version (older ones are forgotten:
-        a version nobody asks for any more is no problem of this replica's)."""
-        current = (self.wanted or "CURRENT", self.active)
-        self.failed = {v: why for v, why in self.failed.items() if v in current}
-        out = {v: why for v, why in self.failed.items() if v not in self.versions}
-        for v, loaded in self.versions.items():  # a version that cannot follow the log
-            why = self.follower.broken or loaded.index.log_error
-            if why is not None and v in current:
-                out[f"log of {v}"] = f"shards {self.numbers}: {why}"
-        return out
+    @property
+    def versions(self) -> dict[str, LoadedShards]:
+        return self.held.versions
 
-    def _serving(self) -> LoadedShards | None:
-        """The version this replica serves by default: the active one, else the wanted."""
-        v = self.active if self.active in self.versions else self.wanted
-        return self.versions.get(v) if v else None
+    def _failures(self) -> dict[str, str]:
+        return self.held.failures(self.follower.broken)
 
     async def reconfigure(self, config: dict) -> None:
         """``{"index_version": V}``: prepare V beside the versions held.
@@ -144,21 +81,22 @@ class ShardServer:
         active version and V. Later versions load in the background (Serve routes no
         request to a replica while reconfigure runs); a failed load changes nothing served.
         """
-        self.wanted = config.get("index_version")
+        held = self.held
+        held.wanted = config.get("index_version")
         if not self.versions:
             await self._report()  # learns the active version
-            if self.active and self.wanted and self.active != self.wanted:
-                made = await asyncio.to_thread(descends_from, self.uri, self.active, self.wanted)
+            if held.active and held.wanted and held.active != held.wanted:
+                made = await asyncio.to_thread(descends_from, held.uri, held.active, held.wanted)
                 if made:  # an online compaction of the configured version is active
-                    self.wanted = self.active
-            wanted = [v for v in (self.active, self.wanted) if v is not None]
+                    held.wanted = held.active
+            wanted = [v for v in (held.active, held.wanted) if v is not None]
             for v in dict.fromkeys(wanted or [None]):  # None: the root's CURRENT
-                await self._load(v)  # replays the log's files after the version's base
+                await held.load(v)  # replays the log's files after the version's base
             await self._report()
             self._following = asyncio.get_running_loop().create_task(self.follower.run())
             return
-        if self.wanted not in self.versions:
-            self._task = asyncio.get_running_loop().create_task(self._prepare(self.wanted))
+        if held.wanted not in self.versions:
+            self._task = asyncio.get_running_loop().create_task(self._prepare(held.wanted))
         else:
             await self._report()
 
@@ -166,39 +104,8 @@ class ShardServer:
         return await self.coordinator.tail.remote(after, wait_s)
 
     async def _prepare(self, version: str | None) -> None:
-        await self._load(version)
+        await self.held.load(version)
         await self._report()
-
-    async def _load(self, version: str | None) -> bool:
-        """Load and verify ``version`` (None: CURRENT) beside the others; False on failure."""
-        name = version or "CURRENT"
-        try:
-            _, manifest = await asyncio.to_thread(open_version, self.uri, version)
-            held = next(iter(self.versions.values()), None)
-            why = held.index.manifest.layout_change(manifest) if held else None
-            if why is not None:
-                raise IndexLoadError(why)
-            loaded = await asyncio.to_thread(
-                LoadedShards, self.uri, self.numbers, manifest.index_version, self.opts
-            )
-        except Exception as exc:
-            self.metrics.load_failures.inc(tags=self.tags)
-            self.failed[name] = f"cannot load version {name}: {exc}"
-            self._retry_at = time.monotonic() + self.opts.reload_retry_s
-            if not self.versions and self.empty_since is None:
-                self.empty_since = time.monotonic()
-            log.error("shards %s: %s", self.numbers, self.failed[name])
-            return False
-        v = loaded.version
-        if version is None and self.wanted is None:
-            self.wanted = v
-        self.versions[v] = loaded
-        self.failed.pop(v, None)
-        self.failed.pop(name, None)
-        self.empty_since = self._retry_at = None
-        self._publish(loaded)
-        log.info("shards %s hold %s on %s", self.numbers, v, loaded.placement.device)
-        return True
 
     async def _report(self) -> str | None:
         """Tell the coordinator what this replica holds; learn the active version.
@@ -206,7 +113,8 @@ class ShardServer:
         Best effort: a coordinator that does not answer within ``REPORT_TIMEOUT_S`` (it is
         being restarted) changes nothing here; the next health check reports again.
         """
-        held = self.versions.get(self.active) if self.active else None
+        active = self.held.active
+        held = self.versions.get(active) if active else None
         changes = 0 if held is None else held.index.changes
         delta = 0 if held is None else sum(len(s.delta_ids) for s in held.index.shards.values())
         applied = self.follower.sequence() or 0
@@ -223,33 +131,17 @@ class ShardServer:
             active, proposed = await asyncio.wait_for(call, REPORT_TIMEOUT_S)
         except Exception as exc:
             log.warning("shards %s: no report to the coordinator: %r", self.numbers, exc)
-            return self.active
-        if active != self.active:
-            self.active, self.active_since = active, time.monotonic()
-        if proposed is not None and proposed != self.wanted and self.versions:
+            return self.held.active
+        self.held.set_active(active)
+        if proposed is not None and proposed != self.held.wanted and self.versions:
             # a compaction published the next version: prepare it as a swap's next one
-            self.wanted = proposed
+            self.held.wanted = proposed
             if self._task is None or self._task.done():
                 self._task = asyncio.get_running_loop().create_task(self._prepare(proposed))
         return active
 
-    def _retire(self) -> None:
-        for v in list(self.versions):
-            if retirable(v, self.active, self.wanted, self.in_flight[v], self.active_since):
-                del self.versions[v]
-                log.info("shards %s retired version %s", self.numbers, v)
-
     def _held(self, version: str | None) -> LoadedShards:
-        v = version or self.active or self.wanted
-        loaded = self.versions.get(v) if v else None
-        if loaded is not None:
-            return loaded
-        if not self.versions:
-            raise IndexLoadError(self.error or f"shards {self.numbers} have no index loaded")
-        raise VersionMismatch(
-            f"shards {self.numbers} of this replica do not hold version {v} "
-            f"(they hold {sorted(self.versions)})"
-        )
+        return self.held.held(version, self.error)
 
     # ---- the search path ----
 
@@ -295,7 +187,7 @@ class ShardServer:
         m, tags, v = self.metrics, self.tags, loaded.version
         seq = loaded.index.sequence  # before: the state searched has at least this one
         t0 = time.perf_counter()
-        self.in_flight[v] += 1
+        self.held.in_flight[v] += 1
         try:
             # each GPU clone serialises its own searches (shards.gpu.Placed)
             D, I = await asyncio.to_thread(loaded.search, xq, query, deadline)
@@ -303,7 +195,7 @@ class ShardServer:
             m.errors.inc(tags=tags)
             raise
         finally:
-            self.in_flight[v] -= 1
+            self.held.in_flight[v] -= 1
         if record:  # health probes stay out of the search metrics
             m.latency.observe(time.perf_counter() - t0, tags=tags)
             m.searches.inc(tags=tags)
@@ -365,29 +257,15 @@ class ShardServer:
 
     # ---- health, stats, metrics ----
 
-    def _publish(self, loaded: LoadedShards) -> None:
-        """Gauges describing the index now served."""
-        m, tags = self.metrics, self.tags
-        manifest = loaded.index.manifest
-        m.vectors.set(loaded.index.ntotal, tags=tags)
-        m.dim.set(manifest.dim, tags=tags)
-        m.code_size.set(
-            sum(manifest.shards[i].files["index"].size for i in self.numbers), tags=tags
-        )
-        m.gpu.set(float(loaded.placement.on_gpu), tags=tags)
-        m.cuvs.set(float(loaded.placement.cuvs), tags=tags)
-        m.gpu_index_bytes.set(float(loaded.placement.gpu_bytes), tags=tags)
-        m.build_s.set(float(manifest.build.get("total_seconds", 0.0)), tags=tags)
-
     async def info(self) -> list[dict[str, Any]]:
         """One entry per shard for /v1/stats and /v1/ready."""
         common = {
             "versions_held": sorted(self.versions),
-            "wanted_version": self.wanted,
+            "wanted_version": self.held.wanted,
             "error": self.error,
             "replica_shards": self.numbers,
         }
-        cur = self._serving()
+        cur = self.held.serving()
         if cur is None:
             return [{"shard": n, "index_version": None, **common} for n in self.numbers]
         manifest = cur.index.manifest
@@ -426,7 +304,8 @@ class ShardServer:
         its own score first (itself or an exact duplicate).
         """
         await self._report()
-        self._retire()
+        held = self.held
+        held.retire()
         if self._following is not None and self._following.done():
             raise RuntimeError(f"shards {self.numbers}: the log follower stopped")
         since = self.follower.broken_since
@@ -435,16 +314,16 @@ class ShardServer:
             # a replacement loads the active version afresh
             raise RuntimeError(f"shards {self.numbers}: {self.follower.broken}")
         busy = self._task is not None and not self._task.done()
-        retry = self._retry_at is not None and time.monotonic() >= self._retry_at and not busy
-        if retry and self.wanted not in self.versions:
-            self._retry_at = None
-            self._task = asyncio.get_running_loop().create_task(self._prepare(self.wanted))
+        retry = held.retry_at is not None and time.monotonic() >= held.retry_at and not busy
+        if retry and held.wanted not in self.versions:
+            held.retry_at = None
+            self._task = asyncio.get_running_loop().create_task(self._prepare(held.wanted))
         if not self.versions:
-            since = self.empty_since
+            since = held.empty_since
             if since is not None and time.monotonic() - since > self.opts.unhealthy_after_s:
                 raise RuntimeError(f"shards {self.numbers}: no version loaded: {self.error}")
             return
-        cur = self._serving() or next(iter(self.versions.values()))
+        cur = held.serving() or next(iter(self.versions.values()))
         shards = cur.index.shards.values()
         self.metrics.sequence.set(float(cur.index.sequence), tags=self.tags)
         self.metrics.delta_rows.set(float(sum(len(s.delta_ids) for s in shards)), tags=self.tags)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from shards.manifest import Manifest
+from shards.partition import assign_shards
+
 
 def shard_groups(num_shards: int, per_replica: int) -> list[list[int]]:
     """Shard numbers of each shard deployment: consecutive groups of ``per_replica``."""
@@ -21,6 +26,16 @@ def shard_groups(num_shards: int, per_replica: int) -> list[list[int]]:
 def group_name(numbers: list[int]) -> str:
     """Deployment name of a group: ``shard-3``, or ``shards-0-3`` for several."""
     return f"shard-{numbers[0]}" if len(numbers) == 1 else f"shards-{numbers[0]}-{numbers[-1]}"
+
+
+def owner_groups(manifest: Manifest, groups: list[list[int]], ids: np.ndarray) -> list[int]:
+    """The shard groups that can hold ``ids``: their owners under hash partitioning (adds go
+    there too), every group under range partitioning."""
+    if manifest.partition != "hash":
+        return list(range(len(groups)))
+    n = manifest.num_shards
+    owners = set(assign_shards(ids, ids, n, "hash", n).tolist())
+    return [i for i, g in enumerate(groups) if owners & set(g)]
 
 
 def swap_overrides(

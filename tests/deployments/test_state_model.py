@@ -184,7 +184,7 @@ def test_health_probe_tolerates_duplicates(tmp_path):
     """The probe's own id had to be in its top 10: with many copies of one vector it was
     not, the check failed on healthy data and Serve restarted the replica in a loop."""
     from deployments.config import ShardOptions
-    from deployments.shard import LoadedShards
+    from deployments.held import LoadedShards
     from shards import BuildOptions, VectorSource, build_index
     from tests.conftest import clustered
 
