@@ -88,24 +88,32 @@ class HttpApi:
         "/v1/upsert",
         response_model=WriteResponse,
         response_model_exclude_none=True,
-        responses=error_responses(400, 401, 413, 415, 503),
+        responses=error_responses(400, 401, 409, 413, 415, 503),
         openapi_extra=_body_schema(UpsertRequest),
     )
     async def http_upsert(self, request: Request) -> dict[str, Any]:
         req = await self._parse(request, UpsertRequest)
         vectors = queries_of(req, self.planner.dim)
-        return await self.upsert(req.ids, vectors, req.metadata, deadline_ms=req.deadline_ms)
+        return await self.upsert(
+            req.ids,
+            vectors,
+            req.metadata,
+            deadline_ms=req.deadline_ms,
+            idempotency_key=req.idempotency_key,
+        )
 
     @route(
         "post",
         "/v1/delete",
         response_model=WriteResponse,
-        responses=error_responses(400, 401, 413, 415, 503),
+        responses=error_responses(400, 401, 409, 413, 415, 503),
         openapi_extra=_body_schema(DeleteRequest),
     )
     async def http_delete(self, request: Request) -> dict[str, Any]:
         req = await self._parse(request, DeleteRequest)
-        return await self.delete(req.ids, deadline_ms=req.deadline_ms)
+        return await self.delete(
+            req.ids, deadline_ms=req.deadline_ms, idempotency_key=req.idempotency_key
+        )
 
     @route("post", "/v1/compact", responses=error_responses(401, 503))
     async def http_compact(self) -> dict[str, Any]:

@@ -70,16 +70,27 @@ class VsearchClient:
         metadata: list[dict[str, Any] | None] | None = None,
         *,
         timeout_s: float = 60.0,
+        idempotency_key: str | None = None,
     ) -> int:
         """Insert or replace ``vectors`` (n, d) under ``ids``; returns the write's sequence
-        once durable (pass it as ``min_sequence`` to read it back)."""
+        once durable (pass it as ``min_sequence`` to read it back). With an
+        ``idempotency_key``, a retry after a lost answer is not applied twice."""
         x = np.asarray(vectors, dtype=np.float32)
-        response = self.handle.upsert.remote(np.asarray(ids), x, metadata)
+        response = self.handle.upsert.remote(
+            np.asarray(ids), x, metadata, idempotency_key=idempotency_key
+        )
         return int(_result(response, timeout_s)["sequence"])
 
-    def delete(self, ids: list[int] | np.ndarray, *, timeout_s: float = 60.0) -> tuple[int, int]:
+    def delete(
+        self,
+        ids: list[int] | np.ndarray,
+        *,
+        timeout_s: float = 60.0,
+        idempotency_key: str | None = None,
+    ) -> tuple[int, int]:
         """Delete ``ids``; returns ``(sequence, deleted)`` (deleted: how many were live)."""
-        out = _result(self.handle.delete.remote(np.asarray(ids)), timeout_s)
+        call = self.handle.delete.remote(np.asarray(ids), idempotency_key=idempotency_key)
+        out = _result(call, timeout_s)
         return int(out["sequence"]), out["deleted"]
 
 

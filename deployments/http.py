@@ -64,6 +64,11 @@ class UpsertRequest(BaseModel):
         None, description="one object per id: columns of the index's metadata schema"
     )
     deadline_ms: int | None = None
+    idempotency_key: str | None = Field(
+        None,
+        description="unique per write (e.g. a UUID), sent again on a retry: a write already "
+        "logged under it is answered again, not applied twice",
+    )
 
     @model_validator(mode="after")
     def _one_vector_form(self) -> UpsertRequest:
@@ -79,6 +84,11 @@ class DeleteRequest(BaseModel):
 
     ids: list[int] = Field(..., description="ids to delete; absent ones are not an error")
     deadline_ms: int | None = None
+    idempotency_key: str | None = Field(
+        None,
+        description="unique per write (e.g. a UUID), sent again on a retry: a write already "
+        "logged under it is answered again, not applied twice",
+    )
 
 
 class WriteResponse(BaseModel):
@@ -106,6 +116,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         400: "invalid request (schema, dimension, NaN/Inf, k, overrides, deadline)",
         401: "missing or wrong bearer token (when auth is on)",
         404: "unknown id",
+        409: "the idempotency key was used for another write",
         413: "body larger than the limit",
         415: "body not declared as JSON",
         429: "overloaded (with Retry-After), when overload_status is 429",

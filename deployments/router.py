@@ -254,11 +254,18 @@ class Router(HttpApi):
     # ---- the write path (handle API) ----
 
     async def upsert(
-        self, ids: Any, vectors: Any, metadata: Any = None, *, deadline_ms: int | None = None
+        self,
+        ids: Any,
+        vectors: Any,
+        metadata: Any = None,
+        *,
+        deadline_ms: int | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Insert or replace ``vectors`` (n, d) with ``ids`` and optional ``metadata`` rows;
         ``{"sequence", "upserted"}`` once durable in the log (searches with that
-        ``min_sequence`` see it)."""
+        ``min_sequence`` see it). ``idempotency_key``: a retry under it gets the first
+        attempt's answer (``deployments.writer``)."""
         with counting(self.metrics, "upsert"):
             self._deadline_s(deadline_ms)
             planner = self.planner
@@ -270,18 +277,21 @@ class Router(HttpApi):
                 metric=planner.metric,
                 schema=self._schemas.get(planner.manifest.index_version),
                 max_rows=self.args.limits.max_write_rows,
+                key=idempotency_key,
             )
             seq = await log_write(self.coordinator, self.metrics, m)
             return {"sequence": seq, "upserted": len(m)}
 
-    async def delete(self, ids: Any, *, deadline_ms: int | None = None) -> dict[str, Any]:
+    async def delete(
+        self, ids: Any, *, deadline_ms: int | None = None, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
         """Delete ``ids``; ``{"sequence", "deleted"}``: how many were live, counted by the
         owner shards when they apply it (None if they do not within the deadline; the
         delete itself is durable either way)."""
         with counting(self.metrics, "delete"):
             deadline = time.monotonic() + self._deadline_s(deadline_ms)
             planner = self.planner
-            m = delete_of(ids, self.args.limits.max_write_rows)
+            m = delete_of(ids, self.args.limits.max_write_rows, idempotency_key)
             seq = await log_write(self.coordinator, self.metrics, m)
             query = Query(1, version=planner.manifest.index_version, min_sequence=seq)
             groups = self._owner_groups(planner, m.ids)

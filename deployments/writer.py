@@ -6,15 +6,20 @@ into the next one (group commit: one fsync for many writes); each is acknowledge
 sequence once its segment is durable, never before. Replicas ask ``tail_after`` for what
 follows their sequence and are answered as soon as there is something (a long poll), or
 told to read the log's files (``None``) when the tail no longer reaches back that far.
+
+Idempotency: a write with a ``key`` that was already logged (the last ``KEYS_KEPT`` keyed
+writes, and after a restart those in the log above the active version's base) is answered
+with the first one's sequence and not logged again; the same key with another content is
+refused (``IdempotencyConflict``). A client that lost an acknowledgement retries safely.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 
-from shards.errors import ConcurrentUpdate, CorruptLogSegment
+from shards.errors import ConcurrentUpdate, CorruptLogSegment, IdempotencyConflict
 from shards.log import Mutation, MutationLog
 
 log = logging.getLogger(__name__)
@@ -23,6 +28,7 @@ TAIL_ROWS = 200_000  # rows of recent mutations kept for replicas (older: from t
 SEGMENT_ROWS = 65_536  # at most this many rows per group commit
 TAIL_BATCH = 1024  # mutations per answer to a replica
 APPEND_ATTEMPTS = 3  # another writer took our sequence: find the end again and retry
+KEYS_KEPT = 1_000_000  # idempotency keys remembered (about 100 bytes each)
 
 
 class LogWriter:
@@ -31,8 +37,12 @@ class LogWriter:
     def __init__(self, log_: MutationLog, floor: int = 0) -> None:
         self.log = log_
         self.error: CorruptLogSegment | None = None
+        self.keys: OrderedDict[str, tuple[int, bytes]] = OrderedDict()  # key -> seq, digest
+        self.waiting: dict[str, tuple[bytes, asyncio.Future]] = {}  # keys being logged
         try:
-            self.end = log_.start(floor)  # every segment above the floor checked
+            for m in log_.read(floor):  # every segment above the floor checked
+                self._remember(m)
+            self.end = log_.find_end(floor)
         except CorruptLogSegment as exc:
             self.error, self.end = exc, floor
             log.error("mutation log refuses writes: %s", exc.message)
@@ -48,14 +58,47 @@ class LogWriter:
         Raises:
             CorruptLogSegment: the log has a corrupt segment (writes are refused).
             ConcurrentUpdate: other writers kept taking the next sequence.
+            IdempotencyConflict: ``m.key`` was used for a write of other contents.
         """
         if self.error is not None:
             raise self.error
+        if m.key is not None:
+            digest = m.fingerprint()
+            if m.key in self.keys:
+                seq, first = self.keys[m.key]
+                self._same(m.key, digest, first)
+                return seq
+            if m.key in self.waiting:  # the first attempt is being logged: its answer
+                first, earlier = self.waiting[m.key]
+                self._same(m.key, digest, first)
+                return await asyncio.shield(earlier)
         fut = asyncio.get_running_loop().create_future()
         self.pending.append((m, fut))
+        if m.key is not None:
+            key = m.key
+            self.waiting[key] = (digest, fut)
+
+            def forget(_: asyncio.Future) -> None:  # logged (then in ``keys``) or failed
+                self.waiting.pop(key, None)
+
+            fut.add_done_callback(forget)
         if self.flusher is None or self.flusher.done():
             self.flusher = asyncio.get_running_loop().create_task(self._flush())
         return await fut
+
+    @staticmethod
+    def _same(key: str, digest: bytes, first: bytes) -> None:
+        if digest != first:
+            raise IdempotencyConflict(
+                f"idempotency key {key!r} was used for a write of other ids or vectors"
+            )
+
+    def _remember(self, m: Mutation) -> None:
+        if m.key is None:
+            return
+        self.keys[m.key] = (m.sequence, m.fingerprint())
+        while len(self.keys) > KEYS_KEPT:
+            self.keys.popitem(last=False)
 
     async def _flush(self) -> None:
         while self.pending:
@@ -73,6 +116,7 @@ class LogWriter:
             self.end = logged[-1].sequence
             for lm in logged:
                 self._keep(lm)
+                self._remember(lm)
             for (_, fut), lm in zip(batch, logged, strict=True):
                 if not fut.done():
                     fut.set_result(lm.sequence)

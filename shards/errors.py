@@ -148,6 +148,14 @@ class SequenceBehind(VersionMismatch):
     code = "sequence_unavailable"
 
 
+class IdempotencyConflict(VsearchError):
+    """An idempotency key was used again for a write of other contents (a retry must send
+    the same write)."""
+
+    status_code = 409
+    code = "idempotency_conflict"
+
+
 class ConcurrentUpdate(VsearchError):
     """CURRENT moved while a new version was written from it: publish again from the new
     CURRENT (one writer at a time per index root)."""

@@ -3,7 +3,8 @@
 ``<root>/log/<first sequence, 20 digits>.mlog``: a segment holds one or more mutations with
 consecutive sequence numbers (a writer commits the mutations that arrived together as one
 segment). A segment is an Arrow IPC stream of one row per id (``sequence``, ``op``, ``id``,
-``vector``, the index's metadata columns) followed by its sha256 and a magic trailer: a
+``vector``, ``key`` when a write has an idempotency key, and ``metadata``, a struct of
+the index's metadata columns) followed by its sha256 and a magic trailer: a
 truncated or altered segment fails the check and is named (``CorruptLogSegment``).
 
 Durability: a segment is written to a temporary name, fsynced, then linked to its name
@@ -40,6 +41,8 @@ SUFFIX = ".mlog"
 MAGIC = b"VSMLOG01"
 TRAILER = 32 + len(MAGIC)  # sha256 of the stream, then the magic
 OPS = {"upsert": 0, "delete": 1}
+LOG_COLUMNS = ("sequence", "op", "id", "vector")  # the first format: the rest is metadata
+FORMAT_KEY, FORMAT = b"vsearch.log", b"2"  # 2: metadata in one struct column, keys
 Op = Literal["upsert", "delete"]
 
 
@@ -48,7 +51,9 @@ class Mutation:
     """One write: an upsert of rows or a delete of ids, at ``sequence`` (0: not logged yet).
 
     ``ids`` (n,) int64; for an upsert ``x`` (n, d) float32 as indexed (normalised for
-    cosine) and ``metadata`` (n rows of the index's metadata columns, or None).
+    cosine) and ``metadata`` (n rows of the index's metadata columns, or None). ``key``:
+    the client's idempotency key, logged with it (a retry under the same key is answered
+    with this mutation's sequence instead of being applied again).
     """
 
     op: Op
@@ -56,12 +61,26 @@ class Mutation:
     x: np.ndarray | None = None
     metadata: pa.Table | None = None
     sequence: int = 0
+    key: str | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def at(self, sequence: int) -> Mutation:
-        return Mutation(self.op, self.ids, self.x, self.metadata, sequence)
+        return Mutation(self.op, self.ids, self.x, self.metadata, sequence, self.key)
+
+    def fingerprint(self) -> bytes:
+        """A digest of what the mutation does (op, ids, vectors, metadata values): the same
+        write retried has the same one."""
+        h = hashlib.sha256(self.op.encode())
+        h.update(np.ascontiguousarray(self.ids, np.int64).tobytes())
+        if self.x is not None:
+            h.update(np.ascontiguousarray(self.x, np.float32).tobytes())
+        meta = self.metadata
+        if meta is not None and any(c.null_count < len(c) for c in meta.columns):
+            # by value (buffers differ with slicing and chunking); all null = none given
+            h.update(repr(meta.to_pydict()).encode())
+        return h.digest()
 
 
 def segment_name(first: int) -> str:
@@ -243,12 +262,18 @@ def _table(mutations: list[Mutation], dim: int, schema: pa.Schema | None) -> pa.
         pa.array(x.ravel(), pa.float32()), dim, mask=pa.array(~has_x)
     )
     columns = {"sequence": seq, "op": op, "id": ids, "vector": vectors}
-    if schema is not None and len(schema):
-        parts = [_metadata_of(m, schema) for m in mutations]
-        meta = pa.concat_tables(parts)
-        for name in schema.names:
-            columns[name] = meta[name]
-    return pa.table(columns)
+    if any(m.key is not None for m in mutations):  # on each mutation's first row
+        keys: list[str | None] = [None] * n
+        start = 0
+        for m in mutations:
+            if len(m):
+                keys[start] = m.key
+            start += len(m)
+        columns["key"] = pa.array(keys, pa.string())
+    if schema is not None and len(schema):  # one struct column: names never collide
+        meta = pa.concat_tables([_metadata_of(m, schema) for m in mutations])
+        columns["metadata"] = meta.to_struct_array().combine_chunks()
+    return pa.table(columns).replace_schema_metadata({FORMAT_KEY: FORMAT})
 
 
 def _metadata_of(m: Mutation, schema: pa.Schema) -> pa.Table:
@@ -266,13 +291,22 @@ def _mutations(table: pa.Table, dim: int) -> list[Mutation]:
     vec = table["vector"].combine_chunks()
     values = vec.values.slice(vec.offset * dim, len(vec) * dim)  # nulls included: not flatten()
     flat = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
-    meta_names = [n for n in table.column_names if n not in ("sequence", "op", "id", "vector")]
+    keys = table["key"].to_pylist() if "key" in table.column_names else None
+    if (table.schema.metadata or {}).get(FORMAT_KEY) == FORMAT:
+        meta_all = table["metadata"].combine_chunks() if "metadata" in table.column_names else None
+        meta_table = None if meta_all is None else pa.Table.from_struct_array(meta_all)
+    else:  # the first format: metadata columns beside the log's own
+        names = [n for n in table.column_names if n not in LOG_COLUMNS]
+        meta_table = table.select(names) if names else None
     cuts = np.flatnonzero(np.diff(seq)) + 1
     out = []
     for rows in np.split(np.arange(len(seq)), cuts):
         a, b = int(rows[0]), int(rows[-1]) + 1
         kind: Op = "upsert" if op[a] == OPS["upsert"] else "delete"
         x = np.ascontiguousarray(flat[a:b], np.float32) if kind == "upsert" else None
-        meta = table.slice(a, b - a).select(meta_names) if meta_names and kind == "upsert" else None
-        out.append(Mutation(kind, ids[a:b].copy(), x, meta, int(seq[a])))
+        meta = None
+        if meta_table is not None and kind == "upsert":
+            meta = meta_table.slice(a, b - a)
+        key = None if keys is None else keys[a]
+        out.append(Mutation(kind, ids[a:b].copy(), x, meta, int(seq[a]), key))
     return out

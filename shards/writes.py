@@ -18,6 +18,7 @@ from shards.log import Mutation
 from shards.metric import Metric, prepare_vectors
 
 MAX_WRITE_ROWS = 65536  # one request; larger loads are a build (python -m shards build)
+MAX_KEY_CHARS = 200  # an idempotency key (a UUID has 36)
 
 
 def metadata_schema(table_schema: pa.Schema | None) -> pa.Schema | None:
@@ -36,8 +37,10 @@ def upsert_of(
     metric: Metric,
     schema: pa.Schema | None,
     max_rows: int = MAX_WRITE_ROWS,
+    key: str | None = None,
 ) -> Mutation:
-    """The upsert of vectors ``x`` (n, d) with ``ids`` (n,) and optional ``metadata`` rows.
+    """The upsert of vectors ``x`` (n, d) with ``ids`` (n,) and optional ``metadata`` rows;
+    ``key``: an idempotency key (see ``check_key``).
 
     ``metadata``: a list of n mappings, a mapping of columns, or an Arrow table, with
     columns of ``schema`` (missing ones are null).
@@ -50,12 +53,29 @@ def upsert_of(
     x = prepare_vectors(x, dim, metric, what="vectors", error=InvalidInput)
     if len(x) != len(ids):
         raise InvalidInput(f"upsert needs one vector per id: {len(x)} vectors, {len(ids)} ids")
-    return Mutation("upsert", ids, x, metadata_table(metadata, schema, len(ids)))
+    meta = metadata_table(metadata, schema, len(ids))
+    return Mutation("upsert", ids, x, meta, key=check_key(key))
 
 
-def delete_of(ids: Any, max_rows: int = MAX_WRITE_ROWS) -> Mutation:
+def delete_of(ids: Any, max_rows: int = MAX_WRITE_ROWS, key: str | None = None) -> Mutation:
     """The delete of ``ids``; ids not present are no error (they count as not deleted)."""
-    return Mutation("delete", _checked_ids(ids, max_rows))
+    return Mutation("delete", _checked_ids(ids, max_rows), key=check_key(key))
+
+
+def check_key(key: Any) -> str | None:
+    """An idempotency key: None, or a string of 1 to ``MAX_KEY_CHARS`` printable characters
+    that the client makes unique per write (a UUID) and sends again on a retry.
+
+    Raises:
+        InvalidInput: anything else.
+    """
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_CHARS or not key.isprintable():
+        raise InvalidInput(
+            f"idempotency_key must be a string of 1 to {MAX_KEY_CHARS} printable characters"
+        )
+    return key
 
 
 def _checked_ids(ids: Any, max_rows: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import pytest
 from deployments.compaction import Compactions
 from deployments.follow import Follower
 from deployments.writer import LogWriter
-from shards.errors import CorruptLogSegment
+from shards.errors import CorruptLogSegment, IdempotencyConflict
 from shards.log import Mutation, MutationLog
 from tests.conftest import clustered
 from tests.shards.helpers import build
@@ -38,6 +38,88 @@ def test_concurrent_writes_are_committed_together_and_acknowledged_once_durable(
     durable = [m.sequence for m in MutationLog(str(tmp_path), D).read()]
     assert durable == list(range(1, 51))  # every acknowledged write is in the files
     assert writer.end == 50
+
+
+def keyed(i: int, key: str, value: float | None = None) -> Mutation:
+    x = np.full((1, D), i if value is None else value, np.float32)
+    return Mutation("upsert", np.array([10_000 + i]), x, key=key)
+
+
+def test_a_retried_write_is_answered_again_not_applied_twice(tmp_path):
+    # upsert X, delete X, then the upsert retried after a lost answer: X must stay deleted
+    log = MutationLog(str(tmp_path), D)
+
+    async def main():
+        writer = LogWriter(log)
+        first = await writer.write(keyed(1, "a"))
+        gone = await writer.write(Mutation("delete", np.array([10_001]), key="b"))
+        again = await writer.write(keyed(1, "a"))
+        assert again == first and writer.end == gone == 2
+        # two attempts in flight at once: one is logged, both get its sequence
+        pair = await asyncio.gather(writer.write(keyed(2, "c")), writer.write(keyed(2, "c")))
+        assert pair == [3, 3] and writer.end == 3
+        with pytest.raises(IdempotencyConflict, match="'a'"):
+            await writer.write(keyed(1, "a", value=7.0))  # same key, other vector
+        assert await writer.write(keyed(1, "d")) == 4  # a new key is a new write
+
+    asyncio.run(main())
+    logged = list(MutationLog(str(tmp_path), D).read())
+    assert [(m.sequence, m.key) for m in logged] == [(1, "a"), (2, "b"), (3, "c"), (4, "d")]
+
+    async def restarted():  # a new writer (a restarted coordinator) knows the logged keys
+        writer = LogWriter(MutationLog(str(tmp_path), D))
+        assert await writer.write(keyed(1, "a")) == 1
+        assert await writer.write(Mutation("delete", np.array([10_001]), key="b")) == 2
+        with pytest.raises(IdempotencyConflict):
+            await writer.write(Mutation("delete", np.array([10_002]), key="b"))
+        assert writer.end == 4
+
+    asyncio.run(restarted())
+
+
+def test_a_retry_is_recognised_after_a_restart_with_metadata_columns(tmp_path):
+    # the log stores every metadata column (null when not given): read back, the write
+    # must still look the same as its retry, which gives none
+    import pyarrow as pa
+
+    schema = pa.schema([("tag", pa.string())])
+    tagged = pa.table({"tag": ["x"]})
+
+    async def first():
+        writer = LogWriter(MutationLog(str(tmp_path), D, schema))
+        await writer.write(keyed(1, "plain"))
+        await writer.write(
+            Mutation("upsert", np.array([7]), np.ones((1, D), np.float32), tagged, key="tagged")
+        )
+
+    async def after_restart():
+        writer = LogWriter(MutationLog(str(tmp_path), D, schema))
+        assert await writer.write(keyed(1, "plain")) == 1
+        again = Mutation("upsert", np.array([7]), np.ones((1, D), np.float32), tagged, key="tagged")
+        assert await writer.write(again) == 2
+        other = pa.table({"tag": ["y"]})
+        with pytest.raises(IdempotencyConflict):  # the same vectors with other metadata
+            await writer.write(
+                Mutation("upsert", np.array([7]), np.ones((1, D), np.float32), other, key="tagged")
+            )
+
+    asyncio.run(first())
+    asyncio.run(after_restart())
+
+
+def test_a_failed_keyed_write_can_be_retried(tmp_path):
+    log = MutationLog(str(tmp_path), D)
+
+    async def main():
+        writer = LogWriter(log)
+        real = log.append
+        log.append = lambda batch, after=None: (_ for _ in ()).throw(OSError("disk full"))
+        with pytest.raises(OSError):
+            await writer.write(keyed(1, "k"))
+        log.append = real
+        assert await writer.write(keyed(1, "k")) == 1  # not remembered: nothing was logged
+
+    asyncio.run(main())
 
 
 def test_tail_waits_for_writes_and_sends_replicas_to_the_files_when_short(tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -49,10 +50,19 @@ def shared(serve_base, indexes, tmp_path_factory):
 
 class Writers(LoadThreads):
     """Threads writing random upserts (new ids and replacements) and deletes over HTTP;
-    every acknowledged write is kept with its sequence."""
+    every acknowledged write is kept with its sequence. ``retry_s``: a failed write is sent
+    again (same idempotency key) until acknowledged or that long has passed, as a client
+    that lost an answer would."""
 
-    def __init__(self, url: str, ids: np.ndarray, threads: int = 3, limit: int | None = None):
-        self.url, self.ids, self.limit = url, ids, limit
+    def __init__(
+        self,
+        url: str,
+        ids: np.ndarray,
+        threads: int = 3,
+        limit: int | None = None,
+        retry_s: float = 0.0,
+    ):
+        self.url, self.ids, self.limit, self.retry_s = url, ids, limit, retry_s
         self.acked: list[tuple[int, str, np.ndarray, np.ndarray | None]] = []
         self.failed: list[str] = []
         self.lock = threading.Lock()
@@ -73,22 +83,35 @@ class Writers(LoadThreads):
             ids = np.unique(
                 rng.integers(10**6, 10**12, n) if fresh_ids else rng.choice(self.ids, n)
             )
-            try:
-                if kind == "delete":
-                    r = client.post(f"{self.url}/v1/delete", json={"ids": ids.tolist()})
-                    x = None
-                else:
-                    x = clustered(len(ids), D, seed=int(rng.integers(1 << 30)))
-                    body = {"ids": ids.tolist(), "vectors": x.tolist()}
-                    r = client.post(f"{self.url}/v1/upsert", json=body)
-            except httpx.HTTPError as exc:
-                self.failed.append(repr(exc))
-                continue
-            if r.status_code != 200:
-                self.failed.append(f"{r.status_code} {r.text[:200]}")
+            body = {"ids": ids.tolist(), "idempotency_key": f"{rng.integers(1 << 62):x}"}
+            x = None
+            if kind != "delete":
+                x = clustered(len(ids), D, seed=int(rng.integers(1 << 30)))
+                body["vectors"] = x.tolist()
+            route = "delete" if kind == "delete" else "upsert"
+            r = self._send(client, route, body)
+            if r is None:
                 continue
             with self.lock:
                 self.acked.append((r.json()["sequence"], str(kind), ids, x))
+
+    def _send(self, client: httpx.Client, route: str, body: dict) -> httpx.Response | None:
+        give_up = time.monotonic() + self.retry_s
+        while True:
+            try:
+                r = client.post(f"{self.url}/v1/{route}", json=body)
+                if r.status_code == 200:
+                    return r
+                why = f"{r.status_code} {r.text[:200]}"
+                if r.status_code < 500:
+                    break
+            except httpx.HTTPError as exc:
+                why = repr(exc)
+            if time.monotonic() >= give_up:
+                break
+            time.sleep(0.3)
+        self.failed.append(why)
+        return None
 
     def expected(self, xb: np.ndarray, ids: np.ndarray) -> dict[int, np.ndarray]:
         """The live set after every acknowledged write, applied in sequence order."""
@@ -159,10 +182,13 @@ def test_random_writes_under_searches_equal_brute_force(shared):
 def test_read_your_writes_metadata_and_bad_writes(shared):
     _, xb, ids, url = shared
     far = np.full((1, D), 40.0, np.float32)
-    r = httpx.post(
-        f"{url}/v1/upsert",
-        json={"ids": [int(ids[5])], "vectors": far.tolist(), "metadata": [{"tag": "moved"}]},
-    )
+    up = {
+        "ids": [int(ids[5])],
+        "vectors": far.tolist(),
+        "metadata": [{"tag": "moved"}],
+        "idempotency_key": "move-5",
+    }
+    r = httpx.post(f"{url}/v1/upsert", json=up)
     assert r.status_code == 200 and r.json()["upserted"] == 1, r.text
     seq = r.json()["sequence"]
     _, I_, body = search(url, far, 1, min_sequence=seq, include_metadata=True)
@@ -172,6 +198,13 @@ def test_read_your_writes_metadata_and_bad_writes(shared):
     last = r.json()["sequence"]
     _, I_, _ = search(url, np.vstack([far, xb[6:7]]), 3, min_sequence=last)
     assert ids[5] not in I_ and ids[6] not in I_
+    # the upsert retried (its answer lost): answered again, not applied again after the delete
+    r = httpx.post(f"{url}/v1/upsert", json=up)
+    assert r.status_code == 200 and r.json()["sequence"] == seq, r.text
+    _, I_, _ = search(url, far, 3, min_sequence=last)
+    assert ids[5] not in I_
+    r = httpx.post(f"{url}/v1/upsert", json={**up, "vectors": (far + 1).tolist()})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "idempotency_conflict", r.text
     # a search that asks for a sequence nobody has: 504 within its deadline, not a stale answer
     q = {"vectors": far.tolist(), "k": 1, "min_sequence": 10**6, "deadline_ms": 300}
     r = httpx.post(f"{url}/v1/search", json=q, timeout=30)
@@ -186,6 +219,8 @@ def test_read_your_writes_metadata_and_bad_writes(shared):
         ({"ids": [4], "vectors": [[0.0] * D], "metadata": [{"tag": 5}]}, "'tag'"),
         ({"ids": list(range(5000)), "vectors_b64": ""}, None),
         ({"ids": [4]}, "exactly one of vectors"),
+        ({"ids": [4], "vectors": [[0.0] * D], "idempotency_key": ""}, "idempotency_key"),
+        ({"ids": [4], "vectors": [[0.0] * D], "idempotency_key": 7}, "idempotency_key"),
     ]
     for body, words in bad:
         raw = httpx.post(f"{url}/v1/upsert", content=_json(body), timeout=30)
@@ -215,7 +250,7 @@ def test_acknowledged_writes_survive_replica_coordinator_router_and_app_restarts
     root, xb, ids = fresh
     deploy("durable", {"index_uri": str(root), "shard": {"num_replicas": 2}})
     url = f"{serve_base}/durable"
-    with Writers(url, ids, threads=2) as writers:
+    with Writers(url, ids, threads=2, retry_s=120) as writers:
         wait_for(lambda: len(writers.acked) >= 20, 60)
         os.kill(replica_pids("durable", "shard-1")[0], signal.SIGKILL)
         wait_for(lambda: len(writers.acked) >= 45, 120)
@@ -224,7 +259,7 @@ def test_acknowledged_writes_survive_replica_coordinator_router_and_app_restarts
         os.kill(replica_pids("durable", "router")[0], signal.SIGKILL)
         wait_for(lambda: len(writers.acked) >= 95, 180)
     acked = len(writers.acked)
-    print(f"\n{acked} writes acknowledged, {len(writers.failed)} refused while replicas died")
+    print(f"\n{acked} writes acknowledged, {len(writers.failed)} given up while replicas died")
     from deployments.local import undeploy
 
     undeploy("durable")
@@ -235,7 +270,14 @@ def test_acknowledged_writes_survive_replica_coordinator_router_and_app_restarts
         assert seq in logged and logged[seq].op == ("delete" if kind == "delete" else "upsert")
         np.testing.assert_array_equal(logged[seq].ids, w_ids)
     assert sorted(logged) == list(range(1, len(logged) + 1))  # no sequence twice or skipped
+    keys = [m.key for m in logged.values()]
+    assert None not in keys and len(set(keys)) == len(keys)  # a retry is never logged twice
     live = replayed(logged, xb, ids)
+    assert not writers.failed, writers.failed[:3]  # each acknowledged in the end (retried),
+    expected = writers.expected(xb, ids)  # so what the writers know is exactly what is served
+    assert expected.keys() == live.keys()
+    for i, v in expected.items():
+        np.testing.assert_array_equal(live[i], v)
     xq = clustered(30, D, seed=5)
     (Dref, Iref), tol = exact(live, xq, 10)
     for _ in range(4):  # both replicas of each shard, after the restart

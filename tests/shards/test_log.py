@@ -223,6 +223,50 @@ def test_segment_round_trip_keeps_every_field(tmp_path):
     assert up.metadata.to_pylist() == meta.to_pylist() and de.x is None
 
 
+def test_metadata_columns_named_like_the_logs_own_round_trip(tmp_path):
+    # the first format put metadata columns beside sequence/op/id/vector: a column called
+    # "op" or "key" overwrote the log's own (a silently wrong replay)
+    names = ["sequence", "op", "vector", "key", "metadata"]
+    schema = pa.schema([(n, pa.string()) for n in names])
+    log = MutationLog(str(tmp_path), 4, schema)
+    meta = pa.table({n: [f"{n}-a", f"{n}-b"] for n in names})
+    x = np.ones((2, 4), np.float32)
+    log.append([Mutation("upsert", np.array([3, 4]), x, meta, key="retry-1")])
+    log.append([Mutation("delete", np.array([3]))])
+    up, de = MutationLog(str(tmp_path), 4, schema).read()
+    assert (up.op, up.sequence, up.key, de.op, de.key) == ("upsert", 1, "retry-1", "delete", None)
+    np.testing.assert_array_equal(up.x, x)
+    assert up.metadata.to_pylist() == meta.to_pylist()
+
+
+def test_segments_of_the_first_format_still_read(tmp_path):
+    import hashlib
+
+    from shards.log import MAGIC, segment_name
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    table = pa.table(
+        {
+            "sequence": np.array([1, 1], np.int64),
+            "op": np.array([0, 0], np.int8),
+            "id": np.array([5, 6], np.int64),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 4),
+            "tag": ["a", "b"],
+        }
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    body = sink.getvalue().to_pybytes()
+    (tmp_path / "log").mkdir()
+    data = body + hashlib.sha256(body).digest() + MAGIC
+    (tmp_path / "log" / segment_name(1)).write_bytes(data)
+    (up,) = MutationLog(str(tmp_path), 4, pa.schema([("tag", pa.string())])).read()
+    assert (up.op, up.sequence, up.key) == ("upsert", 1, None)
+    np.testing.assert_array_equal(up.x, x)
+    assert up.metadata.to_pylist() == [{"tag": "a"}, {"tag": "b"}]
+
+
 def test_ivfpq_recall_after_writes_is_that_of_a_fresh_build(tmp_path):
     """Thousands of upserts, replacements and deletes on an IVF-PQ index: recall@10 against
     brute force over the live set stays within 0.01 of an index built fresh from that set."""
