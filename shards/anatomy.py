@@ -97,6 +97,13 @@ class Anatomy:
         return isinstance(core, faiss.IndexFlat | faiss.IndexIVFFlat)
 
     @property
+    def reconstructable(self) -> bool:
+        """``reconstruct`` is safe: faiss 1.15's fast-scan IVF (without a refine index,
+        which reconstructs instead) crashes the process reconstructing a row once it has
+        been read from a file (``tests/shards/test_anatomy.py`` shows it in a child)."""
+        return self.refine is not None or not self.fast_scan
+
+    @property
     def preassignable(self) -> bool:
         """IVF, or IVF re-ranked exactly: searchable with a shared coarse assignment."""
         return (

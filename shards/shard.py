@@ -125,6 +125,11 @@ class Shard:
         rows, st = self.rows_of(ids), self._state
         out = np.empty((len(ids), self.index.d), dtype=np.float32)
         main = rows >= 0
+        if main.any() and not Anatomy.of(self.index).reconstructable:
+            raise UnsupportedOperation(
+                "this index (IVF fast-scan PQ without a refine step) cannot return stored "
+                "vectors: search by vectors, or build with a refine step (e.g. ',RFlat')"
+            )
         if main.any():
             with self._lock:
                 out[main] = _reconstruct_rows(self.index, rows[main])

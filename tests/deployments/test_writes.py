@@ -17,7 +17,7 @@ from shards.log import MutationLog
 from tests.conftest import clustered
 from tests.deployments.conftest import LoadThreads, deploy
 from tests.deployments.test_faults import replica_pids, wait_for
-from tests.shards.helpers import assert_same_knn, brute_force, float_tolerance
+from tests.shards.helpers import assert_same_knn, brute_force, build, float_tolerance, recall
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 D = 16
@@ -177,6 +177,43 @@ def test_random_writes_under_searches_equal_brute_force(shared):
     lib = ShardedIndex.open(str(root))
     assert lib.sequence == WRITES
     assert_same_knn(Dref, Iref, *lib.search(xq, 10), tol)
+
+
+def test_ivfpq_recall_after_random_writes_over_http_is_that_of_a_fresh_build(
+    serve_base, indexes, tmp_path
+):
+    """Random upserts, replacements and deletes over HTTP on an IVF-PQ index (no refine,
+    so its recall is far from 1 and moves): recall@10 with ``min_sequence`` against brute
+    force over the live set is within 0.01 of an index built fresh from that set."""
+    from deployments.local import undeploy
+    from shards import BuildOptions, VectorSource, build_index
+
+    factory, params = "IVF32,PQ8x4fs", {"nprobe": 4}
+    xb = np.load(indexes["root"] / "xb.npy")
+    ids = np.arange(len(xb), dtype=np.int64)
+    root = tmp_path / "ivfpq"
+    opts = BuildOptions(num_shards=2, index=factory, progress=False, tune=False)
+    build_index(VectorSource(str(indexes["root"] / "xb.npy")), str(root), opts)
+    deploy("ivfpq", {"index_uri": str(root)})
+    try:
+        with Writers(f"{serve_base}/ivfpq", ids, threads=3, limit=300) as writers:
+            wait_for(lambda: not any(t.is_alive() for t in writers.threads), 240)
+        assert writers.failed == [] and len(writers.acked) == 300
+        live = writers.expected(xb, ids)
+        xq = clustered(200, D, seed=33)
+        (_, gt), _ = exact(live, xq, 10)
+        last = max(a[0] for a in writers.acked)
+        _, I_, _ = search(f"{serve_base}/ivfpq", xq, params=params, min_sequence=last)
+    finally:
+        undeploy("ivfpq")
+    served = recall(I_, gt)
+    live_ids = np.array(sorted(live), np.int64)
+    fresh = build(tmp_path, np.stack([live[i] for i in live_ids]), name="fresh", **vars(opts))
+    _, If = fresh.search(xq, 10, params)
+    fresh_recall = recall(np.where(If >= 0, live_ids[np.maximum(If, 0)], -1), gt)
+    print(f"\nrecall@10 after writes {served:.3f}, fresh build {fresh_recall:.3f}")
+    assert 0.3 < fresh_recall < 0.99  # a lossy index: the comparison can fail
+    assert served >= fresh_recall - 0.01, (served, fresh_recall)
 
 
 def test_read_your_writes_metadata_and_bad_writes(shared):
