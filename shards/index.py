@@ -23,6 +23,7 @@ from shards.errors import (
     UnsupportedOperation,
     VersionMismatch,
 )
+from shards.filters import Filter, parse_filter
 from shards.gpu import GpuOptions, Placement
 from shards.ids import check_ids
 from shards.log import Mutation, MutationLog
@@ -160,37 +161,60 @@ class ShardedIndex:
         params: Any = None,
         *,
         target_recall: float | None = None,
+        filter: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of ``xq`` (nq, d) over every loaded shard: D (nq, k) float32, I (nq, k) int64.
 
         Scores: squared L2 (smaller is better), or inner product / cosine similarity
-        (larger is better). Missing results are id -1.
+        (larger is better). Missing results are id -1. ``filter``: only rows whose metadata
+        match it (``shards.filters`` has the form; ``search_planned`` says how each shard
+        searched).
 
         Raises:
-            InvalidQuery: bad shape, dimension, NaN/Inf, k, or an override.
+            InvalidQuery: bad shape, dimension, NaN/Inf, k, an override, or the filter.
         """
         k = self.planner.check_k(k)
         ov = self.resolve(params, target_recall, k)
+        filt = self.parse_filter(filter)
         xq = self.planner.prepare(xq)
         self.planner.check_cost(len(xq), k, ov)
-        return self.search_prepared(xq, k, ov)
+        return self.search_prepared(xq, k, ov, filt)
+
+    def parse_filter(self, raw: Any) -> Filter | None:
+        """``raw`` checked against this index's metadata columns (None: no filter)."""
+        return raw if isinstance(raw, Filter) else parse_filter(raw, self.metadata_schema)
 
     def search_prepared(
-        self, xq: np.ndarray, k: int, ov: SearchOverrides
+        self, xq: np.ndarray, k: int, ov: SearchOverrides, filt: Filter | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Search already checked queries with resolved overrides (no validation).
+        """Search already checked queries with resolved overrides (no validation)."""
+        D, I, _ = self.search_planned(xq, k, ov, filt)
+        return D, I
+
+    def search_planned(
+        self, xq: np.ndarray, k: int, ov: SearchOverrides, filt: Filter | None = None
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """``search_prepared`` and the plan of each shard for a filter (empty without one).
 
         A single query runs with one OpenMP thread (``_faiss.one_omp_thread``)."""
         with one_omp_thread() if len(xq) == 1 else nullcontext():
-            shards = list(self.shards.values())
+            shards = list(self.shards.items())
             with self._applying:  # one state of every shard: no mutation half applied
-                states = [shard.state for shard in shards]
-            coarse = coarse_assign(shards[0].index, xq, ov) if self.shared_coarse else None
+                states = [shard.state for _, shard in shards]
+            plans: dict[int, str] = {}
+            if filt is not None:  # each shard widens its own search: no shared assignment
+                parts = []
+                for (number, shard), st in zip(shards, states, strict=True):
+                    D, I, plans[number] = shard.search_filtered(xq, k, ov, filt, st)
+                    parts.append((D, I))
+                return *merge_results(parts, self.metric.keep_max), plans
+            first = shards[0][1].index
+            coarse = coarse_assign(first, xq, ov) if self.shared_coarse else None
             parts = [
                 shard.search(xq, k, ov, coarse, st)
-                for shard, st in zip(shards, states, strict=True)
+                for (_, shard), st in zip(shards, states, strict=True)
             ]
-        return merge_results(parts, self.metric.keep_max)
+        return *merge_results(parts, self.metric.keep_max), plans
 
     def search_by_id(
         self, ids: Any, k: int = 10, params: Any = None, *, target_recall: float | None = None
@@ -205,9 +229,17 @@ class ShardedIndex:
         return query.finish(*self.search_prepared(xq, query.fetch_k, query.overrides))
 
     def search_query(self, xq: np.ndarray, query: Query) -> tuple[np.ndarray, np.ndarray]:
+        """``search_query_planned`` without the plans."""
+        D, I, _ = self.search_query_planned(xq, query)
+        return D, I
+
+    def search_query_planned(
+        self, xq: np.ndarray, query: Query
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """Search prepared queries ``xq`` (nq, d) for ``query`` as a shard replica does: the
         overrides over this version's own defaults, checked against this version's knobs;
-        ``query.fetch_k`` results (the caller merges and finishes).
+        ``query.fetch_k`` results (the caller merges and finishes), and each shard's plan
+        for the query's filter.
 
         Raises:
             VersionMismatch: ``query.version`` names another version than this one.
@@ -224,7 +256,7 @@ class ShardedIndex:
             )
         ov = query.overrides.over(self.planner.defaults)
         self.knobs.check(ov, query.fetch_k)
-        return self.search_prepared(xq, query.fetch_k, ov)
+        return self.search_planned(xq, query.fetch_k, ov, self.parse_filter(query.filter))
 
     def contains(self, ids: Any) -> np.ndarray:
         """Bool per id: live in one of the loaded shards."""

@@ -16,6 +16,7 @@ metadata of delta rows is an Arrow table aligned with them (chunks appended, no 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -94,7 +95,7 @@ class LiveState:
     bitmap: np.ndarray | None = None  # the bytes the selector points into (kept alive here)
     # faiss parameter objects made under this state, by (overrides, k): they point to its
     # selector, so they live and die with it (a new state starts with none)
-    params: dict[tuple, tuple] = field(default_factory=dict)
+    params: dict[tuple, Any] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, d: int, sequence: int = 0, schema: pa.Schema | None = None) -> LiveState:

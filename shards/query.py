@@ -2,7 +2,7 @@
 
 A ``Query`` holds what decides the answer besides the query vectors: ``k``, the resolved
 overrides, the ids to leave out (search by id), the index version it is pinned to, the
-mutation sequence it needs, a slot for a filter, and its deadline budget. The router sends
+mutation sequence it needs, its metadata filter, and its deadline budget. The router sends
 it with the vectors to every shard; a shard answers it from exactly ``version`` or refuses.
 """
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from shards.filters import Filter
 from shards.merge import exclude_ids
 from shards.params import SearchOverrides
 
@@ -32,7 +33,7 @@ class Query:
     exclude: np.ndarray | None = None
     version: str | None = None
     min_sequence: int = 0
-    filter: object | None = None  # reserved for filtered search
+    filter: Filter | None = None  # only rows whose metadata match (shards.filters)
     budget_s: float | None = None
 
     @property
@@ -49,4 +50,5 @@ class Query:
 
     def batch_key(self) -> tuple:
         """Queries with equal keys can be searched as one batch at a shard."""
-        return (self.version, self.fetch_k, self.overrides, self.min_sequence)
+        key = None if self.filter is None else self.filter.key
+        return (self.version, self.fetch_k, self.overrides, self.min_sequence, key)

@@ -13,6 +13,8 @@ from shards.anatomy import Anatomy
 from shards.artefact import ShardData
 from shards.coarse import search_preassigned, tune_fastscan
 from shards.errors import UnknownId, UnsupportedOperation
+from shards.filtered import search_filtered
+from shards.filters import Filter
 from shards.gpu import GpuOptions, Placed, Placement, place
 from shards.live import LiveState
 from shards.log import Mutation
@@ -27,7 +29,7 @@ class Shard:
         self.index = data.index
         tune_fastscan(self.index)  # before any search: not a per-request knob
         self.ids = data.ids
-        self.metadata = data.metadata
+        self.metadata = _aligned(data.metadata, self.ids)
         self.keep_max = metric_keep_max
         order = np.argsort(self.ids, kind="stable")
         self._sorted_ids, self._sorted_rows = self.ids[order], order
@@ -85,6 +87,18 @@ class Shard:
             delta = st.delta.search(xq, k, self.index.metric_type)
             result = merge_results([result, delta], self.keep_max)
         return result
+
+    def search_filtered(
+        self, xq: np.ndarray, k: int, ov: SearchOverrides, filt: Filter, st: LiveState
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """Top-k among the live rows ``filt`` matches under state ``st``: D, I and the plan
+        taken (``shards.filtered``)."""
+        return search_filtered(self, st, xq, k, ov, filt)
+
+    def reconstruct_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Stored vectors of main-index ``rows`` (n, d) float32."""
+        with self._lock:
+            return _reconstruct_rows(self.index, rows)
 
     def _cpu_params(self, ov: SearchOverrides, k: int, st: LiveState) -> tuple:
         """The faiss parameter object for these overrides and k under state ``st`` (its delete
@@ -211,6 +225,15 @@ class Shard:
         with self._lock:
             x = _reconstruct_rows(self.index, rows)
         return np.concatenate([x, st.delta.x]), np.concatenate([self.ids[rows], st.delta.ids])
+
+
+def _aligned(metadata: pa.Table | None, ids: np.ndarray) -> pa.Table | None:
+    """``metadata`` with row i describing main row i (filters read it by row): reordered
+    once here if its file keeps another order."""
+    if metadata is None or np.array_equal(metadata["id"].to_numpy(), ids):
+        return metadata
+    order = pc.index_in(pa.array(ids, pa.int64()), value_set=metadata["id"])
+    return metadata.take(order)
 
 
 def _reconstruct_rows(index: faiss.Index, rows: np.ndarray) -> np.ndarray:

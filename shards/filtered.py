@@ -1,0 +1,153 @@
+"""Filtered search in one shard: a plan per query batch from the filter's selectivity.
+
+The filter's row mask (``shards.filters``) is AND-ed with the tombstones. Then:
+
+- ``exact``: few rows match (at most ``EXACT_MAX_ROWS``) and the index keeps exact vectors:
+  brute force over exactly those rows. The answer is exact.
+- ``ann``: the ANN index searched with the mask as an ``IDSelectorBitmap`` in the per-call
+  parameters, the search widened by 1 / selectivity (nprobe, efSearch, CAGRA's candidate
+  list, capped by what the index has) so that as many matching candidates are reached as an
+  unfiltered search reaches. Never a post-filter: a selector returns k results whenever k
+  rows match and are reached.
+- ``ann-cpu``: the same on the CPU index of a GPU replica (the GPU clone takes no selector).
+
+Rows in the delta are searched exactly over those that match. Masks, selectors and the
+vectors of an exact plan are cached in the shard's state (a write makes a new state).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from shards._faiss import faiss
+from shards.anatomy import Anatomy
+from shards.filters import Filter
+from shards.live import LiveState
+from shards.merge import merge_results, translate_ids
+from shards.params import EF_SEARCH_MAX, ITOPK_MAX, SearchOverrides, make_params
+
+EXACT_MAX_ROWS = 16_384  # matching rows searched by brute force (bench/filters.py measures)
+CACHED = 64  # filters whose masks a state keeps
+
+
+@dataclass(frozen=True, eq=False)
+class Matches:
+    """The rows of one shard state that a filter matches (the live state also marks the
+    delta rows it matches)."""
+
+    rows: np.ndarray  # main-index rows, ascending (int64)
+    live: int  # live main rows (the selectivity's denominator)
+    delta: np.ndarray  # bool per delta row
+    selector: Any = None  # IDSelectorBitmap over ``rows`` (made for the ann plan)
+    bitmap: np.ndarray | None = None  # the bytes it points into
+    vectors: np.ndarray | None = None  # of ``rows`` (made for the exact plan)
+
+    @property
+    def selectivity(self) -> float:
+        return len(self.rows) / self.live if self.live else 0.0
+
+
+def matches(shard: Any, st: LiveState, filt: Filter) -> Matches:
+    """The rows of ``shard`` under state ``st`` that ``filt`` matches (cached in ``st``)."""
+    key = ("filter", filt.key)
+    found: Matches | None = st.params.get(key)
+    if found is None:
+        meta = shard.metadata
+        mask = filt.mask(meta) if meta is not None else np.zeros(shard.index.ntotal, bool)
+        if st.live is not None:
+            mask &= st.live
+        delta_meta = st.delta.meta
+        delta = filt.mask(delta_meta) if delta_meta is not None and len(st.delta) else None
+        found = Matches(
+            np.flatnonzero(mask),
+            st.live_main(shard.index.ntotal),
+            np.zeros(len(st.delta), bool) if delta is None else delta,
+        )
+        _keep(st, key, found)
+    return found
+
+
+def search_filtered(
+    shard: Any, st: LiveState, xq: np.ndarray, k: int, ov: SearchOverrides, filt: Filter
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Top-k of ``xq`` among the rows ``filt`` matches: D, I (ids), and the plan taken."""
+    found = matches(shard, st, filt)
+    anatomy = Anatomy.of(shard.index)
+    n = len(found.rows)
+    if n <= EXACT_MAX_ROWS and anatomy.lossless:
+        plan = "exact"
+        found = _with_vectors(shard, st, filt, found)
+        assert found.vectors is not None
+        D, R = _knn(xq, found.vectors, k, shard.index.metric_type)
+        I = translate_ids(R, shard.ids[found.rows])
+    else:
+        plan = "ann-cpu" if shard.placed.placement.on_gpu else "ann"
+        found = _with_selector(st, filt, found, shard.index.ntotal)
+        wide = widen(ov, anatomy, shard.index, found.selectivity)
+        params, keep = make_params(shard.index, wide, found.selector, k)
+        D, rows = shard.index.search(xq, k, params=params)
+        del keep  # held until the search returned
+        I = translate_ids(rows, shard.ids)
+    result = (D, I)
+    if found.delta.any():
+        Dd, Rd = _knn(xq, st.delta.x[found.delta], k, shard.index.metric_type)
+        result = merge_results(
+            [result, (Dd, translate_ids(Rd, st.delta.ids[found.delta]))], shard.keep_max
+        )
+    return result[0], result[1], plan
+
+
+def widen(ov: SearchOverrides, anatomy: Anatomy, index: Any, selectivity: float) -> SearchOverrides:
+    """``ov`` with the ANN search widened by 1 / ``selectivity`` (capped by the index)."""
+    if selectivity >= 1.0:
+        return ov
+    grow = 1.0 / max(selectivity, 1e-9)
+    ivf = anatomy.ivf
+    if ivf is not None:
+        nprobe = ov.nprobe if ov.nprobe is not None else ivf.nprobe
+        ov = replace(ov, nprobe=min(int(ivf.nlist), math.ceil(nprobe * grow)))
+    if anatomy.hnsw:
+        ef = ov.ef_search if ov.ef_search is not None else anatomy.core.hnsw.efSearch
+        ov = replace(ov, ef_search=min(EF_SEARCH_MAX, math.ceil(ef * grow)))
+    if anatomy.cagra:
+        itopk = ov.itopk_size if ov.itopk_size is not None else 64
+        ov = replace(ov, itopk_size=min(ITOPK_MAX, math.ceil(itopk * grow)))
+    return ov
+
+
+def _knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: int) -> tuple[np.ndarray, np.ndarray]:
+    if len(xb) == 0:  # padded as faiss pads: the worst score, id -1
+        worst = np.finfo(np.float32).max * (-1 if metric == faiss.METRIC_INNER_PRODUCT else 1)
+        return np.full((len(xq), k), worst, np.float32), np.full((len(xq), k), -1, np.int64)
+    D, R = faiss.knn(xq, xb, k, metric=metric)
+    return D, R
+
+
+def _with_vectors(shard: Any, st: LiveState, filt: Filter, found: Matches) -> Matches:
+    if found.vectors is None:
+        vectors = shard.reconstruct_rows(found.rows)
+        found = replace(found, vectors=vectors)
+        _keep(st, ("filter", filt.key), found)
+    return found
+
+
+def _with_selector(st: LiveState, filt: Filter, found: Matches, ntotal: int) -> Matches:
+    if found.selector is None:
+        mask = np.zeros(ntotal, bool)
+        mask[found.rows] = True
+        bitmap = np.packbits(mask, bitorder="little")
+        sel = faiss.IDSelectorBitmap(ntotal, faiss.swig_ptr(bitmap))
+        found = replace(found, selector=sel, bitmap=bitmap)
+        _keep(st, ("filter", filt.key), found)
+    return found
+
+
+def _keep(st: LiveState, key: tuple, found: Matches) -> None:
+    filters = [k for k in st.params if k[0] == "filter"]
+    if key not in st.params and len(filters) >= CACHED:
+        st.params.pop(filters[0], None)
+    st.params[key] = found
