@@ -80,6 +80,7 @@ class HttpApi:
             deadline_ms=req.deadline_ms,
             include_metadata=req.include_metadata,
             min_sequence=req.min_sequence,
+            filter=req.filter,
         )
         return Response(response_json(result), media_type="application/json")
 

@@ -22,6 +22,8 @@ class SearchResult:
     took_ms: float
     sequence: int = 0  # the mutation sequence every answering shard had applied
     metadata: list[list[dict[str, Any] | None]] | None = None
+    plan: str | None = None  # with a filter: exact, ann, ann-cpu or mixed
+    shard_plans: dict[int, str] | None = None
 
 
 class VsearchClient:
@@ -46,11 +48,13 @@ class VsearchClient:
         deadline_ms: int | None = None,
         include_metadata: bool = False,
         min_sequence: int = 0,
+        filter: dict[str, Any] | None = None,
         timeout_s: float = 60.0,
     ) -> SearchResult:
         """Search by vectors ``xq`` (nq, d) or by stored ``ids``; raises vsearch's typed errors.
 
-        ``min_sequence``: a write's ``sequence``; the answer then includes that write."""
+        ``min_sequence``: a write's ``sequence``; the answer then includes that write.
+        ``filter``: a metadata predicate (``{"lang": "en", "year": {"$gte": 2000}}``)."""
         response = self.handle.search.remote(
             None if xq is None else np.asarray(xq, dtype=np.float32),
             k,
@@ -60,6 +64,7 @@ class VsearchClient:
             deadline_ms=deadline_ms,
             include_metadata=include_metadata,
             min_sequence=min_sequence,
+            filter=filter,
         )
         return SearchResult(**_result(response, timeout_s))
 

@@ -42,19 +42,21 @@ class LoadedShards:
         return self.index.index_version
 
     def search(self, xq: np.ndarray, query: Query, deadline: float | None):
-        """``query`` over these shards, in parts of ``SUB_BATCH`` that check ``deadline``."""
+        """``(D, I, plans)`` of ``query`` over these shards, in parts of ``SUB_BATCH`` that
+        check ``deadline`` (plans: each shard's, for a filter)."""
         parts = []
         for start in range(0, len(xq), SUB_BATCH):
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("deadline passed: the rest of the batch is not searched")
-            parts.append(self.index.search_query(xq[start : start + SUB_BATCH], query))
+            parts.append(self.index.search_query_planned(xq[start : start + SUB_BATCH], query))
         if len(parts) == 1:
             return parts[0]
-        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
+        plans = parts[0][2]  # one filter, one state per part: the same plans
+        return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts]), plans
 
     def probe_ok(self, probe: np.ndarray) -> bool:
         """The probe is found: its own score comes first (itself or an exact duplicate)."""
-        D, _ = self.index.search_query(probe, Query(10))
+        D, _ = self.index.search_query(probe, Query(10))  # no filter: no plans
         keep_max = self.index.metric.keep_max
         own = float(probe[0] @ probe[0]) if keep_max else 0.0
         return bool(abs(float(D[0, 0]) - own) <= 1e-3 * max(1.0, abs(own)))

@@ -41,6 +41,11 @@ class SearchRequest(BaseModel):
         ge=0,
         description="answer from shards that applied this write sequence (read-your-writes)",
     )
+    filter: dict[str, Any] | None = Field(
+        None,
+        description='metadata predicate: {"lang": "en", "year": {"$gte": 2000}}; operators '
+        "$eq $ne $gt $gte $lt $lte $in $nin $exists, combinators $and $or $not",
+    )
 
     @model_validator(mode="after")
     def _one_query_form(self) -> SearchRequest:
@@ -135,6 +140,13 @@ class SearchResponse(BaseModel):
     degraded: bool
     index_version: str
     sequence: int = Field(0, description="mutation sequence all answering shards had applied")
+    plan: str | None = Field(
+        None,
+        description="with a filter: exact (brute force over the matching rows: an exact "
+        "answer), ann (the index with the filter, widened), ann-cpu (on the CPU copy of a GPU "
+        "replica), or mixed (shards differed: see shard_plans)",
+    )
+    shard_plans: dict[str, str] | None = None
     took_ms: float
     metadata: list[list[dict[str, Any] | None]] | None = None
 
@@ -228,6 +240,9 @@ def response_body(result: dict[str, Any]) -> dict[str, Any]:
         "sequence": result.get("sequence", 0),
         "took_ms": result["took_ms"],
     }
+    if result.get("plan") is not None:
+        body["plan"] = result["plan"]
+        body["shard_plans"] = {str(n): p for n, p in result["shard_plans"].items()}
     if result.get("metadata") is not None:
         body["metadata"] = jsonable(result["metadata"])
     return body

@@ -94,6 +94,11 @@ class RouterMetrics:
         self.write_latency = Histogram(
             "vsearch_write_seconds", "time to make a write durable", boundaries=LATENCY_S
         )
+        self.plans = Counter(
+            "vsearch_filter_plans_total",
+            "filtered searches by the plan each shard took (exact, ann, ann-cpu)",
+            tag_keys=("plan",),
+        )
 
 
 class LogMetrics:

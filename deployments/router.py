@@ -35,6 +35,7 @@ from shards.errors import (
     VersionMismatch,
     VsearchError,
 )
+from shards.filters import parse_filter
 from shards.ids import check_ids
 from shards.merge import drop_repeats, merge_results
 from shards.params import SearchOverrides
@@ -183,11 +184,14 @@ class Router(HttpApi):
         include_metadata: bool = False,
         metadata_columns: list[str] | None = None,
         min_sequence: int = 0,
+        filter: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Search by vectors ``xq`` (nq, d) or by stored ``ids``; numpy in, numpy out.
 
         ``min_sequence``: answer only from shards that have applied this mutation sequence
-        (a write's answer): read-your-writes; shards wait for it within the deadline."""
+        (a write's answer): read-your-writes; shards wait for it within the deadline.
+        ``filter``: only rows whose metadata match (``shards.filters``); the answer's
+        ``plan`` says how the shards searched."""
         t0 = time.perf_counter()
         if (xq is None) == (ids is None):
             raise InvalidQuery("give exactly one of query vectors or ids")
@@ -210,7 +214,10 @@ class Router(HttpApi):
             planner.check_count(len(exclude))  # before any vector is fetched
             xq = await self._vectors_of(planner, exclude, deadline, min_sequence)
         xq = planner.prepare(xq)
-        query = Query(k, ov, exclude=exclude, version=version, min_sequence=min_sequence)
+        filt = parse_filter(filter, self._schemas.get(version))
+        query = Query(
+            k, ov, exclude=exclude, version=version, min_sequence=min_sequence, filter=filt
+        )
         planner.check_cost(len(xq), query.fetch_k, ov)
         m.k.observe(k)
         m.queries.observe(len(xq))
@@ -242,6 +249,13 @@ class Router(HttpApi):
             "index_version": version,
             "sequence": min(p[3] for p in parts),
         }
+        if filt is not None:
+            plans = {n: plan for p in parts for n, plan in p[4].items()}
+            kinds = set(plans.values())
+            out["plan"] = kinds.pop() if len(kinds) == 1 else "mixed"
+            out["shard_plans"] = dict(sorted(plans.items()))
+            for plan in plans.values():
+                m.plans.inc(tags={"plan": plan})
         if include_metadata:
             answered = [i for i, a in enumerate(outcome.answers) if a is not None]
             newest = max(p[3] for p in parts)  # metadata from a state at least this new

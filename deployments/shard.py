@@ -146,7 +146,8 @@ class ShardServer:
     # ---- the search path ----
 
     async def search(self, xq: np.ndarray, query: Query):
-        """``(D, I, version, sequence)`` for prepared queries ``xq`` (nq, d) over these shards."""
+        """``(D, I, version, sequence, plans)`` for prepared queries ``xq`` (nq, d) over
+        these shards (plans: each shard's plan for the query's filter, else empty)."""
         if self.opts.faults is not None:
             await self._inject(self.opts.faults, "search")
         deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
@@ -170,7 +171,7 @@ class ShardServer:
             deadline = None if None in ends else max(ends)
             try:
                 xq = np.concatenate([xqs[i] for i in members])
-                D, I, version, seq = await self._run(xq, queries[members[0]], deadline)
+                D, I, version, seq, plans = await self._run(xq, queries[members[0]], deadline)
             except Exception as exc:  # this group's error, not the other groups'
                 for i in members:
                     out[i] = _Failed(exc)
@@ -178,7 +179,7 @@ class ShardServer:
             start = 0
             for i in members:
                 n = len(xqs[i])
-                out[i] = (D[start : start + n], I[start : start + n], version, seq)
+                out[i] = (D[start : start + n], I[start : start + n], version, seq, plans)
                 start += n
         return out
 
@@ -190,7 +191,7 @@ class ShardServer:
         self.held.in_flight[v] += 1
         try:
             # each GPU clone serialises its own searches (shards.gpu.Placed)
-            D, I = await asyncio.to_thread(loaded.search, xq, query, deadline)
+            D, I, plans = await asyncio.to_thread(loaded.search, xq, query, deadline)
         except Exception:
             m.errors.inc(tags=tags)
             raise
@@ -201,7 +202,7 @@ class ShardServer:
             m.searches.inc(tags=tags)
             m.queries.inc(len(xq), tags=tags)
             m.batch.observe(len(xq), tags=tags)
-        return D, I, v, seq
+        return D, I, v, seq, plans
 
     async def _caught_up(self, loaded: LoadedShards, sequence: int, deadline: float | None):
         """Wait (until ``deadline``) for ``loaded`` to apply ``sequence``, or SequenceBehind."""

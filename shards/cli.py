@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--search-width", type=int, help="CAGRA (GPU) nodes expanded per step")
     s.add_argument("--device", default="cpu", help="cpu (default), cuda:N or cuda:N,M")
     s.add_argument("--target-recall", type=float)
+    s.add_argument(
+        "--filter", help='metadata filter as JSON, e.g. \'{"lang": "en", "year": {"$gte": 2000}}\''
+    )
     s.add_argument("--version", help="index version (default: CURRENT)")
     s.add_argument("--output", help="write arrays D and I to this .npz")
     s.add_argument(
@@ -180,11 +183,20 @@ def _search(args) -> int:
         "itopk_size": args.itopk_size,
         "search_width": args.search_width,
     }
+    filt = None
+    if args.filter is not None:
+        try:
+            filt = json.loads(args.filter)
+        except ValueError as exc:
+            raise InvalidInput(f"--filter is not valid JSON: {exc}") from None
+    target = args.target_recall
     if args.queries:
-        D, I = index.search(np.load(args.queries), args.k, params, target_recall=args.target_recall)
+        D, I = index.search(
+            np.load(args.queries), args.k, params, target_recall=target, filter=filt
+        )
     else:
         ids = [int(t) for t in args.ids.split(",") if t.strip()]
-        D, I = index.search_by_id(ids, args.k, params, target_recall=args.target_recall)
+        D, I = index.search_by_id(ids, args.k, params, target_recall=target, filter=filt)
     if args.output:
         np.savez(args.output, D=D, I=I)
     if args.show is not None:

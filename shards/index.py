@@ -217,16 +217,23 @@ class ShardedIndex:
         return *merge_results(parts, self.metric.keep_max), plans
 
     def search_by_id(
-        self, ids: Any, k: int = 10, params: Any = None, *, target_recall: float | None = None
+        self,
+        ids: Any,
+        k: int = 10,
+        params: Any = None,
+        *,
+        target_recall: float | None = None,
+        filter: Any = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """'More like this': search with the stored vectors of ``ids``, each id left out."""
         k = self.planner.check_k(k)
+        filt = self.parse_filter(filter)
         ids = check_ids(ids)
         self.planner.check_count(len(ids))
         query = Query(k, self.resolve(params, target_recall, k), exclude=ids)
         self.planner.check_cost(len(ids), query.fetch_k, query.overrides)
         xq = self.reconstruct(ids)
-        return query.finish(*self.search_prepared(xq, query.fetch_k, query.overrides))
+        return query.finish(*self.search_prepared(xq, query.fetch_k, query.overrides, filt))
 
     def search_query(self, xq: np.ndarray, query: Query) -> tuple[np.ndarray, np.ndarray]:
         """``search_query_planned`` without the plans."""

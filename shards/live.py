@@ -36,6 +36,7 @@ class Delta:
     meta: pa.Table | None = None  # one row per delta row ("id" first), when the index has any
     _buffer: tuple[np.ndarray, np.ndarray] | None = None  # (capacity rows) x and ids
     _used: list[int] = field(default_factory=lambda: [0])  # rows of the buffer handed out
+    _order: list[np.ndarray] = field(default_factory=list)  # argsort of ids, made once
 
     @classmethod
     def empty(cls, d: int, schema: pa.Schema | None = None) -> Delta:
@@ -77,6 +78,16 @@ class Delta:
         keep = ~drop
         meta = None if self.meta is None else self.meta.filter(pa.array(keep))
         return Delta(np.ascontiguousarray(self.x[keep]), self.ids[keep].copy(), meta)
+
+    def position(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id in this delta, -1 where absent (ids sorted once per delta)."""
+        if len(self.ids) == 0:
+            return np.full(len(ids), -1, np.int64)
+        if not self._order:
+            self._order.append(np.argsort(self.ids, kind="stable"))
+        order = self._order[0]
+        pos = np.minimum(np.searchsorted(self.ids[order], ids), len(order) - 1)
+        return np.where(self.ids[order][pos] == ids, order[pos], -1)
 
     def search(self, xq: np.ndarray, k: int, metric_type: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k over the delta: D (nq, k) float32, I (nq, k) ids, -1 padded."""

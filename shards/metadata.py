@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from shards.errors import InvalidQuery
@@ -12,23 +11,41 @@ from shards.index import ShardedIndex
 
 
 def lookup_metadata(index: ShardedIndex, ids, columns: list[str] | None = None) -> pa.Table:
-    """One row per id, in order, with an ``id`` column; nulls where an id has no metadata."""
-    ids = pa.array(np.asarray(ids, dtype=np.int64).ravel(), pa.int64())
-    # delta rows first: an upserted id's new row wins over its tombstoned main row
-    # (``index_in`` finds the first match)
-    deltas = [s.delta_metadata for s in index.shards.values() if s.delta_metadata is not None]
-    tables = deltas + [s.metadata for s in index.shards.values() if s.metadata is not None]
-    if not tables:
-        return pa.table({"id": ids})
-    table = pa.concat_tables(tables)
+    """One row per id, in order, with an ``id`` column; nulls where an id has no live row.
+
+    Each shard finds the ids among its live main rows (sorted ids, binary search; metadata
+    rows are aligned with main rows) and its delta (sorted once per state): nothing per
+    request is proportional to the index's size.
+    """
+    ids = np.asarray(ids, dtype=np.int64).ravel()
+    shards = [(s, s.metadata) for s in index.shards.values() if s.metadata is not None]
+    if not shards:
+        return pa.table({"id": pa.array(ids, pa.int64())})
+    names = shards[0][1].column_names
     if columns is not None:
-        missing = sorted(set(columns) - set(table.column_names))
+        missing = sorted(set(columns) - set(names))
         if missing:
             raise InvalidQuery(f"unknown metadata column(s) {missing}")
-        table = table.select(["id", *columns])
-    rows = pc.index_in(ids, value_set=table["id"])
-    out = table.take(rows)
-    return out.set_column(0, "id", ids)
+        names = ["id", *columns]
+    pieces, where = [], []
+    for shard, meta in shards:
+        st = shard.state
+        rows = shard.rows_of(ids)
+        pos = st.delta.position(ids)
+        main, delta = np.flatnonzero(rows >= 0), np.flatnonzero(pos >= 0)
+        if len(main):
+            pieces.append(meta.select(names).take(rows[main]))
+            where.append(main)
+        if len(delta) and st.delta.meta is not None:
+            pieces.append(st.delta.meta.select(names).take(pos[delta]))
+            where.append(delta)
+    schema = shards[0][1].select(names).schema
+    found = pa.concat_tables(pieces) if pieces else schema.empty_table()
+    at = np.full(len(ids), -1, np.int64)
+    if where:
+        at[np.concatenate(where)] = np.arange(found.num_rows)
+    out = found.take(pa.array(at, pa.int64(), mask=at < 0))
+    return out.set_column(0, "id", pa.array(ids, pa.int64()))
 
 
 def id_map(index: ShardedIndex) -> pa.Table:

@@ -14,6 +14,7 @@ import pytest
 
 from shards import ShardedIndex
 from shards.log import MutationLog
+from shards.metadata import lookup_metadata
 from tests.conftest import clustered
 from tests.deployments.conftest import LoadThreads, deploy
 from tests.deployments.test_faults import replica_pids, wait_for
@@ -135,6 +136,12 @@ def replayed(logged: dict, xb: np.ndarray, ids: np.ndarray) -> dict[int, np.ndar
             if m.op == "upsert":
                 live[int(i)] = m.x[j]
     return live
+
+
+def index_contents(index: ShardedIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Every live id and its vector, in the library's view of the index and its log."""
+    parts = list(index.iter_vectors())
+    return np.concatenate([p[1] for p in parts]), np.concatenate([p[0] for p in parts])
 
 
 def exact(live: dict[int, np.ndarray], xq: np.ndarray, k: int):
@@ -323,6 +330,45 @@ def test_acknowledged_writes_survive_replica_coordinator_router_and_app_restarts
     stats = httpx.get(f"{url}/v1/stats", timeout=30).json()
     per_shard = {s["shard"]: s["ntotal"] for s in stats["shards"]}
     assert sum(per_shard.values()) == len(live)  # nothing doubled
+
+
+def test_filters_over_http_equal_brute_force_and_see_writes_at_once(shared):
+    """A filter over HTTP: the answer is brute force over the matching live rows, with the
+    plan named; an upserted row's metadata matches at once, a deleted row never does."""
+    root, _, _, url = shared
+    index = ShardedIndex.open(str(root))  # the live set and its metadata, from the log
+    live = {int(i): v for i, v in zip(*index_contents(index), strict=True)}
+    tags = {r["id"]: r["tag"] for r in lookup_metadata(index, sorted(live)).to_pylist()}
+    wanted = sorted(i for i, t in tags.items() if t is not None)[::50][:40]
+    expr = {"tag": {"$in": [tags[i] for i in wanted]}}
+    xq = clustered(20, D, seed=44)
+    (Dref, Iref), tol = exact({i: live[i] for i in wanted}, xq, 10)
+    D_, I_, body = search(url, xq, filter=expr, min_sequence=index.sequence)
+    assert_same_knn(Dref, Iref, D_, I_, tol)
+    assert body["plan"] == "exact" and set(body["shard_plans"]) == {"0", "1", "2"}
+    # by id too: each query's own id left out, the rest filtered
+    r = httpx.post(f"{url}/v1/search", json={"ids": wanted[:3], "k": 5, "filter": expr})
+    assert r.status_code == 200, r.text
+    got = np.array(r.json()["ids"])
+    assert np.isin(got[got >= 0], wanted).all() and not (got == np.array(wanted[:3])[:, None]).any()
+    fresh = {"ids": [424242], "vectors": xq[:1].tolist(), "metadata": [{"tag": "fresh"}]}
+    seq = httpx.post(f"{url}/v1/upsert", json=fresh).json()["sequence"]
+    _, I_, body = search(url, xq[:1], 3, filter={"tag": "fresh"}, min_sequence=seq)
+    assert I_[0].tolist() == [424242, -1, -1] and body["plan"] == "exact"
+    seq = httpx.post(f"{url}/v1/delete", json={"ids": [424242]}).json()["sequence"]
+    _, I_, _ = search(url, xq[:1], 3, filter={"tag": "fresh"}, min_sequence=seq)
+    assert (I_ == -1).all()
+    bad = [
+        ({"colour": "red"}, "unknown metadata column 'colour'"),
+        ({"tag": 5}, "holds string"),
+        ({"tag": {"$gt": None}}, "$exists"),
+        ({"$or": []}, "non-empty list"),
+        ([{"tag": "x"}], "filter"),
+    ]
+    for expr, words in bad:
+        q = {"vectors": xq[:1].tolist(), "k": 3, "filter": expr}
+        r = httpx.post(f"{url}/v1/search", json=q, timeout=30)
+        assert r.status_code == 400 and words in r.json()["error"]["message"], (expr, r.text)
 
 
 def test_compaction_online_under_writes_and_searches(shared):

@@ -139,6 +139,11 @@ def test_verify_fails_on_corruption(tmp_path, data):
             ["search", "{tmp}/idx", "--queries", "{xq}", "--target-recall", "2", "--output", "o"],
             "target_recall",
         ),
+        (["search", "{tmp}/idx", "--queries", "{xq}", "--filter", "{{bad", "--print"], "JSON"),
+        (
+            ["search", "{tmp}/idx", "--queries", "{xq}", "--filter", '{{"a": 1}}', "--print"],
+            "no metadata columns",
+        ),
     ],
 )
 def test_user_errors_exit_2_with_one_line(cli_index, args, message):
@@ -185,3 +190,48 @@ def test_upsert_delete_compact_share_the_log_with_the_library(tmp_path, data):
         "upsert", tmp_path / "idx", "--vectors", tmp_path / "new.npy", "--ids=-1,3", check=False
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: ids must be in [0, 2**63)")
+
+
+def test_search_with_a_filter_matches_the_library(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from shards import ShardedIndex
+    from tests.conftest import clustered
+
+    x = clustered(3000, 8, seed=2)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)
+    table = pa.table({"id": np.arange(3000), "vector": vectors, "year": np.arange(3000) % 50})
+    pq.write_table(table, tmp_path / "in.parquet")
+    cli(
+        "build",
+        tmp_path / "in.parquet",
+        "--out",
+        tmp_path / "idx",
+        "--shards",
+        2,
+        "--id-column",
+        "id",
+        "--metadata-columns",
+        "year",
+        "--index",
+        "Flat",
+    )
+    np.save(tmp_path / "xq.npy", x[:5])
+    expr = '{"year": {"$in": [3, 4]}}'
+    cli(
+        "search",
+        tmp_path / "idx",
+        "--queries",
+        tmp_path / "xq.npy",
+        "--filter",
+        expr,
+        "--output",
+        tmp_path / "out.npz",
+    )
+    I = np.load(tmp_path / "out.npz")["I"]
+    keep = np.isin(np.arange(3000) % 50, [3, 4])
+    _, want = brute_force(x[keep], x[:5], 10, "l2", np.arange(3000)[keep])
+    np.testing.assert_array_equal(I, want)
+    index = ShardedIndex.open(str(tmp_path / "idx"))
+    np.testing.assert_array_equal(index.search(x[:5], 10, filter=json.loads(expr))[1], I)
