@@ -81,6 +81,7 @@ class HttpApi:
             include_metadata=req.include_metadata,
             min_sequence=req.min_sequence,
             filter=req.filter,
+            score_threshold=req.score_threshold,
         )
         return Response(response_json(result), media_type="application/json")
 

@@ -49,6 +49,7 @@ class VsearchClient:
         include_metadata: bool = False,
         min_sequence: int = 0,
         filter: dict[str, Any] | None = None,
+        score_threshold: float | None = None,
         timeout_s: float = 60.0,
     ) -> SearchResult:
         """Search by vectors ``xq`` (nq, d) or by stored ``ids``; raises vsearch's typed errors.
@@ -65,6 +66,7 @@ class VsearchClient:
             include_metadata=include_metadata,
             min_sequence=min_sequence,
             filter=filter,
+            score_threshold=score_threshold,
         )
         return SearchResult(**_result(response, timeout_s))
 

@@ -46,6 +46,11 @@ class SearchRequest(BaseModel):
         description='metadata predicate: {"lang": "en", "year": {"$gte": 2000}}; operators '
         "$eq $ne $gt $gte $lt $lte $in $nin $exists, combinators $and $or $not",
     )
+    score_threshold: float | None = Field(
+        None,
+        description="only results within this distance (l2) or at least this similarity "
+        "(ip, cosine); the rest of the k is null",
+    )
 
     @model_validator(mode="after")
     def _one_query_form(self) -> SearchRequest:

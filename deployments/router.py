@@ -19,6 +19,7 @@ from ray import serve
 from ray.exceptions import OutOfMemoryError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
+from deployments.answer import merged_answer
 from deployments.api import HttpApi
 from deployments.config import AppArgs
 from deployments.fanout import fan_out, unwrap
@@ -37,7 +38,6 @@ from shards.errors import (
 )
 from shards.filters import parse_filter
 from shards.ids import check_ids
-from shards.merge import drop_repeats, merge_results
 from shards.params import SearchOverrides
 from shards.planner import QueryPlanner
 from shards.query import Query
@@ -185,13 +185,15 @@ class Router(HttpApi):
         metadata_columns: list[str] | None = None,
         min_sequence: int = 0,
         filter: dict[str, Any] | None = None,
+        score_threshold: float | None = None,
     ) -> dict[str, Any]:
         """Search by vectors ``xq`` (nq, d) or by stored ``ids``; numpy in, numpy out.
 
         ``min_sequence``: answer only from shards that have applied this mutation sequence
         (a write's answer): read-your-writes; shards wait for it within the deadline.
         ``filter``: only rows whose metadata match (``shards.filters``); the answer's
-        ``plan`` says how the shards searched."""
+        ``plan`` says how the shards searched. ``score_threshold``: only results within that
+        distance (L2) or at least that similarity (inner product, cosine)."""
         t0 = time.perf_counter()
         if (xq is None) == (ids is None):
             raise InvalidQuery("give exactly one of query vectors or ids")
@@ -215,6 +217,7 @@ class Router(HttpApi):
             xq = await self._vectors_of(planner, exclude, deadline, min_sequence)
         xq = planner.prepare(xq)
         filt = parse_filter(filter, self._schemas.get(version))
+        threshold = planner.check_threshold(score_threshold)
         query = Query(
             k, ov, exclude=exclude, version=version, min_sequence=min_sequence, filter=filt
         )
@@ -230,37 +233,24 @@ class Router(HttpApi):
         t_merge = time.perf_counter()
         m.fanout.observe(t_merge - t_fan)
         parts = [a for a in outcome.answers if a is not None]
-        for part in parts:
-            if part[2] != version:  # an invariant: shards answer the pinned version or refuse
-                raise VsearchError(f"a shard answered version {part[2]} for {version}")
-        keep_max = planner.metric.keep_max
-        D, I = merge_results([(p[0], p[1]) for p in parts], keep_max)
-        if planner.manifest.partition == "range":  # an upsert can move an id between shards
-            D, I = drop_repeats(D, I, -np.inf if keep_max else np.inf)
-        D, I = query.finish(D, I)
+        out = merged_answer(
+            parts,
+            query,
+            planner.metric.keep_max,
+            range_partition=planner.manifest.partition == "range",
+            threshold=threshold,
+        )
         m.merge.observe(time.perf_counter() - t_merge)
         if outcome.coverage < 1.0:
             m.degraded.inc()
-        out = {
-            "D": D,
-            "I": I,
-            "coverage": outcome.coverage,
-            "degraded": outcome.coverage < 1.0,
-            "index_version": version,
-            "sequence": min(p[3] for p in parts),
-        }
-        if filt is not None:
-            plans = {n: plan for p in parts for n, plan in p[4].items()}
-            kinds = set(plans.values())
-            out["plan"] = kinds.pop() if len(kinds) == 1 else "mixed"
-            out["shard_plans"] = dict(sorted(plans.items()))
-            for plan in plans.values():
-                m.plans.inc(tags={"plan": plan})
+        out["coverage"], out["degraded"] = outcome.coverage, outcome.coverage < 1.0
+        for plan in out.get("shard_plans", {}).values():
+            m.plans.inc(tags={"plan": plan})
         if include_metadata:
             answered = [i for i, a in enumerate(outcome.answers) if a is not None]
             newest = max(p[3] for p in parts)  # metadata from a state at least this new
             out["metadata"] = await self._metadata(
-                planner, I, metadata_columns, deadline, answered, newest
+                planner, out["I"], metadata_columns, deadline, answered, newest
             )
         out["took_ms"] = round(1000 * (time.perf_counter() - t0), 3)
         return out

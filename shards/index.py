@@ -28,7 +28,7 @@ from shards.gpu import GpuOptions, Placement
 from shards.ids import check_ids
 from shards.log import Mutation, MutationLog
 from shards.manifest import Manifest
-from shards.merge import merge_results
+from shards.merge import merge_results, within
 from shards.metric import Metric
 from shards.params import SearchOverrides
 from shards.partition import assign_shards
@@ -162,13 +162,15 @@ class ShardedIndex:
         *,
         target_recall: float | None = None,
         filter: Any = None,
+        score_threshold: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of ``xq`` (nq, d) over every loaded shard: D (nq, k) float32, I (nq, k) int64.
 
         Scores: squared L2 (smaller is better), or inner product / cosine similarity
         (larger is better). Missing results are id -1. ``filter``: only rows whose metadata
         match it (``shards.filters`` has the form; ``search_planned`` says how each shard
-        searched).
+        searched). ``score_threshold``: only results within that distance (L2) or at least
+        that similarity (inner product, cosine); the rest is padding.
 
         Raises:
             InvalidQuery: bad shape, dimension, NaN/Inf, k, an override, or the filter.
@@ -176,9 +178,13 @@ class ShardedIndex:
         k = self.planner.check_k(k)
         ov = self.resolve(params, target_recall, k)
         filt = self.parse_filter(filter)
+        threshold = self.planner.check_threshold(score_threshold)
         xq = self.planner.prepare(xq)
         self.planner.check_cost(len(xq), k, ov)
-        return self.search_prepared(xq, k, ov, filt)
+        D, I = self.search_prepared(xq, k, ov, filt)
+        if threshold is not None:
+            D, I = within(D, I, threshold, self.metric.keep_max)
+        return D, I
 
     def parse_filter(self, raw: Any) -> Filter | None:
         """``raw`` checked against this index's metadata columns (None: no filter)."""

@@ -53,3 +53,13 @@ def drop_repeats(D: np.ndarray, I: np.ndarray, fill: float) -> tuple[np.ndarray,
     keep = np.argsort(repeat, axis=1, kind="stable")
     D, I, repeat = (np.take_along_axis(a, keep, 1) for a in (D, I, repeat))
     return np.where(repeat, fill, D).astype(np.float32), np.where(repeat, -1, I)
+
+
+def within(
+    D: np.ndarray, I: np.ndarray, threshold: float, keep_max: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Results scored at most ``threshold`` (a distance) or at least it (a similarity,
+    ``keep_max``); the others become padding (id -1, the worst score) at the end of a row."""
+    ok = (threshold <= D) if keep_max else (threshold >= D)
+    worst = np.float32(-np.finfo(np.float32).max if keep_max else np.finfo(np.float32).max)
+    return np.where(ok, D, worst).astype(np.float32), np.where(ok, I, -1)

@@ -5,6 +5,7 @@ The router of the service uses this without loading any shard; ``ShardedIndex`` 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,17 @@ class QueryPlanner:
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or not 1 <= k <= self.max_k:
             raise InvalidQuery(f"k must be an integer in [1, {self.max_k}], got {k!r}")
         return int(k)
+
+    def check_threshold(self, threshold: Any) -> float | None:
+        """A ``score_threshold``: None, or a finite number (a distance for L2, a similarity
+        for inner product and cosine)."""
+        if threshold is None:
+            return None
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float | np.number):
+            raise InvalidQuery(f"score_threshold must be a number, got {threshold!r}")
+        if not math.isfinite(threshold):
+            raise InvalidQuery(f"score_threshold must be finite, got {threshold!r}")
+        return float(threshold)
 
     def check_count(self, nq: int) -> None:
         """InvalidQuery unless ``nq`` queries (vectors or ids) are allowed in one call."""

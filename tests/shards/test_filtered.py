@@ -151,3 +151,25 @@ def test_writes_are_filtered_at_once_and_deleted_rows_never_match(data, tmp_path
     assert (few == -1).all()
     _, I_ = index.search(xq[:2], len(want) + 5, filter={"band": 7})
     assert set(I_[0][I_[0] >= 0].tolist()) == set(want.tolist()) and (I_[0][-5:] == -1).all()
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_score_threshold_keeps_only_results_within_it_with_a_filter_too(tmp_path, metric):
+    from shards.errors import InvalidQuery
+    from tests.shards.helpers import build
+
+    x = clustered(3000, D, seed=21)
+    index = build(tmp_path, x, index="Flat", metric=metric, num_shards=2)
+    xq = clustered(20, D, seed=22)
+    Dref, Iref = brute_force(x, xq, 10, metric, np.arange(3000))
+    threshold = float(np.median(Dref[:, 4]))  # about half the queries keep 5 or more
+    D_, I_ = index.search(xq, 10, score_threshold=threshold)
+    ok = (Dref >= threshold) if metric == "ip" else (Dref <= threshold)
+    assert 0 < ok.sum() < ok.size
+    np.testing.assert_array_equal(np.where(ok, Iref, -1), I_)
+    filt = {"$exists": True}  # no metadata here: refused, with or without a threshold
+    with pytest.raises(InvalidQuery, match="no metadata"):
+        index.search(xq, 10, filter={"a": filt}, score_threshold=threshold)
+    for bad in ("near", float("inf"), True):
+        with pytest.raises(InvalidQuery, match="score_threshold"):
+            index.search(xq, 10, score_threshold=bad)
