@@ -163,7 +163,7 @@ def test_score_threshold_keeps_only_results_within_it_with_a_filter_too(tmp_path
     xq = clustered(20, D, seed=22)
     Dref, Iref = brute_force(x, xq, 10, metric, np.arange(3000))
     threshold = float(np.median(Dref[:, 4]))  # about half the queries keep 5 or more
-    D_, I_ = index.search(xq, 10, score_threshold=threshold)
+    _, I_ = index.search(xq, 10, score_threshold=threshold)
     ok = (Dref >= threshold) if metric == "ip" else (Dref <= threshold)
     assert 0 < ok.sum() < ok.size
     np.testing.assert_array_equal(np.where(ok, Iref, -1), I_)
