@@ -31,7 +31,8 @@ from shards.merge import merge_results, translate_ids
 from shards.params import EF_SEARCH_MAX, ITOPK_MAX, SearchOverrides, make_params
 
 EXACT_MAX_ROWS = 16_384  # matching rows searched by brute force (bench/filters.py measures)
-CACHED = 64  # filters whose masks a state keeps
+CACHED = 32  # filters whose matches a state keeps (a bitmap of ntotal / 8 bytes each)
+VECTOR_BYTES = 2 << 20  # an exact plan's vectors kept with its matches up to this size
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,16 +40,17 @@ class Matches:
     """The rows of one shard state that a filter matches (the live state also marks the
     delta rows it matches)."""
 
-    rows: np.ndarray  # main-index rows, ascending (int64)
+    count: int  # main-index rows that match
     live: int  # live main rows (the selectivity's denominator)
+    bitmap: np.ndarray  # the matching main rows, packed (little bit order): ntotal / 8 bytes
     delta: np.ndarray  # bool per delta row
-    selector: Any = None  # IDSelectorBitmap over ``rows`` (made for the ann plan)
-    bitmap: np.ndarray | None = None  # the bytes it points into
-    vectors: np.ndarray | None = None  # of ``rows`` (made for the exact plan)
+    rows: np.ndarray | None = None  # the matching rows, when few enough for the exact plan
+    selector: Any = None  # IDSelectorBitmap over ``bitmap`` (made for the ann plan)
+    vectors: np.ndarray | None = None  # of ``rows``, kept when at most VECTOR_BYTES
 
     @property
     def selectivity(self) -> float:
-        return len(self.rows) / self.live if self.live else 0.0
+        return self.count / self.live if self.live else 0.0
 
 
 def matches(shard: Any, st: LiveState, filt: Filter) -> Matches:
@@ -62,10 +64,13 @@ def matches(shard: Any, st: LiveState, filt: Filter) -> Matches:
             mask &= st.live
         delta_meta = st.delta.meta
         delta = filt.mask(delta_meta) if delta_meta is not None and len(st.delta) else None
+        count = int(mask.sum())
         found = Matches(
-            np.flatnonzero(mask),
+            count,
             st.live_main(shard.index.ntotal),
+            np.packbits(mask, bitorder="little"),
             np.zeros(len(st.delta), bool) if delta is None else delta,
+            np.flatnonzero(mask) if count <= EXACT_MAX_ROWS else None,
         )
         _keep(st, key, found)
     return found
@@ -77,12 +82,10 @@ def search_filtered(
     """Top-k of ``xq`` among the rows ``filt`` matches: D, I (ids), and the plan taken."""
     found = matches(shard, st, filt)
     anatomy = Anatomy.of(shard.index)
-    n = len(found.rows)
-    if n <= EXACT_MAX_ROWS and anatomy.lossless:
+    if found.rows is not None and found.count <= EXACT_MAX_ROWS and anatomy.lossless:
         plan = "exact"
-        found = _with_vectors(shard, st, filt, found)
-        assert found.vectors is not None
-        D, R = _knn(xq, found.vectors, k, shard.index.metric_type)
+        vectors = _vectors(shard, st, filt, found, found.rows)
+        D, R = _knn(xq, vectors, k, shard.index.metric_type)
         I = translate_ids(R, shard.ids[found.rows])
     else:
         plan = "ann-cpu" if shard.placed.placement.on_gpu else "ann"
@@ -127,21 +130,20 @@ def _knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: int) -> tuple[np.ndarra
     return D, R
 
 
-def _with_vectors(shard: Any, st: LiveState, filt: Filter, found: Matches) -> Matches:
-    if found.vectors is None:
-        vectors = shard.reconstruct_rows(found.rows)
-        found = replace(found, vectors=vectors)
-        _keep(st, ("filter", filt.key), found)
-    return found
+def _vectors(shard: Any, st: LiveState, filt: Filter, found: Matches, rows) -> np.ndarray:
+    """The stored vectors of ``rows``, kept with the matches when small (``VECTOR_BYTES``)."""
+    if found.vectors is not None:
+        return found.vectors
+    vectors = shard.reconstruct_rows(rows)
+    if vectors.nbytes <= VECTOR_BYTES:
+        _keep(st, ("filter", filt.key), replace(found, vectors=vectors))
+    return vectors
 
 
 def _with_selector(st: LiveState, filt: Filter, found: Matches, ntotal: int) -> Matches:
     if found.selector is None:
-        mask = np.zeros(ntotal, bool)
-        mask[found.rows] = True
-        bitmap = np.packbits(mask, bitorder="little")
-        sel = faiss.IDSelectorBitmap(ntotal, faiss.swig_ptr(bitmap))
-        found = replace(found, selector=sel, bitmap=bitmap)
+        sel = faiss.IDSelectorBitmap(ntotal, faiss.swig_ptr(found.bitmap))
+        found = replace(found, selector=sel)
         _keep(st, ("filter", filt.key), found)
     return found
 
