@@ -34,7 +34,9 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         graceful_shutdown_timeout_s=1,
         graceful_shutdown_wait_loop_s=0.2,
     )
-    state = coordinator.bind(args.index_uri, args.compact_after_changes, args.max_delta_rows)
+    state = coordinator.bind(
+        args.index_uri, args.compact_after_changes, args.max_delta_rows, args.compact_retune
+    )
     options = args.shard.model_dump()
     # versions and default params travel in user_config: changing them reconfigures the
     # running replicas in place (a two-phase live swap) instead of replacing them

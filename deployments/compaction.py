@@ -21,15 +21,22 @@ log = logging.getLogger(__name__)
 Launch = Callable[[str | None], Awaitable[dict[str, Any]]]
 
 
-def compact_version(index_uri: str, version: str | None) -> dict[str, Any]:
-    """Open ``version`` with its log, publish the compacted version; what it did."""
+def compact_version(index_uri: str, version: str | None, retune: bool = False) -> dict[str, Any]:
+    """Open ``version`` with its log, publish the compacted version (``retune``: then a
+    re-tuned one made from it, for the target the index was tuned for); what it did."""
     from shards.index import ShardedIndex
+    from shards.tune_existing import autotune_index
 
     t0 = time.perf_counter()
     index = ShardedIndex.open(index_uri, version)
     changes = index.changes
     manifest = index.compact()
+    retuned_for = None
+    if retune and index.knobs.names():  # an exact index has nothing to tune
+        retuned_for = float((index.manifest.tuning or {}).get("target", 0.95))
+        manifest = autotune_index(index_uri, manifest.index_version, target=retuned_for)
     return {
+        "retuned_for": retuned_for,
         "version": manifest.index_version,
         "parent": version,
         "base_sequence": manifest.base_sequence,

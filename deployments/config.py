@@ -178,6 +178,12 @@ class AppArgs(BaseModel):
         description="compact online once the shards hold this many changed rows (delta rows "
         "and deleted or replaced ones); None: only on POST /v1/compact",
     )
+    compact_retune: bool = Field(
+        False,
+        description="re-tune each online compaction before it is proposed (autotune on the "
+        "compacted contents for the target the index was tuned for): deletes and a merged "
+        "delta move the recall curve",
+    )
     max_delta_rows: PositiveInt | None = Field(
         2_000_000,
         description="upserts are refused (503 delta_full) while the shards' deltas hold this "

@@ -35,8 +35,10 @@ class Coordinator:
         index_uri: str | None = None,
         compact_after_changes: int | None = None,
         max_delta_rows: int | None = None,
+        compact_retune: bool = False,
     ) -> None:
         self.max_delta_rows = max_delta_rows
+        self.compact_retune = compact_retune
         self.retired: dict[str, Any] = {}  # the last log retirement, for stats
         self.active: str | None = None
         self.reports: dict[str, Report] = {}
@@ -57,7 +59,7 @@ class Coordinator:
         import ray
 
         task = ray.remote(compact_version).options(num_cpus=1, max_retries=0)
-        return await task.remote(self.index_uri, version)
+        return await task.remote(self.index_uri, version, self.compact_retune)
 
     async def compact(self, why: str = "asked for") -> dict[str, Any]:
         """Start compacting the active version (unless one runs); the compaction's state."""

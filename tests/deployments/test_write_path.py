@@ -288,3 +288,25 @@ def test_writer_refuses_to_reuse_sequences_replicas_have_applied(tmp_path):
             await coord.write(upsert(1))
 
     asyncio.run(main())
+
+
+def test_an_online_compaction_can_re_tune_before_it_is_proposed(tmp_path):
+    from deployments.compaction import compact_version
+    from shards import ShardedIndex
+    from shards.artefact import descends_from, open_version
+
+    x = clustered(4000, D, seed=8)
+    index = build(tmp_path, x, index="IVF32,Flat", num_shards=2)
+    first = index.index_version
+    index.delete(np.arange(0, 4000, 3))  # a third of the rows gone: the lists thin out
+    plain = compact_version(str(tmp_path / "idx"), first)
+    assert plain["retuned_for"] is None
+    tuned = compact_version(str(tmp_path / "idx"), plain["version"], retune=True)
+    target = index.manifest.tuning["target"]
+    assert tuned["retuned_for"] == target
+    _, manifest = open_version(str(tmp_path / "idx"), tuned["version"])
+    assert manifest.tuning is not None and manifest.tuning["target"] == target
+    assert manifest.base_sequence == index.sequence  # the compaction's base, kept
+    assert descends_from(str(tmp_path / "idx"), tuned["version"], first)
+    reopened = ShardedIndex.open(str(tmp_path / "idx"), tuned["version"])
+    assert reopened.ntotal == 4000 - len(range(0, 4000, 3))
