@@ -2,7 +2,8 @@
 
 The filter's row mask (``shards.filters``) is AND-ed with the tombstones. Then:
 
-- ``exact``: few rows match (at most ``EXACT_MAX_ROWS``) and the index keeps exact vectors:
+- ``exact``: few rows match (``exact_max_rows``: 32,000 at 50-d) and the index keeps exact
+  vectors:
   brute force over exactly those rows. The answer is exact.
 - ``ann``: the ANN index searched with the mask as an ``IDSelectorBitmap`` in the per-call
   parameters, the search widened by 1 / selectivity (nprobe, efSearch, CAGRA's candidate
@@ -30,7 +31,10 @@ from shards.live import LiveState
 from shards.merge import merge_results, translate_ids
 from shards.params import EF_SEARCH_MAX, ITOPK_MAX, SearchOverrides, make_params
 
-EXACT_MAX_ROWS = 16_384  # matching rows searched by brute force (bench/filters.py measures)
+# brute force over the matching rows while rows x dimension is at most this: on GloVe (50-d,
+# 97,500 rows per shard, 2 cores) the exact plan outran the ANN one up to about 36,000 rows
+# per shard (bench/results/filters.md); a little below, since it is also exact
+EXACT_MAX_FLOATS = 1_600_000
 CACHED = 32  # filters whose matches a state keeps (a bitmap of ntotal / 8 bytes each)
 VECTOR_BYTES = 2 << 20  # an exact plan's vectors kept with its matches up to this size
 
@@ -53,6 +57,11 @@ class Matches:
         return self.count / self.live if self.live else 0.0
 
 
+def exact_max_rows(d: int) -> int:
+    """Matching rows of a shard searched by brute force, for vectors of dimension ``d``."""
+    return EXACT_MAX_FLOATS // max(d, 1)
+
+
 def matches(shard: Any, st: LiveState, filt: Filter) -> Matches:
     """The rows of ``shard`` under state ``st`` that ``filt`` matches (cached in ``st``)."""
     key = ("filter", filt.key)
@@ -70,7 +79,7 @@ def matches(shard: Any, st: LiveState, filt: Filter) -> Matches:
             st.live_main(shard.index.ntotal),
             np.packbits(mask, bitorder="little"),
             np.zeros(len(st.delta), bool) if delta is None else delta,
-            np.flatnonzero(mask) if count <= EXACT_MAX_ROWS else None,
+            np.flatnonzero(mask) if count <= exact_max_rows(shard.index.d) else None,
         )
         _keep(st, key, found)
     return found
@@ -82,7 +91,8 @@ def search_filtered(
     """Top-k of ``xq`` among the rows ``filt`` matches: D, I (ids), and the plan taken."""
     found = matches(shard, st, filt)
     anatomy = Anatomy.of(shard.index)
-    if found.rows is not None and found.count <= EXACT_MAX_ROWS and anatomy.lossless:
+    exact = found.count <= exact_max_rows(shard.index.d)
+    if found.rows is not None and exact and anatomy.lossless:
         plan = "exact"
         vectors = _vectors(shard, st, filt, found, found.rows)
         D, R = _knn(xq, vectors, k, shard.index.metric_type)

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
-from shards.filtered import EXACT_MAX_ROWS
+from shards.filtered import exact_max_rows
 from tests.conftest import clustered
 from tests.shards.helpers import assert_same_knn, brute_force, float_tolerance, recall
 
@@ -89,7 +89,7 @@ def test_flat_filtered_search_equals_brute_force_over_the_subset(data, selectivi
     D_, I_, plans = index.search_planned(xq, 10, index.resolve(), index.parse_filter(expr))
     assert_same_knn(Dref, Iref, D_, I_, float_tolerance(x, xq, "l2"))
     per_shard = keep.sum() / 3
-    assert set(plans.values()) == {"exact" if per_shard <= EXACT_MAX_ROWS else "ann"}
+    assert set(plans.values()) == {"exact" if per_shard <= exact_max_rows(D) else "ann"}
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw", "fastscan"])
@@ -97,7 +97,7 @@ def test_flat_filtered_search_equals_brute_force_over_the_subset(data, selectivi
 def test_ann_filtered_recall_holds_at_every_selectivity(data, kind, selectivity, monkeypatch):
     """The ANN plan (the exact one turned off) keeps its recall: the widened search reaches
     as many matching candidates as an unfiltered one."""
-    monkeypatch.setattr("shards.filtered.EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr("shards.filtered.EXACT_MAX_FLOATS", 0)
     x, ids, table, built = data
     index = ShardedIndex.open(built[kind])
     expr = SELECTIVE[selectivity]
