@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 
 from shards._faiss import BLAS_MIN_QUERIES, one_omp_thread, use_blas_from
+from shards.applied import Applied
 from shards.artefact import open_version, read_shard
 from shards.coarse import coarse_assign, quantizer_digest
 from shards.compaction import compact
@@ -17,7 +17,6 @@ from shards.errors import (
     ConcurrentUpdate,
     CorruptLogSegment,
     InvalidInput,
-    LogGap,
     SequenceBehind,
     UnknownId,
     UnsupportedOperation,
@@ -39,7 +38,6 @@ from shards.storage import Store
 from shards.writes import delete_of, metadata_schema, upsert_of
 
 logger = logging.getLogger(__name__)
-REMOVED_KEPT = 65536  # mutations whose removal count is remembered
 WRITE_ATTEMPTS = 8  # appends lost to another writer of the same log before giving up
 
 
@@ -65,8 +63,7 @@ class ShardedIndex:
         # the mutation log under the root: replayed on open, written by upsert/delete
         self.log = MutationLog(root_uri, manifest.dim, schema) if log and root_uri else None
         self.log_error: str | None = None  # a corrupt segment stopped the replay here
-        self._removed: dict[int, int] = {}  # sequence -> live ids it removed (recent ones)
-        self._applying = threading.Lock()  # a mutation reaches every shard at once
+        self.applied = Applied(shards, manifest.index_version)  # all shards at once
 
     @classmethod
     def open(
@@ -146,7 +143,7 @@ class ShardedIndex:
     @property
     def sequence(self) -> int:
         """The mutation log position every loaded shard has applied (0: none)."""
-        return min(s.sequence for s in self.shards.values())
+        return self.applied.sequence
 
     def resolve(
         self, params: Any = None, target_recall: float | None = None, k: int = 10
@@ -205,8 +202,7 @@ class ShardedIndex:
         A single query runs with one OpenMP thread (``_faiss.one_omp_thread``)."""
         with one_omp_thread() if len(xq) == 1 else nullcontext():
             shards = list(self.shards.items())
-            with self._applying:  # one state of every shard: no mutation half applied
-                states = [shard.state for _, shard in shards]
+            states = self.applied.states()  # no mutation half applied
             plans: dict[int, str] = {}
             if filt is not None:  # each shard widens its own search: no shared assignment
                 parts = []
@@ -350,43 +346,19 @@ class ShardedIndex:
 
     def apply(self, m: Mutation) -> int:
         """Apply a mutation (logged or not) to the loaded shards: its ids leave every shard,
-        upserted rows join their owner's delta, all at once for searches. Returns how many
-        ids were live before (0 for a logged mutation applied already).
+        upserted rows join their owner's delta, all at once for searches
+        (``shards.applied``). Returns how many ids were live before.
 
         Raises:
             LogGap: a logged mutation that does not follow the applied sequence (the ones
                 between are missing here: ``catch_up`` from the log's files first).
         """
-        owner = self.owner_of(m.ids) if m.op == "upsert" else None
-        with self._applying:
-            if m.sequence:
-                if m.sequence <= self.sequence:
-                    return 0
-                if m.sequence != self.sequence + 1:
-                    raise LogGap(
-                        f"mutation {m.sequence} does not follow sequence {self.sequence} "
-                        f"of version {self.index_version}: catch up from the log first"
-                    )
-            gone = sum(
-                shard.apply(m, None if owner is None else owner == number)
-                for number, shard in self.shards.items()
-            )
-        if m.sequence:
-            self._removed[m.sequence] = gone
-            while len(self._removed) > REMOVED_KEPT:
-                self._removed.pop(next(iter(self._removed)))
-        return gone
+        return self.applied.apply(m, self.owner_of(m.ids) if m.op == "upsert" else None)
 
     def removed_at(self, sequence: int) -> int:
         """How many live ids the logged mutation at ``sequence`` removed from the loaded
-        shards (replaced or deleted), for the write's answer.
-
-        Raises:
-            SequenceBehind: it is not applied here, or too long ago to remember.
-        """
-        if sequence not in self._removed:
-            raise SequenceBehind(f"mutation {sequence} is not among the last applied here")
-        return self._removed[sequence]
+        shards, for the write's answer (SequenceBehind when not remembered)."""
+        return self.applied.removed_at(sequence)
 
     def catch_up(self, strict: bool = True) -> int:
         """Apply the log's mutations after ``sequence``; returns how many. A corrupt segment
