@@ -140,8 +140,9 @@ def _operand(field: pa.Field, op: str, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise InvalidQuery(f"{where}: expected true or false, got {_kind(value)}")
         return value
-    kind = field.type.value_type if _is_list(field.type) else field.type
-    if op in ORDERED and (_is_list(field.type) or pa.types.is_boolean(kind)):
+    kind = _plain_type(field.type)
+    kind = kind.value_type if _is_list(kind) else kind
+    if op in ORDERED and (_is_list(_plain_type(field.type)) or pa.types.is_boolean(kind)):
         raise InvalidQuery(
             f"{where}: {op} does not apply to column {field.name!r} of type {field.type}"
         )
@@ -218,6 +219,8 @@ def _eval(node: Term | Node, table: pa.Table) -> pa.BooleanArray:
             out = pc.and_(out, kid) if node.op == "$and" else pc.or_(out, kid)
         return out
     column = table[node.column]
+    if pa.types.is_dictionary(column.type):  # categorical columns: compared by value
+        column = column.cast(column.type.value_type)
     if _is_list(column.type):
         return _eval_list(node, column)
     op, value = node.op, node.value
@@ -266,6 +269,11 @@ def _columns(node: Term | Node) -> set[str]:
     if isinstance(node, Term):
         return {node.column}
     return set().union(*(_columns(c) for c in node.children))
+
+
+def _plain_type(t: pa.DataType) -> pa.DataType:
+    """A dictionary (categorical) column's value type; any other type as it is."""
+    return t.value_type if pa.types.is_dictionary(t) else t
 
 
 def _is_list(t: pa.DataType) -> bool:

@@ -200,6 +200,22 @@ def test_bad_filters_are_refused_with_what_is_wrong(expr, words):
     assert err.value.status_code == 400
 
 
+def test_categorical_columns_filter_by_value():
+    t = table()
+    cat = t.set_column(0, "cat", t["cat"].dictionary_encode())
+    for expr in (
+        {"cat": "x"},
+        {"cat": {"$in": ["y", "z"]}},
+        {"cat": {"$ne": "x"}},
+        {"cat": {"$gt": "x"}},
+    ):
+        np.testing.assert_array_equal(
+            parse_filter(expr, cat.schema).mask(cat), parse_filter(expr, t.schema).mask(t)
+        )
+    with pytest.raises(InvalidQuery, match="holds string"):
+        parse_filter({"cat": 1}, cat.schema)
+
+
 def test_a_filter_on_an_index_without_metadata_is_refused():
     with pytest.raises(InvalidQuery, match="no metadata columns"):
         parse_filter({"cat": "x"}, None)
