@@ -346,6 +346,11 @@ def test_filters_over_http_equal_brute_force_and_see_writes_at_once(shared):
     D_, I_, body = search(url, xq, filter=expr, min_sequence=index.sequence)
     assert_same_knn(Dref, Iref, D_, I_, tol)
     assert body["plan"] == "exact" and set(body["shard_plans"]) == {"0", "1", "2"}
+    cut = float(np.median(Dref[:, 2]))  # with a score threshold too: the rest is null
+    D_, I_, body = search(url, xq, filter=expr, score_threshold=cut, min_sequence=index.sequence)
+    kept = (I_ >= 0).sum(1)
+    assert (np.where(I_ >= 0, D_, -np.inf) <= cut + tol).all()  # nothing beyond the cut
+    assert ((Dref <= cut - tol).sum(1) <= kept).all() and 0 < kept.sum() < kept.size * 10
     # by id too: each query's own id left out, the rest filtered
     r = httpx.post(f"{url}/v1/search", json={"ids": wanted[:3], "k": 5, "filter": expr})
     assert r.status_code == 200, r.text
