@@ -4,6 +4,7 @@
     python -m bench.filters --quick    # 20,000 vectors, 200 queries
     python -m bench.filters --peers    # the same filtered queries in Qdrant local, LanceDB and
                                        # Milvus Lite (make bench-peers installs them)
+    python -m bench.filters --minilm N # on N MiniLM sentence embeddings (384-d, bench.minilm)
 
 Seeded synthetic attributes on every vector: ``category`` (10 values), ``year`` (1950-2049),
 ``tags`` (1 to 3 of 2,000) and ``band`` (0-999,999, for the threshold sweep). Selectivities
@@ -15,7 +16,8 @@ vsearch's filter code. Baselines in the same run: the unfiltered search, and a p
 The exact plan's threshold: for 1k to 64k matching rows per shard (``band`` ranges), the
 time of the exact plan and of the ANN plan, each forced, on the same queries.
 
-Writes bench/results/filters.json, filters.md and filters.png (or --out DIR).
+Writes bench/results/filters.json, filters.md and filters.png (filters-minilm.* with
+--minilm; or --out DIR).
 """
 
 from __future__ import annotations
@@ -149,8 +151,13 @@ def sweep(index: ShardedIndex, ds, attrs: dict, xq: np.ndarray, shards: int) -> 
     return rows
 
 
-def run(quick: bool, out_dir: str, workdir: str, peers: bool = False) -> dict:
-    ds = load(n_db=20_000, n_queries=500) if quick else load()
+def run(quick: bool, out_dir: str, workdir: str, peers: bool = False, minilm: int = 0) -> dict:
+    if minilm:
+        from bench.minilm import load as load_minilm
+
+        ds = load_minilm(minilm)
+    else:
+        ds = load(n_db=20_000, n_queries=500) if quick else load()
     nq, n_single, shards = (200, 50, 2) if quick else (1000, 200, 4)
     xq = ds.xq[:nq]
     attrs = attributes(len(ds.xb))
@@ -182,7 +189,8 @@ def run(quick: bool, out_dir: str, workdir: str, peers: bool = False) -> dict:
         from bench.filter_peers import run_peers
 
         result["peers"] = run_peers(ds, attrs, xq[:200], SELECTIVITIES, truth)
-    plot(result, os.path.join(out_dir, "filters.png"))
+    result["name"] = "filters-minilm" if minilm else "filters"
+    plot(result, os.path.join(out_dir, f"{result['name']}.png"))
     return result
 
 
@@ -218,9 +226,9 @@ def plot(result: dict, path: str) -> None:
 def markdown(r: dict) -> str:
     u = r["unfiltered"]
     lines = [
-        "# Filtered search (GloVe, seeded attributes)",
+        f"# Filtered search ({r['dataset']}, seeded attributes)",
         "",
-        f"Command: `python -m bench.filters{' --peers' if 'peers' in r else ''}`. "
+        f"Command: `python -m bench.filters{r.get('flags', '')}`. "
         f"{r['dataset']}, {r['queries']} queries, {r['shards']} shards, automatic index "
         f"`{r['factory']}` (cosine), {r['machine']}. The oracle: brute force over the rows "
         "that match. Post-filter: 100 unfiltered results, then the filter.",
@@ -283,10 +291,14 @@ def _qps(v: float) -> str:
 def main() -> None:
     ap = parser(__doc__, "filters")
     ap.add_argument("--peers", action="store_true", help="Qdrant local, LanceDB, Milvus Lite")
+    ap.add_argument("--minilm", type=int, default=0, help="N MiniLM vectors instead of GloVe")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    result = run(args.quick, args.out, args.workdir, args.peers)
-    print(write(args.out, "filters", result, markdown))
+    result = run(args.quick, args.out, args.workdir, args.peers, args.minilm)
+    result["flags"] = (" --peers" if args.peers else "") + (
+        f" --minilm {args.minilm}" if args.minilm else ""
+    )
+    print(write(args.out, result["name"], result, markdown))
 
 
 if __name__ == "__main__":
