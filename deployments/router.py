@@ -46,6 +46,7 @@ from shards.writes import delete_of, upsert_of
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_RETRIES = 6  # a replica that lacks the version or its files: try others
+LOG_END_S = 2.0  # how long a search waits for the coordinator to say where the log ends
 
 
 def retryable(max_deaths: int):
@@ -83,6 +84,7 @@ class Router(HttpApi):
         self.coordinator = coordinator
         self.app_name = serve.get_replica_context().app_name
         self._schemas: dict[str, Any] = {}  # version -> its metadata columns (writes check)
+        self._log_end = 0  # the mutation log's last sequence, as last heard
         self.versions = VersionTracker(
             self._planner,
             self._coordinator,
@@ -210,6 +212,7 @@ class Router(HttpApi):
         version = planner.manifest.index_version
         if isinstance(min_sequence, bool) or not isinstance(min_sequence, int) or min_sequence < 0:
             raise InvalidQuery(f"min_sequence must be an integer >= 0, got {min_sequence!r}")
+        await self._check_written(min_sequence)
         exclude = None
         if ids is not None:
             exclude = check_ids(ids)
@@ -254,6 +257,23 @@ class Router(HttpApi):
             )
         out["took_ms"] = round(1000 * (time.perf_counter() - t0), 3)
         return out
+
+    async def _check_written(self, sequence: int) -> None:
+        """InvalidQuery for a ``min_sequence`` the log has not reached: no write was ever
+        acknowledged with it, so waiting for it could only end at the deadline. The log's
+        end is asked of the coordinator only when ``sequence`` is past the last one heard."""
+        if sequence <= self._log_end:
+            return
+        try:
+            state = await asyncio.wait_for(self.coordinator.log_state.remote(), LOG_END_S)
+        except Exception:  # the coordinator is restarting: the shards wait within the deadline
+            return
+        self._log_end = max(self._log_end, state["sequence"] or 0)
+        if sequence > self._log_end:
+            raise InvalidQuery(
+                f"min_sequence {sequence} has not been written: the mutation log ends at "
+                f"{self._log_end} (use the sequence a write answered)"
+            )
 
     # ---- the write path (handle API) ----
 
