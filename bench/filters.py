@@ -158,7 +158,8 @@ def run(quick: bool, out_dir: str, workdir: str, peers: bool = False, minilm: in
         ds = load_minilm(minilm)
     else:
         ds = load(n_db=20_000, n_queries=500) if quick else load()
-    nq, n_single, shards = (200, 50, 2) if quick else (1000, 200, 4)
+    # MiniLM: 2 shards, so that the threshold sweep reaches 16,000 matching rows per shard
+    nq, n_single, shards = (200, 50, 2) if quick else (1000, 200, 2 if minilm else 4)
     xq = ds.xq[:nq]
     attrs = attributes(len(ds.xb))
     os.makedirs(workdir, exist_ok=True)

@@ -2,8 +2,8 @@
 
 The filter's row mask (``shards.filters``) is AND-ed with the tombstones. Then:
 
-- ``exact``: few rows match (``exact_max_rows``: 32,000 at 50-d) and the index keeps exact
-  vectors:
+- ``exact``: few rows match (``exact_max_rows``: 32,000 at 50-d), or the index is Flat, and
+  the index keeps exact vectors:
   brute force over exactly those rows. The answer is exact.
 - ``ann``: the ANN index searched with the mask as an ``IDSelectorBitmap`` in the per-call
   parameters, the search widened by 1 / selectivity (nprobe, efSearch, CAGRA's candidate
@@ -37,6 +37,7 @@ from shards.params import EF_SEARCH_MAX, ITOPK_MAX, SearchOverrides, make_params
 EXACT_MAX_FLOATS = 1_600_000
 CACHED = 32  # filters whose matches a state keeps (a bitmap of ntotal / 8 bytes each)
 VECTOR_BYTES = 2 << 20  # an exact plan's vectors kept with its matches up to this size
+EXACT_BLOCK = 65_536  # rows of flat storage copied for one brute-force step
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,11 +92,21 @@ def search_filtered(
     """Top-k of ``xq`` among the rows ``filt`` matches: D, I (ids), and the plan taken."""
     found = matches(shard, st, filt)
     anatomy = Anatomy.of(shard.index)
-    exact = found.count <= exact_max_rows(shard.index.d)
-    if found.rows is not None and exact and anatomy.lossless:
+    metric = shard.index.metric_type
+    stored = flat_vectors(anatomy)
+    few = found.rows is not None and found.count <= exact_max_rows(shard.index.d)
+    if stored is not None and (few or anatomy.flat):
+        # exact vectors in flat storage: brute force over the matching rows (a Flat index is
+        # brute force anyway: faiss's own Flat search with a selector does not use BLAS)
         plan = "exact"
+        rows = found.rows if found.rows is not None else _rows(found, shard.index.ntotal)
+        D, R = _knn_rows(xq, stored, rows, k, metric, shard.keep_max)
+        I = translate_ids(R, shard.ids)
+    elif few and anatomy.lossless:
+        plan = "exact"
+        assert found.rows is not None
         vectors = _vectors(shard, st, filt, found, found.rows)
-        D, R = _knn(xq, vectors, k, shard.index.metric_type)
+        D, R = _knn(xq, vectors, k, metric)
         I = translate_ids(R, shard.ids[found.rows])
     else:
         plan = "ann-cpu" if shard.placed.placement.on_gpu else "ann"
@@ -112,6 +123,37 @@ def search_filtered(
             [result, (Dd, translate_ids(Rd, st.delta.ids[found.delta]))], shard.keep_max
         )
     return result[0], result[1], plan
+
+
+def flat_vectors(anatomy: Anatomy) -> np.ndarray | None:
+    """The index's exact vectors, (ntotal, d) float32, as a view of its flat storage (a Flat
+    index, an exact refine, HNSW over flat storage), or None."""
+    node: Any = None
+    if anatomy.refine_exact:
+        node = faiss.downcast_index(anatomy.refine.refine_index)
+    elif not anatomy.transforms and anatomy.flat:
+        node = anatomy.core
+    elif not anatomy.transforms and anatomy.hnsw:
+        node = faiss.downcast_index(anatomy.core.storage)
+    if not isinstance(node, faiss.IndexFlat) or node.ntotal == 0:
+        return None
+    return faiss.rev_swig_ptr(node.get_xb(), node.ntotal * node.d).reshape(node.ntotal, node.d)
+
+
+def _rows(found: Matches, ntotal: int) -> np.ndarray:
+    return np.flatnonzero(np.unpackbits(found.bitmap, count=ntotal, bitorder="little"))
+
+
+def _knn_rows(
+    xq: np.ndarray, xb: np.ndarray, rows: np.ndarray, k: int, metric: int, keep_max: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over ``xb[rows]``, in blocks of ``EXACT_BLOCK`` rows: D and row numbers."""
+    parts = []
+    for start in range(0, max(len(rows), 1), EXACT_BLOCK):
+        block = rows[start : start + EXACT_BLOCK]
+        D, R = _knn(xq, xb[block], k, metric)
+        parts.append((D, translate_ids(R, block)))
+    return merge_results(parts, keep_max)
 
 
 def widen(ov: SearchOverrides, anatomy: Anatomy, index: Any, selectivity: float) -> SearchOverrides:
