@@ -100,8 +100,13 @@ def search_filtered(
         # brute force anyway: faiss's own Flat search with a selector does not use BLAS)
         plan = "exact"
         rows = found.rows if found.rows is not None else _rows(found, shard.index.ntotal)
-        D, R = _knn_rows(xq, stored, rows, k, metric, shard.keep_max)
-        I = translate_ids(R, shard.ids)
+        if found.vectors is not None or len(rows) * stored.shape[1] * 4 <= VECTOR_BYTES:
+            vectors = _vectors(shard, st, filt, found, rows, stored)  # kept: small
+            D, R = _knn(xq, vectors, k, metric)
+            I = translate_ids(R, shard.ids[rows])
+        else:
+            D, R = _knn_rows(xq, stored, rows, k, metric, shard.keep_max)
+            I = translate_ids(R, shard.ids)
     elif few and anatomy.lossless:
         plan = "exact"
         assert found.rows is not None
@@ -182,11 +187,14 @@ def _knn(xq: np.ndarray, xb: np.ndarray, k: int, metric: int) -> tuple[np.ndarra
     return D, R
 
 
-def _vectors(shard: Any, st: LiveState, filt: Filter, found: Matches, rows) -> np.ndarray:
-    """The stored vectors of ``rows``, kept with the matches when small (``VECTOR_BYTES``)."""
+def _vectors(
+    shard: Any, st: LiveState, filt: Filter, found: Matches, rows, stored=None
+) -> np.ndarray:
+    """The stored vectors of ``rows`` (from flat storage, else reconstructed), kept with the
+    matches when small (``VECTOR_BYTES``)."""
     if found.vectors is not None:
         return found.vectors
-    vectors = shard.reconstruct_rows(rows)
+    vectors = stored[rows] if stored is not None else shard.reconstruct_rows(rows)
     if vectors.nbytes <= VECTOR_BYTES:
         _keep(st, ("filter", filt.key), replace(found, vectors=vectors))
     return vectors
