@@ -94,36 +94,30 @@ def search_filtered(
     anatomy = Anatomy.of(shard.index)
     metric = shard.index.metric_type
     stored = flat_vectors(anatomy)
-    few = found.rows is not None and found.count <= exact_max_rows(shard.index.d)
-    if stored is not None and (few or anatomy.flat):
-        # exact vectors in flat storage: brute force over the matching rows (a Flat index is
-        # brute force anyway: faiss's own Flat search with a selector does not use BLAS)
+    few = found.rows is not None  # kept only when few enough for the exact plan
+    # a Flat index is brute force anyway: faiss's Flat search with a selector skips BLAS
+    if (few and anatomy.lossless) or (stored is not None and anatomy.flat):
         plan = "exact"
         rows = found.rows if found.rows is not None else _rows(found, shard.index.ntotal)
-        if found.vectors is not None or len(rows) * stored.shape[1] * 4 <= VECTOR_BYTES:
-            vectors = _vectors(shard, st, filt, found, rows, stored)  # kept: small
-            D, R = _knn(xq, vectors, k, metric)
-            I = translate_ids(R, shard.ids[rows])
-        else:
+        large = found.vectors is None and len(rows) * shard.index.d * 4 > VECTOR_BYTES
+        if stored is not None and large:  # in blocks, read from the flat storage
             D, R = _knn_rows(xq, stored, rows, k, metric, shard.keep_max)
             I = translate_ids(R, shard.ids)
-    elif few and anatomy.lossless:
-        plan = "exact"
-        assert found.rows is not None
-        vectors = _vectors(shard, st, filt, found, found.rows)
-        D, R = _knn(xq, vectors, k, metric)
-        I = translate_ids(R, shard.ids[found.rows])
+        else:  # gathered (or reconstructed) once, kept with the matches when small
+            vectors = _vectors(shard, st, filt, found, rows, stored)
+            D, R = _knn(xq, vectors, k, metric)
+            I = translate_ids(R, shard.ids[rows])
     else:
         plan = "ann-cpu" if shard.placed.placement.on_gpu else "ann"
         found = _with_selector(st, filt, found, shard.index.ntotal)
-        wide = widen(ov, anatomy, shard.index, found.selectivity)
+        wide = widen(ov, anatomy, found.selectivity)
         params, keep = make_params(shard.index, wide, found.selector, k)
         D, rows = shard.index.search(xq, k, params=params)
         del keep  # held until the search returned
         I = translate_ids(rows, shard.ids)
     result = (D, I)
     if found.delta.any():
-        Dd, Rd = _knn(xq, st.delta.x[found.delta], k, shard.index.metric_type)
+        Dd, Rd = _knn(xq, st.delta.x[found.delta], k, metric)
         result = merge_results(
             [result, (Dd, translate_ids(Rd, st.delta.ids[found.delta]))], shard.keep_max
         )
@@ -161,7 +155,7 @@ def _knn_rows(
     return merge_results(parts, keep_max)
 
 
-def widen(ov: SearchOverrides, anatomy: Anatomy, index: Any, selectivity: float) -> SearchOverrides:
+def widen(ov: SearchOverrides, anatomy: Anatomy, selectivity: float) -> SearchOverrides:
     """``ov`` with the ANN search widened by 1 / ``selectivity`` (capped by the index)."""
     if selectivity >= 1.0:
         return ov
