@@ -29,8 +29,8 @@ def lookup_metadata(index: ShardedIndex, ids, columns: list[str] | None = None) 
         names = ["id", *columns]
     pieces, where = [], []
     for shard, meta in shards:
-        st = shard.state
-        rows = shard.rows_of(ids)
+        st = shard.state  # one state for the main rows and the delta
+        rows = shard.rows_of(ids, st)
         pos = st.delta.position(ids)
         main, delta = np.flatnonzero(rows >= 0), np.flatnonzero(pos >= 0)
         if len(main):

@@ -113,21 +113,23 @@ class Shard:
             made = st.params[key] = make_params(self.index, ov, st.selector, k)
         return made
 
-    def rows_of(self, ids: np.ndarray) -> np.ndarray:
-        """Main-index row of each id, -1 where the id is not a live main row."""
+    def rows_of(self, ids: np.ndarray, st: LiveState | None = None) -> np.ndarray:
+        """Main-index row of each id, -1 where the id is not a live main row under state
+        ``st`` (the current one by default)."""
         ids = np.asarray(ids, dtype=np.int64)
         pos = np.searchsorted(self._sorted_ids, ids)
         pos = np.minimum(pos, len(self._sorted_ids) - 1)
         found = (len(self._sorted_ids) > 0) & (self._sorted_ids[pos] == ids)
         rows = np.where(found, self._sorted_rows[pos], -1)
-        live = self._state.live
+        live = (self._state if st is None else st).live
         if live is not None:
             rows = np.where((rows >= 0) & live[np.maximum(rows, 0)], rows, -1)
         return rows
 
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """Bool per id: live in this shard (main or delta)."""
-        return (self.rows_of(ids) >= 0) | np.isin(ids, self._state.delta.ids)
+        st = self._state  # one state for both parts
+        return (self.rows_of(ids, st) >= 0) | (st.delta.position(ids) >= 0)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
         """Stored vectors of ``ids``, (n, d) float32.
@@ -136,7 +138,8 @@ class Shard:
             UnknownId: an id is not live in this shard.
         """
         ids = np.asarray(ids, dtype=np.int64)
-        rows, st = self.rows_of(ids), self._state
+        st = self._state  # one state for the main rows and the delta
+        rows = self.rows_of(ids, st)
         out = np.empty((len(ids), self.index.d), dtype=np.float32)
         main = rows >= 0
         if main.any() and not Anatomy.of(self.index).reconstructable:
@@ -148,7 +151,7 @@ class Shard:
             with self._lock:
                 out[main] = _reconstruct_rows(self.index, rows[main])
         if (~main).any():
-            pos = position_in(st.delta.ids, ids[~main])
+            pos = st.delta.position(ids[~main])
             if (pos < 0).any():
                 raise UnknownId(f"id {int(ids[~main][pos < 0][0])} is not in the index")
             out[~main] = st.delta.x[pos]
@@ -241,12 +244,3 @@ def _reconstruct_rows(index: faiss.Index, rows: np.ndarray) -> np.ndarray:
     if ivf is not None and ivf.direct_map.type == faiss.DirectMap.NoMap:  # type: ignore[attr-defined]
         ivf.make_direct_map()  # once per loaded index; needed to reconstruct IVF rows
     return index.reconstruct_batch(np.ascontiguousarray(rows, dtype=np.int64))
-
-
-def position_in(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
-    """Position of each needle in ``haystack`` (unsorted, unique), -1 where absent."""
-    if len(haystack) == 0:
-        return np.full(len(needles), -1, dtype=np.int64)
-    order = np.argsort(haystack)
-    pos = np.minimum(np.searchsorted(haystack[order], needles), len(order) - 1)
-    return np.where(haystack[order][pos] == needles, order[pos], -1)

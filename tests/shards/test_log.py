@@ -379,3 +379,20 @@ def test_searches_never_see_a_mutation_half_applied(tmp_path):
     for t in threads:
         t.join()
     assert repeats == [], repeats[:3]
+
+
+def test_a_lookup_reads_main_rows_and_delta_from_one_state(tmp_path):
+    """``rows_of`` answers for the state it is given: a lookup that took a state before an
+    upsert moved an id from the main rows to the delta still finds it there (it read the
+    newer tombstones with the older delta before, and gave a null row)."""
+    x = clustered(500, D, seed=2)
+    index = build(tmp_path, x, index="Flat", num_shards=1)
+    shard = index.shards[0]
+    before = shard.state
+    index.upsert(x[:1] + 1, [0])
+    assert shard.rows_of(np.array([0]))[0] == -1  # now in the delta
+    assert shard.rows_of(np.array([0]), before)[0] == 0  # a main row in the older state
+    assert before.delta.position(np.array([0]))[0] == -1
+    assert shard.state.delta.position(np.array([0]))[0] == 0
+    np.testing.assert_array_equal(shard.reconstruct(np.array([0])), x[:1] + 1)
+    assert shard.contains(np.array([0, 1, 10**9])).tolist() == [True, True, False]
