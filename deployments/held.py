@@ -43,15 +43,18 @@ class LoadedShards:
 
     def search(self, xq: np.ndarray, query: Query, deadline: float | None):
         """``(D, I, plans)`` of ``query`` over these shards, in parts of ``SUB_BATCH`` that
-        check ``deadline`` (plans: each shard's, for a filter)."""
+        check ``deadline`` (plans: each shard's, for a filter). Every part reads the same
+        states of the shards: one answer, one state, whatever is applied meanwhile."""
         parts = []
+        states = self.index.applied.states()
         for start in range(0, len(xq), SUB_BATCH):
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("deadline passed: the rest of the batch is not searched")
-            parts.append(self.index.search_query_planned(xq[start : start + SUB_BATCH], query))
+            part = xq[start : start + SUB_BATCH]
+            parts.append(self.index.search_query_planned(part, query, states))
         if len(parts) == 1:
             return parts[0]
-        plans = parts[0][2]  # one filter, one state per part: the same plans
+        plans = parts[0][2]  # one filter over the same states: the same plans
         return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts]), plans
 
     def probe_ok(self, probe: np.ndarray) -> bool:

@@ -25,6 +25,7 @@ from shards.errors import (
 from shards.filters import Filter, parse_filter
 from shards.gpu import GpuOptions, Placement
 from shards.ids import check_ids
+from shards.live import LiveState
 from shards.log import Mutation, MutationLog
 from shards.manifest import Manifest
 from shards.merge import merge_results, within
@@ -195,14 +196,22 @@ class ShardedIndex:
         return D, I
 
     def search_planned(
-        self, xq: np.ndarray, k: int, ov: SearchOverrides, filt: Filter | None = None
+        self,
+        xq: np.ndarray,
+        k: int,
+        ov: SearchOverrides,
+        filt: Filter | None = None,
+        states: list[LiveState] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """``search_prepared`` and the plan of each shard for a filter (empty without one).
+        ``states``: the shards' states to search (``applied.states()``, taken once for
+        several calls that make one answer); a fresh snapshot by default.
 
         A single query runs with one OpenMP thread (``_faiss.one_omp_thread``)."""
         with one_omp_thread() if len(xq) == 1 else nullcontext():
             shards = list(self.shards.items())
-            states = self.applied.states()  # no mutation half applied
+            if states is None:
+                states = self.applied.states()  # no mutation half applied
             plans: dict[int, str] = {}
             if filt is not None:  # each shard widens its own search: no shared assignment
                 parts = []
@@ -243,7 +252,7 @@ class ShardedIndex:
         return D, I
 
     def search_query_planned(
-        self, xq: np.ndarray, query: Query
+        self, xq: np.ndarray, query: Query, states: list[LiveState] | None = None
     ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
         """Search prepared queries ``xq`` (nq, d) for ``query`` as a shard replica does: the
         overrides over this version's own defaults, checked against this version's knobs;
@@ -265,7 +274,8 @@ class ShardedIndex:
             )
         ov = query.overrides.over(self.planner.defaults)
         self.knobs.check(ov, query.fetch_k)
-        return self.search_planned(xq, query.fetch_k, ov, self.parse_filter(query.filter))
+        filt = self.parse_filter(query.filter)
+        return self.search_planned(xq, query.fetch_k, ov, filt, states)
 
     def contains(self, ids: Any) -> np.ndarray:
         """Bool per id: live in one of the loaded shards."""

@@ -223,3 +223,35 @@ def test_a_query_that_killed_its_replica_by_memory_is_not_retried():
     assert not rule(RayActorError(error_msg="worker killed by the memory monitor"), 1)
     assert rule(VersionMismatch("not held"), 5) and not rule(VersionMismatch("x"), 7)
     assert not rule(InvalidQuery("bad"), 1)
+
+
+def test_a_long_batch_is_searched_from_one_state_in_every_sub_batch(tmp_path):
+    """A batch longer than SUB_BATCH is searched in parts; a delete applied between two
+    parts must not show in the second (each part took a fresh state: one answer mixed two
+    mutation sequences)."""
+    from deployments.config import ShardOptions
+    from deployments.held import SUB_BATCH, LoadedShards
+    from shards import BuildOptions, VectorSource, build_index
+    from shards.query import Query
+    from tests.conftest import clustered
+
+    xb = clustered(3 * SUB_BATCH, 16, seed=6)
+    np.save(tmp_path / "xb.npy", xb)
+    root = str(tmp_path / "idx")
+    build_index(VectorSource(str(tmp_path / "xb.npy")), root, BuildOptions(index="Flat"))
+    loaded = LoadedShards(root, [0], None, ShardOptions())
+    index, second = loaded.index, np.arange(SUB_BATCH, 2 * SUB_BATCH)
+    search = index.search_query_planned
+
+    def then_delete(*args, **kwargs):  # a write lands between the first and second part
+        out = search(*args, **kwargs)
+        if index.sequence == 0:
+            index.delete(second)
+        return out
+
+    index.search_query_planned = then_delete
+    _, I, _ = loaded.search(xb[: 2 * SUB_BATCH], Query(1), None)
+    assert index.sequence == 1  # the delete did land mid-batch
+    np.testing.assert_array_equal(I[SUB_BATCH:, 0], second)  # the state the batch began in
+    _, I, _ = loaded.search(xb[SUB_BATCH : 2 * SUB_BATCH], Query(1), None)
+    assert not np.isin(I[:, 0], second).any()  # the next call sees the delete
