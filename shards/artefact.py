@@ -66,16 +66,30 @@ def write_version(
     """
     root = Store(root_uri)
     vstore = root.child(manifest.index_version)
-    entries = []
-    for i, shard in enumerate(shards):
-        name = shard_name(i)
-        files = {"index": _put(vstore, f"{name}/index.faiss", faiss.serialize_index(shard.index))}
-        files["ids"] = _put(vstore, f"{name}/ids.parquet", _parquet({"id": shard.ids}))
-        if shard.metadata is not None:
-            files["metadata"] = _put(vstore, f"{name}/metadata.parquet", _parquet(shard.metadata))
-        entries.append(ShardEntry(name=name, ntotal=int(shard.index.ntotal), files=files))
+    entries = [write_shard(vstore, i, shard) for i, shard in enumerate(shards)]
+    return publish_version(root, manifest, entries, expect_current)
+
+
+def write_shard(vstore: Store, i: int, shard: ShardData) -> ShardEntry:
+    """Write shard ``i``'s files into the version folder ``vstore``; returns its entry.
+
+    A shard's files mean nothing until a manifest names them (``publish_version``), so
+    parallel builders may each write their own shards.
+    """
+    name = shard_name(i)
+    files = {"index": _put(vstore, f"{name}/index.faiss", faiss.serialize_index(shard.index))}
+    files["ids"] = _put(vstore, f"{name}/ids.parquet", _parquet({"id": shard.ids}))
+    if shard.metadata is not None:
+        files["metadata"] = _put(vstore, f"{name}/metadata.parquet", _parquet(shard.metadata))
+    return ShardEntry(name=name, ntotal=int(shard.index.ntotal), files=files)
+
+
+def publish_version(
+    root: Store, manifest: Manifest, entries: list[ShardEntry], expect_current: str | None = None
+) -> Manifest:
+    """Write the manifest of a version whose shard files are written, then move CURRENT."""
     manifest = replace(manifest, shards=entries)
-    vstore.write_bytes(MANIFEST, manifest.to_json().encode())
+    root.child(manifest.index_version).write_bytes(MANIFEST, manifest.to_json().encode())
     publish_current(root, manifest.index_version, expect_current)
     return manifest
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,7 @@ from shards.source import VectorSource
 log = logging.getLogger("shards")
 TUNE_QUERIES = 2000
 TUNE_K = 10
+HELD_OUT = "a sample of the input, searched before it was added to the index"
 
 
 @dataclass
@@ -56,24 +58,52 @@ class BuildOptions:
 
 def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manifest:
     """Build, tune and write a new index version under ``out_uri``; returns its manifest."""
+    metric = check_options(opts)
+    t0 = time.perf_counter()
+    factory, reason = choose_factory(source.n, source.d, opts, metric)
+    template = train_template(source, factory, metric, opts)
+    t_train = time.perf_counter() - t0
+    knobs = knobs_of(template, factory, source.d)
+    held = tuning_queries(source, metric, opts) if opts.tune and knobs.names() else None
+    datas, held_rows = _add_all(source, template, metric, opts, held)
+    degree = cagra.parse_factory(factory)
+    if degree is not None:
+        device = graph_device_of(opts)
+        where = "CPU (no GPU with cuVS)" if device is None else f"GPU {device}"
+        for data in progress(datas, f"CAGRA graphs on {where}", len(datas), "shard", opts.progress):
+            data.index = cagra_graph(data.index, degree, metric, device)
+    t_add = time.perf_counter() - t0 - t_train
+    manifest = new_manifest(source, opts, factory, reason, metric, t_train, t_add)
+    if held is not None:
+        manifest = tune_manifest(manifest, datas, source, opts, held)
+    elif knobs.names():
+        manifest = untuned(manifest, knobs)
+    _append(datas, held_rows)
+    check_unique(d.ids for d in datas)
+    manifest.build["total_seconds"] = round(time.perf_counter() - t0, 3)
+    return write_version(out_uri, manifest, datas)
+
+
+def check_options(opts: BuildOptions) -> Metric:
+    """The metric of ``opts``; raises InvalidInput for options no build can take."""
     if opts.num_shards < 1:
         raise InvalidInput(f"--shards must be >= 1, got {opts.num_shards}")
     if opts.partition not in SCHEMES:
         raise InvalidInput(f"unknown partition {opts.partition!r}; expected one of {SCHEMES}")
-    metric = Metric.parse(opts.metric)
-    t0 = time.perf_counter()
-    factory, reason = _factory(source, opts, metric)
-    template = _trained_template(source, factory, metric, opts)
-    t_train = time.perf_counter() - t0
-    degree = cagra.parse_factory(factory)
-    knobs = Knobs.of(template if degree is None else cagra.empty(source.d, degree, 0))
-    tune = opts.tune and bool(knobs.names())
-    held = _tuning_queries(source, metric, opts) if tune else None
-    datas, held_rows = _add_all(source, template, metric, opts, held)
-    if degree is not None:
-        _to_cagra(datas, degree, metric, opts)
-    t_add = time.perf_counter() - t0 - t_train
-    manifest = Manifest(
+    return Metric.parse(opts.metric)
+
+
+def new_manifest(
+    source: VectorSource,
+    opts: BuildOptions,
+    factory: str,
+    reason: str,
+    metric: Metric,
+    t_train: float,
+    t_add: float,
+) -> Manifest:
+    """The manifest of a new version, before its shards and tuning are filled in."""
+    return Manifest(
         index_version=new_version_name(),
         dim=source.d,
         metric=metric.value,
@@ -95,34 +125,33 @@ def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manif
             ),
         },
     )
-    if held is not None:
-        manifest = tune_manifest(manifest, datas, source, opts, held)
-    elif knobs.names():
-        manifest = _untuned(manifest, knobs)
-    _append(datas, held_rows)
-    _check_unique(datas)
-    manifest.build["total_seconds"] = round(time.perf_counter() - t0, 3)
-    return write_version(out_uri, manifest, datas)
 
 
-def _factory(source: VectorSource, opts: BuildOptions, metric: Metric) -> tuple[str, str]:
+def knobs_of(template, factory: str, d: int) -> Knobs:
+    """The search knobs of the index ``factory`` builds from ``template``."""
+    degree = cagra.parse_factory(factory)
+    return Knobs.of(template if degree is None else cagra.empty(d, degree, 0))
+
+
+def choose_factory(n: int, d: int, opts: BuildOptions, metric: Metric) -> tuple[str, str]:
+    """``(factory, reason)`` for ``n`` vectors of dimension ``d`` split as ``opts`` says."""
     if opts.index not in ("auto", "hnsw"):
-        estimate_bytes(opts.index, 1, source.d)  # validates the factory string
+        estimate_bytes(opts.index, 1, d)  # validates the factory string
         return opts.index, "explicit factory string"
     choice = choose_index(
-        -(-source.n // opts.num_shards),
-        source.d,
+        -(-n // opts.num_shards),
+        d,
         metric,
         num_shards=opts.num_shards,
         memory_budget=opts.memory_budget,
         prefer_hnsw=opts.index == "hnsw",
         target=opts.target,
-        gpu_build=opts.target == "gpu" and _build_gpu(opts) is not None,
+        gpu_build=opts.target == "gpu" and graph_device_of(opts) is not None,
     )
     return choice.factory, choice.reason
 
 
-def _build_gpu(opts: BuildOptions) -> int | None:
+def graph_device_of(opts: BuildOptions) -> int | None:
     """The GPU that builds CAGRA graphs, or None (the CPU twin)."""
     if opts.graph_device == "auto":
         return graph_device()
@@ -137,17 +166,15 @@ def _build_gpu(opts: BuildOptions) -> int | None:
     return gpus[0]
 
 
-def _to_cagra(datas: list[ShardData], degree: int, metric: Metric, opts: BuildOptions) -> None:
-    """Replace each shard's collected vectors by its CAGRA graph (GPU, or the CPU twin)."""
-    device = _build_gpu(opts)
-    where = "CPU (no GPU with cuVS)" if device is None else f"GPU {device}"
-    for data in progress(datas, f"CAGRA graphs on {where}", len(datas), "shard", opts.progress):
-        flat: Any = data.index  # the IndexFlat that collected the shard's vectors
-        x = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
-        data.index = cagra.build(x, degree, metric.faiss_metric, device=device)
+def cagra_graph(flat, degree: int, metric: Metric, device: int | None):
+    """The CAGRA graph of the vectors an IndexFlat collected (on GPU ``device``, or the CPU
+    twin when None)."""
+    x = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
+    return cagra.build(x, degree, metric.faiss_metric, device=device)
 
 
-def _trained_template(source: VectorSource, factory: str, metric: Metric, opts: BuildOptions):
+def train_template(source: VectorSource, factory: str, metric: Metric, opts: BuildOptions):
+    """The trained empty index every shard starts from (an IndexFlat collector for CAGRA)."""
     if cagra.parse_factory(factory) is not None:
         return faiss.IndexFlat(source.d, metric.faiss_metric)  # collects; graphs come later
     template = template_index(factory, source.d, metric.faiss_metric)
@@ -159,7 +186,7 @@ def _trained_template(source: VectorSource, factory: str, metric: Metric, opts: 
     return template
 
 
-def _tuning_queries(source: VectorSource, metric: Metric, opts: BuildOptions):
+def tuning_queries(source: VectorSource, metric: Metric, opts: BuildOptions):
     """A sample of the input, kept out of the index until tuning is done: real held-out queries.
 
     Returns ``(xq, ids)``: prepared (m, d) float32 vectors and their sorted int64 ids.
@@ -227,14 +254,15 @@ def _with_id(table: pa.Table, ids: np.ndarray) -> pa.Table:
     return table.add_column(0, "id", pa.array(ids, pa.int64()))
 
 
-def _check_unique(datas: list[ShardData]) -> None:
-    all_ids = np.concatenate([d.ids for d in datas])
+def check_unique(ids: Iterable[np.ndarray]) -> None:
+    """Raise InvalidInput if an id occurs twice in ``ids`` (the ids of every shard)."""
+    all_ids = np.concatenate(list(ids))
     uniq, counts = np.unique(all_ids, return_counts=True)
     if (counts > 1).any():
         raise InvalidInput(f"duplicate id {int(uniq[counts > 1][0])} in the input")
 
 
-def _untuned(manifest: Manifest, knobs: Knobs) -> Manifest:
+def untuned(manifest: Manifest, knobs: Knobs) -> Manifest:
     """An ANN index built without tuning gets stated static defaults, and says so loudly."""
     defaults = static_defaults(knobs)
     note = (
@@ -262,13 +290,23 @@ def tune_manifest(
     gt = autotune.ground_truth(xq, blocks, TUNE_K + 1, metric.faiss_metric)
     index = ShardedIndex(manifest, {i: Shard(d, metric.keep_max) for i, d in enumerate(datas)}, "")
     no_self = np.full(len(xq), -1, dtype=np.int64)  # the queries are not in the index
-    method = "a sample of the input, searched before it was added to the index"
-    return with_tuning(manifest, index, xq, no_self, gt, opts.default_recall, method, opts.progress)
+    return with_tuning(
+        manifest,
+        index.search_prepared,
+        index.knobs,
+        xq,
+        no_self,
+        gt,
+        opts.default_recall,
+        HELD_OUT,
+        opts.progress,
+    )
 
 
 def with_tuning(
     manifest: Manifest,
-    index: ShardedIndex,
+    search: autotune.SearchFn,
+    knobs: Knobs,
     xq,
     qids,
     gt,
@@ -277,7 +315,7 @@ def with_tuning(
     show_progress: bool = True,
 ) -> Manifest:
     """``manifest`` with the measured curve and the defaults resolved for ``target``."""
-    curve = autotune.measure(index.search_prepared, xq, qids, gt, index.knobs, show_progress)
+    curve = autotune.measure(search, xq, qids, gt, knobs, show_progress)
     try:
         defaults = autotune.resolve(curve, target)
         note = f"cheapest measured parameters with recall@{TUNE_K} >= {target}"

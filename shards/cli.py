@@ -32,38 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     b = sub.add_parser("build", help="build a sharded index from .npy or Parquet")
-    b.add_argument("input", help=".npy (n, d) float array, or Parquet with a vector column")
-    b.add_argument("--out", required=True, help="index root folder or pyarrow.fs URI")
-    b.add_argument("--shards", type=int, default=1)
-    b.add_argument(
-        "--index", default="auto", help="auto (default), hnsw, CAGRA[<degree>] or a faiss factory"
-    )
-    b.add_argument(
-        "--target",
-        default="cpu",
-        choices=["cpu", "gpu"],
-        help="device the index will be served from (the automatic choice depends on it)",
-    )
-    b.add_argument(
-        "--graph-device",
-        default="auto",
-        help="builds CAGRA graphs: cuda:N, cpu, or auto (GPU 0 when there is one)",
-    )
-    b.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
-    b.add_argument("--partition", default="hash", choices=["hash", "range"])
-    b.add_argument("--id-column", help="int64 id column (Parquet); default: row number")
-    b.add_argument("--vector-column", default="vector")
-    b.add_argument("--metadata-columns", default="", help="comma-separated columns to keep")
-    b.add_argument("--memory-budget", type=int, help="bytes per shard for the automatic choice")
-    b.add_argument(
-        "--default-recall",
-        type=float,
-        default=0.95,
-        help="tuned defaults are the cheapest parameters reaching this recall@10",
-    )
-    b.add_argument("--no-tune", action="store_true", help="skip the recall/speed measurement")
-    b.add_argument("--chunk-rows", type=int, default=65536)
-    b.add_argument("--seed", type=int, default=0)
+    add_build_arguments(b)
     b.set_defaults(run=_build)
 
     s = sub.add_parser("search", help="search an index with queries from a .npy file or ids")
@@ -136,8 +105,45 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _build(args) -> int:
-    from shards.build import BuildOptions, build_index
+def add_build_arguments(b: argparse.ArgumentParser) -> None:
+    """The flags of ``build``; the distributed build (``python -m jobs build``) takes the same."""
+    b.add_argument("input", help=".npy (n, d) float array, or Parquet with a vector column")
+    b.add_argument("--out", required=True, help="index root folder or pyarrow.fs URI")
+    b.add_argument("--shards", type=int, default=1)
+    b.add_argument(
+        "--index", default="auto", help="auto (default), hnsw, CAGRA[<degree>] or a faiss factory"
+    )
+    b.add_argument(
+        "--target",
+        default="cpu",
+        choices=["cpu", "gpu"],
+        help="device the index will be served from (the automatic choice depends on it)",
+    )
+    b.add_argument(
+        "--graph-device",
+        default="auto",
+        help="builds CAGRA graphs: cuda:N, cpu, or auto (GPU 0 when there is one)",
+    )
+    b.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
+    b.add_argument("--partition", default="hash", choices=["hash", "range"])
+    b.add_argument("--id-column", help="int64 id column (Parquet); default: row number")
+    b.add_argument("--vector-column", default="vector")
+    b.add_argument("--metadata-columns", default="", help="comma-separated columns to keep")
+    b.add_argument("--memory-budget", type=int, help="bytes per shard for the automatic choice")
+    b.add_argument(
+        "--default-recall",
+        type=float,
+        default=0.95,
+        help="tuned defaults are the cheapest parameters reaching this recall@10",
+    )
+    b.add_argument("--no-tune", action="store_true", help="skip the recall/speed measurement")
+    b.add_argument("--chunk-rows", type=int, default=65536)
+    b.add_argument("--seed", type=int, default=0)
+
+
+def build_inputs(args):
+    """``(VectorSource, BuildOptions)`` from the flags of ``add_build_arguments``."""
+    from shards.build import BuildOptions
     from shards.source import VectorSource
 
     cols = [c for c in args.metadata_columns.split(",") if c]
@@ -160,12 +166,24 @@ def _build(args) -> int:
         target=args.target,
         graph_device=args.graph_device,
     )
+    return source, opts
+
+
+def _build(args) -> int:
+    from shards.build import build_index
+
+    source, opts = build_inputs(args)
     m = build_index(source, args.out, opts)
-    print(
+    print(describe_build(m))
+    return 0
+
+
+def describe_build(m) -> str:
+    """The line a build prints when it is done."""
+    return (
         f"built {m.index_version}: {m.ntotal:,} vectors x {m.dim} ({m.metric}) in "
         f"{m.num_shards} shard(s), {m.factory}, defaults {m.default_params or '{}'}"
     )
-    return 0
 
 
 def _search(args) -> int:

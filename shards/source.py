@@ -1,4 +1,9 @@
-"""Read build input (``.npy`` or Parquet) in bounded chunks: vectors, ids and metadata."""
+"""Read build input (``.npy`` or Parquet) in bounded chunks: vectors, ids and metadata.
+
+The input is a local path or any ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``...).
+Besides streaming it in order (``chunks``), a source reads any row range (``read``), so
+that parallel workers can each read their own ``pieces`` of it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from shards.errors import InvalidInput
@@ -25,8 +31,63 @@ class Chunk:
     metadata: pa.Table | None
 
 
+def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
+    """``min(size, n)`` distinct row numbers drawn uniformly with ``seed``, sorted (int64).
+
+    Every builder draws its training and tuning rows here, so that builds of the same input
+    with the same seed train and tune on the same rows.
+    """
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, min(size, n), replace=False)).astype(np.int64)
+
+
+class _RemoteNpy:
+    """Row ranges of a ``.npy`` file on a ``pyarrow.fs`` filesystem, read with ranged reads."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str) -> None:
+        self._file = fs.open_input_file(path)
+        version = np.lib.format.read_magic(self._file)
+        header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, self.dtype = header(self._file)
+        self.shape: tuple[int, ...] = tuple(int(v) for v in shape)
+        if fortran:
+            raise InvalidInput(f"{path}: Fortran-ordered .npy is not supported")
+        self._offset = self._file.tell()
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.shape[0])
+            return self._range(start, max(start, stop))
+        return np.stack([self._range(int(r), int(r) + 1)[0] for r in rows])
+
+    def _range(self, start: int, stop: int) -> np.ndarray:
+        row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        data = self._file.read_at((stop - start) * row_bytes, self._offset + start * row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(stop - start, *self.shape[1:])
+
+
+def _open(path: str) -> tuple[pafs.FileSystem | None, str]:
+    """``(filesystem, path)`` of a URI; ``(None, path)`` for a local path."""
+    if "://" not in path:
+        if not os.path.exists(path):
+            raise InvalidInput(f"input file {path} does not exist")
+        return None, path
+    try:
+        fs, inner = pafs.FileSystem.from_uri(path)
+    except (pa.ArrowException, ValueError) as exc:
+        raise InvalidInput(f"cannot open {path}: {exc}") from None
+    if fs.get_file_info(inner).type != pafs.FileType.File:
+        raise InvalidInput(f"input file {path} does not exist")
+    return fs, inner
+
+
 class VectorSource:
-    """Vectors from a ``.npy`` file (ids = row numbers) or a Parquet file."""
+    """Vectors from a ``.npy`` file (ids = row numbers) or a Parquet file, local or a URI."""
 
     def __init__(
         self,
@@ -36,8 +97,7 @@ class VectorSource:
         id_column: str | None = None,
         metadata_columns: list[str] | None = None,
     ) -> None:
-        if not os.path.exists(path):
-            raise InvalidInput(f"input file {path} does not exist")
+        self._fs, self._inner = _open(path)
         self.path = path
         self.vector_column, self.id_column = vector_column, id_column
         self.metadata_columns = list(metadata_columns or [])
@@ -46,18 +106,23 @@ class VectorSource:
             if id_column or self.metadata_columns:
                 raise InvalidInput("--id-column/--metadata-columns need Parquet input, not .npy")
             try:
-                self._x = np.load(path, mmap_mode="r")
+                self._x = (
+                    np.load(path, mmap_mode="r")
+                    if self._fs is None
+                    else _RemoteNpy(self._fs, self._inner)
+                )
             except ValueError as exc:
                 raise InvalidInput(f"{path}: not a readable .npy file ({exc})") from None
             if self._x.ndim != 2 or not np.issubdtype(self._x.dtype, np.floating):
                 raise InvalidInput(f"{path}: expected a 2-d float array, got {self._x.shape}")
-            self.n, self.d = self._x.shape
+            self.n, self.d = int(self._x.shape[0]), int(self._x.shape[1])
         else:
             self._open_parquet()
 
     def _open_parquet(self) -> None:
         try:
-            self._pf = pq.ParquetFile(self.path)
+            where = self.path if self._fs is None else self._fs.open_input_file(self._inner)
+            self._pf = pq.ParquetFile(where)
         except (pa.ArrowException, OSError) as exc:
             raise InvalidInput(f"{self.path}: not a readable Parquet file ({exc})") from None
         schema = self._pf.schema_arrow
@@ -82,25 +147,68 @@ class VectorSource:
         """Yield the whole input in order, ``rows`` rows at a time."""
         if self.kind == "npy":
             for start in range(0, self.n, rows):
-                x = np.ascontiguousarray(self._x[start : start + rows], dtype=np.float32)
-                yield Chunk(start, x, np.arange(start, start + len(x), dtype=np.int64), None)
+                yield self.read(start, min(self.n, start + rows))
             return
-        cols = [self.vector_column, *([self.id_column] if self.id_column else [])]
         start = 0
-        for batch in self._pf.iter_batches(batch_size=rows, columns=cols + self.metadata_columns):
-            x = self._vectors(batch.column(self.vector_column), start)
-            if self.id_column:
-                id_col = batch.column(self.id_column)
-                if id_col.null_count:
-                    raise InvalidInput(f"id column {self.id_column!r} has nulls near row {start}")
-                ids = check_ids(id_col.to_numpy(), f"ids near row {start}", InvalidInput)
-            else:
-                ids = np.arange(start, start + len(x), dtype=np.int64)
-            meta = None
-            if self.metadata_columns:
-                meta = pa.Table.from_batches([batch.select(self.metadata_columns)])
-            yield Chunk(start, x, ids, meta)
-            start += len(x)
+        for batch in self._pf.iter_batches(batch_size=rows, columns=self._columns()):
+            yield self._chunk(pa.Table.from_batches([batch]), start)
+            start += batch.num_rows
+
+    def pieces(self, rows: int = 65536) -> list[tuple[int, int]]:
+        """The input as ``(start, stop)`` row ranges of about ``rows`` rows, in order.
+
+        Parquet ranges follow row-group boundaries (a worker reads whole row groups), merging
+        small groups up to ``rows``; a larger group is one piece.
+        """
+        if self.kind == "npy":
+            return [(s, min(self.n, s + rows)) for s in range(0, self.n, rows)]
+        out: list[tuple[int, int]] = []
+        start = stop = 0
+        for g in range(self._pf.metadata.num_row_groups):
+            size = self._pf.metadata.row_group(g).num_rows
+            if stop > start and stop - start + size > rows:
+                out.append((start, stop))
+                start = stop
+            stop += size
+        if stop > start:
+            out.append((start, stop))
+        return out
+
+    def read(self, start: int, stop: int) -> Chunk:
+        """Rows ``[start, stop)`` of the input."""
+        if not 0 <= start <= stop <= self.n:
+            raise InvalidInput(f"rows [{start}, {stop}) are outside the input's {self.n} rows")
+        if self.kind == "npy":
+            x = np.ascontiguousarray(self._x[start:stop], dtype=np.float32)
+            return Chunk(start, x, np.arange(start, stop, dtype=np.int64), None)
+        meta, first, groups = self._pf.metadata, 0, []
+        for g in range(meta.num_row_groups):
+            size = meta.row_group(g).num_rows
+            if first + size > start and first < stop:
+                groups.append((g, first))
+            first += size
+        if not groups:
+            return self._chunk(self._pf.schema_arrow.empty_table().select(self._columns()), start)
+        table = self._pf.read_row_groups([g for g, _ in groups], columns=self._columns())
+        table = table.slice(start - groups[0][1], stop - start)
+        return self._chunk(table, start)
+
+    def _columns(self) -> list[str]:
+        ids = [self.id_column] if self.id_column else []
+        return [self.vector_column, *ids, *self.metadata_columns]
+
+    def _chunk(self, table: pa.Table, start: int) -> Chunk:
+        """A chunk from Parquet rows ``[start, start + len(table))``."""
+        x = self._vectors(table.column(self.vector_column).combine_chunks(), start)
+        if self.id_column:
+            id_col = table.column(self.id_column)
+            if id_col.null_count:
+                raise InvalidInput(f"id column {self.id_column!r} has nulls near row {start}")
+            ids = check_ids(id_col.to_numpy(), f"ids near row {start}", InvalidInput)
+        else:
+            ids = np.arange(start, start + len(x), dtype=np.int64)
+        meta = table.select(self.metadata_columns) if self.metadata_columns else None
+        return Chunk(start, x, ids, meta)
 
     def _vectors(self, col: pa.Array, start: int) -> np.ndarray:
         if col.null_count:
@@ -114,13 +222,13 @@ class VectorSource:
         return np.ascontiguousarray(flat.reshape(len(col), self.d), dtype=np.float32)
 
     def sample(self, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """A uniform random sample of ``min(size, n)`` rows: ((m, d) float32, (m,) int64 ids)."""
-        rng = np.random.default_rng(seed)
+        """A uniform random sample of ``min(size, n)`` rows (``sample_rows``), in row order:
+        ((m, d) float32, (m,) int64 ids)."""
+        rows = sample_rows(self.n, size, seed)
         if self.kind == "npy":
-            rows = np.sort(rng.choice(self.n, min(size, self.n), replace=False))
-            return np.ascontiguousarray(self._x[rows], dtype=np.float32), rows.astype(np.int64)
+            return np.ascontiguousarray(self._x[rows], dtype=np.float32), rows
         keep = np.zeros(self.n, dtype=bool)
-        keep[rng.choice(self.n, min(size, self.n), replace=False)] = True
+        keep[rows] = True
         xs, ids = [], []
         for c in self.chunks():
             mask = keep[c.start : c.start + len(c.vectors)]

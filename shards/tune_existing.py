@@ -41,7 +41,9 @@ def autotune_index(
         if queries is not None
         else "leave-one-out on stored vectors (optimistic for HNSW: pass --queries)"
     )
-    tuned = with_tuning(index.manifest, index, xq, qids, gt, target, method)
+    tuned = with_tuning(
+        index.manifest, index.search_prepared, index.knobs, xq, qids, gt, target, method
+    )
     manifest = replace(
         tuned,
         index_version=new_version_name(),
