@@ -58,6 +58,14 @@ def ground_truth(
     xq: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]], k: int, metric_type: int
 ) -> np.ndarray:
     """Exact top-k ids (nq, k) of prepared queries over ``(vectors, ids)`` blocks."""
+    return exact_knn(xq, blocks, k, metric_type)[1]
+
+
+def exact_knn(
+    xq: np.ndarray, blocks: Iterable[tuple[np.ndarray, np.ndarray]], k: int, metric_type: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k ``(D, I)`` of prepared queries over ``(vectors, ids)`` blocks (padded
+    with id -1): per-shard answers merge into the answer over every block."""
     keep_max = metric_type == faiss.METRIC_INNER_PRODUCT
     heap = faiss.ResultHeap(len(xq), k, keep_max=keep_max)
     for xb, ids in blocks:
@@ -71,7 +79,7 @@ def ground_truth(
             I = np.hstack([I, np.full((len(I), pad), -1)])
         heap.add_result(D, np.where(I >= 0, ids[np.maximum(I, 0)], -1))
     heap.finalize()
-    return heap.I
+    return heap.D, heap.I
 
 
 def drop_self(I: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:

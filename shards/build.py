@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 
 from shards import autotune, cagra
-from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
+from shards._faiss import BLAS_MIN_QUERIES, faiss, faiss_ext, use_blas_from
 from shards.artefact import ShardData, new_version_name, write_version
 from shards.choice import choose_index, estimate_bytes, template_index
-from shards.cuda import gpu_count, graph_device, has_cuvs, parse_device
+from shards.cuda import gpu_count, graph_device, has_cuvs, parse_device, resources
 from shards.errors import GpuUnavailable, InvalidInput, TargetUnreachable
 from shards.index import ShardedIndex
 from shards.manifest import Manifest
@@ -78,7 +78,7 @@ def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manif
         manifest = tune_manifest(manifest, datas, source, opts, held)
     elif knobs.names():
         manifest = untuned(manifest, knobs)
-    _append(datas, held_rows)
+    append_rows(datas, held_rows)
     check_unique(d.ids for d in datas)
     manifest.build["total_seconds"] = round(time.perf_counter() - t0, 3)
     return write_version(out_uri, manifest, datas)
@@ -173,8 +173,18 @@ def cagra_graph(flat, degree: int, metric: Metric, device: int | None):
     return cagra.build(x, degree, metric.faiss_metric, device=device)
 
 
-def train_template(source: VectorSource, factory: str, metric: Metric, opts: BuildOptions):
-    """The trained empty index every shard starts from (an IndexFlat collector for CAGRA)."""
+def train_template(
+    source: VectorSource,
+    factory: str,
+    metric: Metric,
+    opts: BuildOptions,
+    gpu: int | None = None,
+):
+    """The trained empty index every shard starts from (an IndexFlat collector for CAGRA).
+
+    ``gpu``: run the IVF k-means on that GPU (faiss's ``clustering_index``); the CPU when
+    None, or when faiss sees no GPU.
+    """
     if cagra.parse_factory(factory) is not None:
         return faiss.IndexFlat(source.d, metric.faiss_metric)  # collects; graphs come later
     template = template_index(factory, source.d, metric.faiss_metric)
@@ -182,7 +192,13 @@ def train_template(source: VectorSource, factory: str, metric: Metric, opts: Bui
         ivf = faiss.try_extract_index_ivf(template)
         size = opts.train_size or max(20_000, 64 * (ivf.nlist if ivf is not None else 256))
         xt, _ = source.sample(size, seed=opts.seed)
+        kmeans_on = ivf if gpu is not None and ivf is not None and gpu < gpu_count() else None
+        if kmeans_on is not None and gpu is not None:
+            flat = faiss.IndexFlat(source.d, metric.faiss_metric)
+            kmeans_on.clustering_index = faiss_ext.index_cpu_to_gpu(resources(gpu), gpu, flat)
         template.train(prepare_vectors(xt, source.d, metric, what="training vectors"))
+        if kmeans_on is not None:
+            kmeans_on.clustering_index = None  # type: ignore[assignment]  # not with the template
     return template
 
 
@@ -220,7 +236,7 @@ def _add_all(source: VectorSource, template, metric: Metric, opts: BuildOptions,
                     continue
                 meta = None
                 if chunk.metadata is not None:
-                    meta = _with_id(chunk.metadata.filter(pa.array(mask)), chunk.ids[mask])
+                    meta = with_id(chunk.metadata.filter(pa.array(mask)), chunk.ids[mask])
                 if hold:
                     held_rows[s].append((x[mask], chunk.ids[mask], meta))
                     continue
@@ -236,7 +252,7 @@ def _add_all(source: VectorSource, template, metric: Metric, opts: BuildOptions,
     return datas, held_rows
 
 
-def _append(datas: list[ShardData], held_rows: list[list[tuple]]) -> None:
+def append_rows(datas: list[ShardData], held_rows: list[list[tuple]]) -> None:
     """Add the held-out tuning rows to their shards (after tuning)."""
     for data, rows in zip(datas, held_rows, strict=True):
         for x, ids, meta in rows:
@@ -248,7 +264,7 @@ def _append(datas: list[ShardData], held_rows: list[list[tuple]]) -> None:
                 )
 
 
-def _with_id(table: pa.Table, ids: np.ndarray) -> pa.Table:
+def with_id(table: pa.Table, ids: np.ndarray) -> pa.Table:
     if "id" in table.column_names:
         table = table.drop_columns(["id"])
     return table.add_column(0, "id", pa.array(ids, pa.int64()))

@@ -33,6 +33,14 @@ class ShardEntry:
     ntotal: int
     files: dict[str, FileEntry]  # role ("index", "ids", "metadata") -> file
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, s: dict[str, Any]) -> ShardEntry:
+        files = {role: FileEntry(**f) for role, f in s["files"].items()}
+        return cls(name=s["name"], ntotal=int(s["ntotal"]), files=files)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -95,14 +103,7 @@ class Manifest:
                     where,
                 )
             body.pop("num_shards", None)
-            shards = [
-                ShardEntry(
-                    name=s["name"],
-                    ntotal=int(s["ntotal"]),
-                    files={role: FileEntry(**f) for role, f in s["files"].items()},
-                )
-                for s in body.pop("shards")
-            ]
+            shards = [ShardEntry.from_dict(s) for s in body.pop("shards")]
             manifest = cls(shards=shards, **body)
             Metric.parse(manifest.metric)
         except ManifestMismatch:

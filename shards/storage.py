@@ -56,6 +56,13 @@ class Store:
             i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.Directory
         )
 
+    def list_files(self, rel: str = "") -> list[str]:
+        """Names of the files directly in folder ``rel`` (none when it does not exist)."""
+        sel = pafs.FileSelector(self.path(rel), allow_not_found=True)
+        return sorted(
+            i.base_name for i in self.fs.get_file_info(sel) if i.type == pafs.FileType.File
+        )
+
     def read_bytes(self, rel: str) -> bytes:
         path = self.path(rel)
         try:

@@ -1,0 +1,1 @@
+"""Ray jobs on Ray Data: the distributed build, from ``shards``' primitives (same artefact)."""
