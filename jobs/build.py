@@ -121,6 +121,7 @@ def _build(source: VectorSource, out_uri: str, opts: BuildOptions, job: JobOptio
     manifest.build["distributed"] = {
         "nodes": len([n for n in ray.nodes() if n["Alive"]]),
         "shard_tasks_run": redone,
+        "shard_nodes": len({added[s].get("node") for s in range(opts.num_shards)}),
         "resumed": len(redone) < opts.num_shards,
         "cpus_per_shard": job.cpus_per_shard,
     }

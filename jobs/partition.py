@@ -12,6 +12,7 @@ the single-process build's.
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from shards import parts
 from shards.build import BuildOptions
+from shards.errors import VsearchError
 from shards.metric import Metric, prepare_vectors
 from shards.partition import assign_shards
 from shards.source import Chunk, VectorSource
@@ -103,6 +105,22 @@ class _WriteParts:
         self.parts_uri, self.opts, self.n, self.d = parts_uri, opts, n, d
 
     def __call__(self, block: pa.Table) -> pa.Table:
+        """Per-shard counts; a mistake in the input comes back as a row (Ray Data would
+        drop the exception's type and message on its way to the driver)."""
+        try:
+            counts = self._write(block)
+        except VsearchError as exc:
+            error = pa.array([pickle.dumps(exc)], pa.binary())
+            return pa.table({"shard": pa.array([-1], pa.int64()), "rows": [0], "error": error})
+        return pa.table(
+            {
+                "shard": pa.array(list(counts), pa.int64()),
+                "rows": pa.array(list(counts.values()), pa.int64()),
+                "error": pa.nulls(len(counts), pa.binary()),
+            }
+        )
+
+    def _write(self, block: pa.Table) -> dict[int, int]:
         rows = block.column("row").to_numpy()
         start = int(rows[0])
         if not np.array_equal(rows, np.arange(start, start + len(rows))):
@@ -117,13 +135,7 @@ class _WriteParts:
             struct = block.column("meta").combine_chunks()
             meta = pa.Table.from_arrays(struct.flatten(), names=[f.name for f in struct.type])
         owner = assign_shards(ids, rows, self.opts.num_shards, self.opts.partition, self.n)
-        counts = parts.write_parts(Store(self.parts_uri), Chunk(start, x, ids, meta), x, owner)
-        return pa.table(
-            {
-                "shard": pa.array(list(counts), pa.int64()),
-                "rows": pa.array(list(counts.values()), pa.int64()),
-            }
-        )
+        return parts.write_parts(Store(self.parts_uri), Chunk(start, x, ids, meta), x, owner)
 
 
 def partition(
@@ -143,5 +155,7 @@ def partition(
     )
     counts: dict[int, int] = {}
     for row in written.iter_rows():
+        if row["error"] is not None:
+            raise pickle.loads(row["error"])  # the first mistake found in the input
         counts[int(row["shard"])] = counts.get(int(row["shard"]), 0) + int(row["rows"])
     return counts

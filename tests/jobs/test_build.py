@@ -130,7 +130,7 @@ def test_ivfpq_from_parquet_same_codes_and_tuning(cluster, tmp_path):
     address, _ = cluster
     src = tmp_path / "in.parquet"
     _parquet(src)
-    flags = ["--shards", "4", "--index", "IVF64,PQ8", "--id-column", "key"]
+    flags = ["--shards", "4", "--index", "IVF64,PQ8x4fs,RFlat", "--id-column", "key"]
     flags += ["--metadata-columns", "category,year", "--out", str(tmp_path / "dist")]
     done = run_jobs(address, [f"file://{src}", *flags])  # a pyarrow.fs URI
     assert done.returncode == 0, done.stderr[-3000:]
@@ -141,7 +141,7 @@ def test_ivfpq_from_parquet_same_codes_and_tuning(cluster, tmp_path):
     template = faiss.clone_index(dist[0].index)
     template.reset()
     source = VectorSource(str(src), id_column="key", metadata_columns=["category", "year"])
-    opts = BuildOptions(num_shards=4, index="IVF64,PQ8", progress=False)
+    opts = BuildOptions(num_shards=4, index="IVF64,PQ8x4fs,RFlat", progress=False)
     held = tuning_queries(source, Metric.parse("l2"), opts)
     datas, held_rows = _add_all(source, template, Metric.parse("l2"), opts, held)
     # the single-process tuning of the same shards: the same recall at every common point
@@ -199,5 +199,46 @@ def test_killed_build_leaves_nothing_loadable_and_resumes(cluster, glove, tmp_pa
     whole = [glove.db_path, "--shards", "8", "--index", "IVF64,Flat", "--no-tune"]
     whole += ["--metric", "cosine", "--out", str(tmp_path / "whole")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VSEARCH_PROGRESS": "0"}
+    subprocess.run([sys.executable, "-m", "shards", "build", *whole], check=True, env=env, cwd=ROOT)
+    assert_same_shards(str(out), str(tmp_path / "whole"))
+
+
+def test_bad_input_is_one_line_not_a_traceback(cluster, tmp_path):
+    address, _ = cluster
+    missing = run_jobs(address, [str(tmp_path / "nope.npy"), "--out", str(tmp_path / "o")])
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    x = clustered(2_000, 16, seed=3)
+    x[1234, 5] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    bad = run_jobs(address, [str(tmp_path / "nan.npy"), "--out", str(tmp_path / "o")])
+    assert bad.returncode == 2, bad.stderr[-2000:]
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "NaN" in last and "Traceback" not in bad.stderr
+    with pytest.raises(MissingFile):
+        ShardedIndex.open(str(tmp_path / "o"))
+
+
+def test_a_node_dying_mid_build_costs_only_its_tasks(cluster, glove, tmp_path):
+    """A worker node removed while shards are being added: Ray runs its tasks again on the
+    nodes left and the build finishes, identical to one that lost nothing. Last: the
+    cluster has one node less afterwards."""
+    address, proc = cluster
+    out = tmp_path / "idx"
+    args = [glove.db_path, "--shards", "8", "--index", "IVF64,Flat", "--no-tune"]
+    args += ["--metric", "cosine", "--out", str(out), "--cpus-per-shard", "2"]
+    build = jobs_build(address, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while _markers(out) == 0 and build.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.stdin.write("remove\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "removed"
+    assert _markers(out) < 8, "every shard was done before the node died"
+    _, err = build.communicate(timeout=300)
+    assert build.returncode == 0, err[-3000:]
+    assert ShardedIndex.open(str(out)).manifest.build["distributed"]["nodes"] == 2
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VSEARCH_PROGRESS": "0"}
+    whole = [glove.db_path, "--shards", "8", "--index", "IVF64,Flat", "--no-tune"]
+    whole += ["--metric", "cosine", "--out", str(tmp_path / "whole")]
     subprocess.run([sys.executable, "-m", "shards", "build", *whole], check=True, env=env, cwd=ROOT)
     assert_same_shards(str(out), str(tmp_path / "whole"))
