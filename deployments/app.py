@@ -52,9 +52,14 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     ]
     router_config = {"index_version": manifest.index_version, "default_params": args.default_params}
     router: Any = serve.deployment(make_ingress(Router), name="router")
+    replicas: dict[str, Any] = (
+        {"num_replicas": args.router_replicas}
+        if args.router_autoscaling is None
+        else {"autoscaling_config": args.router_autoscaling.model_dump()}
+    )
     router = router.options(
         user_config=router_config,
-        num_replicas=args.router_replicas,
+        **replicas,
         max_ongoing_requests=args.router_max_ongoing_requests,
         max_queued_requests=args.router_max_queued_requests,
         backpressure_config=BackpressureConfig(

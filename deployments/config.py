@@ -12,11 +12,22 @@ from shards.writes import MAX_WRITE_ROWS
 
 
 class Autoscaling(BaseModel):
-    """Serve autoscaling for each shard deployment."""
+    """Serve autoscaling of a deployment (each shard deployment, or the router)."""
 
     min_replicas: int = Field(1, ge=0)
     max_replicas: PositiveInt = 2
     target_ongoing_requests: PositiveFloat = 4.0
+    upscale_delay_s: float = Field(30.0, ge=0, description="load above target this long: more")
+    downscale_delay_s: float = Field(600.0, ge=0, description="load below target this long: fewer")
+    look_back_period_s: float = Field(30.0, gt=0, description="the window load is averaged over")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"autoscaling min_replicas {self.min_replicas} > max_replicas {self.max_replicas}"
+            )
+        return self
 
 
 FaultyCall = Literal["search", "metadata", "reconstruct"]
@@ -190,6 +201,9 @@ class AppArgs(BaseModel):
         "many rows, and a compaction starts; None: no bound",
     )
     router_replicas: PositiveInt = 1
+    router_autoscaling: Autoscaling | None = Field(
+        None, description="replaces router_replicas if set (min_replicas >= 2 on clusters)"
+    )
     router_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources of the router (node pinning)"
     )

@@ -30,7 +30,7 @@ import ray
 from jobs.partition import SourceSpec, partition
 from jobs.tuning import FanOut, ShardTuner
 from jobs.work import WorkFolder, build_key
-from shards import cagra, parts
+from shards import cagra, memory, parts
 from shards._faiss import faiss
 from shards.artefact import new_version_name, publish_version, write_shard
 from shards.build import (
@@ -200,10 +200,13 @@ def _add(shard, work_uri, version_uri, template, held_ids, factory, opts, staged
     if degree is not None:
         data.index = cagra_graph(data.index, degree, metric, graph_device_of(opts))
     entry = write_shard(Store(staged_uri or version_uri), shard, data)
+    rows = int(data.index.ntotal) + sum(len(ids) for _, ids, _ in held)
+    del data, tpl, held
+    memory.release()  # this worker process runs the next shard's task
     return {
         "shard": shard,
         "entry": entry.to_dict(),
-        "rows": int(data.index.ntotal) + sum(len(ids) for _, ids, _ in held),
+        "rows": rows,
         "seconds": round(time.perf_counter() - t0, 3),
         "node": ray.get_runtime_context().get_node_id(),
     }

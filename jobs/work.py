@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -36,13 +37,16 @@ FORMAT = 1
 
 def build_key(source: VectorSource, opts: BuildOptions) -> str:
     """A digest of the input file and the options that shape the artefact."""
-    store = Store(source.path.rsplit("/", 1)[0] or "/")
-    info = store.fs.get_file_info(store.path(source.path.rsplit("/", 1)[-1]))
+    if "://" in source.path:
+        fs, inner = pafs.FileSystem.from_uri(source.path)
+    else:
+        fs, inner = pafs.LocalFileSystem(), os.path.abspath(source.path)
+    info = fs.get_file_info(inner)
     stamp = [info.size, info.mtime_ns] if info.type == pafs.FileType.File else []
     options = {k: v for k, v in dataclasses.asdict(opts).items() if k != "progress"}
     described = {
         "format": FORMAT,
-        "input": source.path,
+        "input": inner,
         "stamp": stamp,
         "columns": [source.vector_column, source.id_column, source.metadata_columns],
         "options": options,

@@ -151,8 +151,10 @@ def _current_lock(root: Store) -> Iterator[None]:
 
 
 def _put(store: Store, rel: str, data) -> FileEntry:
-    data = bytes(data) if not isinstance(data, bytes) else data
-    return FileEntry(path=rel, size=len(data), sha256=store.write_bytes(rel, data))
+    """Write ``data`` (bytes, or a uint8 array such as ``faiss.serialize_index``'s, written
+    from its own buffer: an index is not copied again on its way to the file)."""
+    view = memoryview(data).cast("B")
+    return FileEntry(path=rel, size=view.nbytes, sha256=store.write_bytes(rel, view))
 
 
 def _parquet(columns) -> bytes:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from shards import autotune, cagra
+from shards import autotune, cagra, memory
 from shards._faiss import BLAS_MIN_QUERIES, faiss, faiss_ext, use_blas_from
 from shards.artefact import ShardData, new_version_name, write_version
 from shards.choice import choose_index, estimate_bytes, template_index
@@ -81,7 +81,11 @@ def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manif
     append_rows(datas, held_rows)
     check_unique(d.ids for d in datas)
     manifest.build["total_seconds"] = round(time.perf_counter() - t0, 3)
-    return write_version(out_uri, manifest, datas)
+    try:
+        return write_version(out_uri, manifest, datas)
+    finally:
+        del datas, template
+        memory.release()  # what the build's threads freed goes back to the system
 
 
 def check_options(opts: BuildOptions) -> Metric:

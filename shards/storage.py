@@ -71,7 +71,7 @@ class Store:
         except FileNotFoundError:
             raise MissingFile(f"missing file {path}", path) from None
 
-    def write_bytes(self, rel: str, data: bytes) -> str:
+    def write_bytes(self, rel: str, data: bytes | memoryview) -> str:
         """Write ``data`` atomically to ``rel``; returns its sha256 hex digest."""
         path = self.path(rel)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)

@@ -104,3 +104,25 @@ def test_shipped_configs_are_coherent():
         with open(path) as f:
             for app in yaml.safe_load(f)["applications"]:
                 AppArgs.model_validate(app["args"])  # raises on an incoherent combination
+
+
+def test_cluster_config_has_no_single_router():
+    """On a cluster the router is autoscaled from two replicas: one router lost (its node
+    died) leaves another serving."""
+    import yaml
+
+    from deployments.config import AppArgs
+
+    with open("deploy/serve_config.gpu.yaml") as f:
+        app = yaml.safe_load(f)["applications"][0]
+    args = AppArgs.model_validate(app["args"])
+    assert args.router_autoscaling is not None and args.router_autoscaling.min_replicas >= 2
+
+
+def test_autoscaling_bounds_are_checked():
+    from pydantic import ValidationError
+
+    from deployments.config import Autoscaling
+
+    with pytest.raises(ValidationError, match="min_replicas 3 > max_replicas 2"):
+        Autoscaling(min_replicas=3, max_replicas=2)

@@ -1,0 +1,32 @@
+"""Give freed heap memory back to the system after a long build step.
+
+glibc's malloc keeps what the build's OpenMP threads freed in per-thread arenas: a process
+that built an index stays that much larger although nothing holds the memory
+(``bench/results/build_memory.md`` measures it). ``malloc_trim(0)`` returns the free pages
+of every arena. Other C libraries (musl, macOS) have no such call: ``release`` does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+
+
+@functools.cache
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return getattr(libc, "malloc_trim", None)
+    except OSError:
+        return None
+
+
+def release() -> None:
+    """Collect garbage, then return free heap pages to the system (glibc only)."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
