@@ -20,12 +20,18 @@ class Autoscaling(BaseModel):
     upscale_delay_s: float = Field(30.0, ge=0, description="load above target this long: more")
     downscale_delay_s: float = Field(600.0, ge=0, description="load below target this long: fewer")
     look_back_period_s: float = Field(30.0, gt=0, description="the window load is averaged over")
+    metrics_interval_s: float = Field(10.0, gt=0, description="how often replicas report load")
 
     @model_validator(mode="after")
     def _ordered(self) -> Autoscaling:
         if self.min_replicas > self.max_replicas:
             raise ValueError(
                 f"autoscaling min_replicas {self.min_replicas} > max_replicas {self.max_replicas}"
+            )
+        if self.look_back_period_s <= self.metrics_interval_s:
+            raise ValueError(
+                f"autoscaling look_back_period_s {self.look_back_period_s} must be > "
+                f"metrics_interval_s {self.metrics_interval_s}: the window would hold no report"
             )
         return self
 

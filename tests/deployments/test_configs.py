@@ -126,3 +126,5 @@ def test_autoscaling_bounds_are_checked():
 
     with pytest.raises(ValidationError, match="min_replicas 3 > max_replicas 2"):
         Autoscaling(min_replicas=3, max_replicas=2)
+    with pytest.raises(ValidationError, match=r"look_back_period_s 5\.0 must be > metrics_int"):
+        Autoscaling(look_back_period_s=5)
