@@ -173,11 +173,24 @@ def _markers(out) -> int:
     return sum(len(list((k / "added").glob("*.json"))) for k in work.iterdir())
 
 
-def test_killed_build_leaves_nothing_loadable_and_resumes(cluster, glove, tmp_path):
+IVF8 = ["--shards", "8", "--index", "IVF64,Flat", "--no-tune", "--metric", "cosine"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(glove, tmp_path_factory) -> str:
+    """The single-process build of what the kill drills build, trained with one thread as
+    the one-CPU training task is."""
+    out = str(tmp_path_factory.mktemp("whole") / "idx")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VSEARCH_PROGRESS": "0"}
+    cmd = [sys.executable, "-m", "shards", "build", glove.db_path, *IVF8, "--out", out]
+    subprocess.run(cmd, check=True, env=env, cwd=ROOT)
+    return out
+
+
+def test_killed_build_leaves_nothing_loadable_and_resumes(cluster, glove, uninterrupted, tmp_path):
     address, _ = cluster
     out = tmp_path / "idx"
-    args = [glove.db_path, "--shards", "8", "--index", "IVF64,Flat", "--no-tune"]
-    args += ["--metric", "cosine", "--out", str(out), "--cpus-per-shard", "2"]
+    args = [glove.db_path, *IVF8, "--out", str(out), "--cpus-per-shard", "2"]
     proc = jobs_build(address, args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while _markers(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
@@ -195,12 +208,7 @@ def test_killed_build_leaves_nothing_loadable_and_resumes(cluster, glove, tmp_pa
     assert "resuming the build" in again.stderr
     built = ShardedIndex.open(str(out)).manifest.build["distributed"]
     assert built["resumed"] is True and len(built["shard_tasks_run"]) == 8 - done_before
-    # the single-process build trains with one thread, as the one-CPU training task does
-    whole = [glove.db_path, "--shards", "8", "--index", "IVF64,Flat", "--no-tune"]
-    whole += ["--metric", "cosine", "--out", str(tmp_path / "whole")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VSEARCH_PROGRESS": "0"}
-    subprocess.run([sys.executable, "-m", "shards", "build", *whole], check=True, env=env, cwd=ROOT)
-    assert_same_shards(str(out), str(tmp_path / "whole"))
+    assert_same_shards(str(out), uninterrupted)
 
 
 def test_bad_input_is_one_line_not_a_traceback(cluster, tmp_path):
@@ -218,14 +226,13 @@ def test_bad_input_is_one_line_not_a_traceback(cluster, tmp_path):
         ShardedIndex.open(str(tmp_path / "o"))
 
 
-def test_a_node_dying_mid_build_costs_only_its_tasks(cluster, glove, tmp_path):
+def test_a_node_dying_mid_build_costs_only_its_tasks(cluster, glove, uninterrupted, tmp_path):
     """A worker node removed while shards are being added: Ray runs its tasks again on the
     nodes left and the build finishes, identical to one that lost nothing. Last: the
     cluster has one node less afterwards."""
     address, proc = cluster
     out = tmp_path / "idx"
-    args = [glove.db_path, "--shards", "8", "--index", "IVF64,Flat", "--no-tune"]
-    args += ["--metric", "cosine", "--out", str(out), "--cpus-per-shard", "2"]
+    args = [glove.db_path, *IVF8, "--out", str(out), "--cpus-per-shard", "2"]
     build = jobs_build(address, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
     while _markers(out) == 0 and build.poll() is None and time.monotonic() < deadline:
@@ -237,8 +244,4 @@ def test_a_node_dying_mid_build_costs_only_its_tasks(cluster, glove, tmp_path):
     _, err = build.communicate(timeout=300)
     assert build.returncode == 0, err[-3000:]
     assert ShardedIndex.open(str(out)).manifest.build["distributed"]["nodes"] == 2
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "VSEARCH_PROGRESS": "0"}
-    whole = [glove.db_path, "--shards", "8", "--index", "IVF64,Flat", "--no-tune"]
-    whole += ["--metric", "cosine", "--out", str(tmp_path / "whole")]
-    subprocess.run([sys.executable, "-m", "shards", "build", *whole], check=True, env=env, cwd=ROOT)
-    assert_same_shards(str(out), str(tmp_path / "whole"))
+    assert_same_shards(str(out), uninterrupted)

@@ -161,3 +161,25 @@ def test_gpu_ivf_sharded_over_two_clones_equals_one(tmp_path, data):
     D2, I2 = two.search(xq, 10, ov)
     assert (I1 == I2).mean() > 0.99
     np.testing.assert_allclose(D1, D2, rtol=1e-4, atol=1e-3)
+
+
+def test_gpu_trained_template_matches_the_cpu_one(tmp_path, data):
+    """The distributed build's training task runs the IVF k-means on a GPU when it has one
+    (``train_template(gpu=0)``): the template works as the CPU-trained one does, and holds
+    no GPU index afterwards (it is serialised and shipped to every shard)."""
+    from shards import BuildOptions, VectorSource
+    from shards.build import train_template
+    from shards.metric import Metric
+
+    xb, xq = data
+    np.save(tmp_path / "xb.npy", xb)
+    source, opts = VectorSource(str(tmp_path / "xb.npy")), BuildOptions()
+    _, gt = brute_force(xb, xq, 10, "l2")
+    recalls = []
+    for gpu in (None, 0):
+        template = train_template(source, "IVF64,Flat", Metric.parse("l2"), opts, gpu=gpu)
+        index = faiss.deserialize_index(faiss.serialize_index(template))
+        index.add(xb)
+        index.nprobe = 8
+        recalls.append(recall(index.search(xq, 10)[1], gt))
+    assert abs(recalls[0] - recalls[1]) < 0.03 and recalls[1] > 0.8

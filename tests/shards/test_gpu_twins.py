@@ -147,3 +147,26 @@ def test_replicated_search_splits_queries_and_equals_one_copy(data):
     np.testing.assert_array_equal(I, I1)
     np.testing.assert_allclose(D, D1)
     assert two.search(xq[:1], 10, SearchOverrides())[1].shape == (1, 10)
+
+
+def test_twin_template_trained_for_a_gpu_without_one_is_the_cpu_one(tmp_path):
+    """``train_template(gpu=0)`` where faiss sees no GPU trains on the CPU: the same
+    template, byte for byte, as without the argument (the training task asks for GPU 0
+    whenever the cluster has GPUs, whatever node it lands on)."""
+    import numpy as np
+
+    from shards import BuildOptions, VectorSource
+    from shards.build import train_template
+    from shards.cuda import gpu_count
+    from shards.metric import Metric
+    from tests.conftest import clustered
+
+    if gpu_count() > 0:
+        pytest.skip("the twin of tests/shards/test_gpu.py: this machine has a GPU")
+    np.save(tmp_path / "xb.npy", clustered(5_000, 16, seed=2))
+    source, opts = VectorSource(str(tmp_path / "xb.npy")), BuildOptions()
+    cpu, asked = (
+        faiss.serialize_index(train_template(source, "IVF32,Flat", Metric.parse("l2"), opts, gpu))
+        for gpu in (None, 0)
+    )
+    assert cpu.tobytes() == asked.tobytes()
