@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from shards._faiss import faiss
+from shards._faiss import BLAS_MIN_QUERIES, faiss
 from shards.anatomy import Anatomy
 from shards.filters import Filter
 from shards.live import LiveState
@@ -100,7 +100,14 @@ def search_filtered(
         plan = "exact"
         rows = found.rows if found.rows is not None else _rows(found, shard.index.ntotal)
         large = found.vectors is None and len(rows) * shard.index.d * 4 > VECTOR_BYTES
-        if stored is not None and large:  # in blocks, read from the flat storage
+        if stored is not None and large and len(xq) < BLAS_MIN_QUERIES:
+            # faiss scans a few queries without BLAS anyway: skip the other rows, copy none
+            found = _with_selector(st, filt, found, shard.index.ntotal)
+            selected = faiss.SearchParameters()
+            selected.sel = found.selector
+            D, R = flat_storage(anatomy).search(xq, k, params=selected)
+            I = translate_ids(R, shard.ids)
+        elif stored is not None and large:  # in blocks, read from the flat storage
             D, R = _knn_rows(xq, stored, rows, k, metric, shard.keep_max)
             I = translate_ids(R, shard.ids)
         else:  # gathered (or reconstructed) once, kept with the matches when small
@@ -124,9 +131,9 @@ def search_filtered(
     return result[0], result[1], plan
 
 
-def flat_vectors(anatomy: Anatomy) -> np.ndarray | None:
-    """The index's exact vectors, (ntotal, d) float32, as a view of its flat storage (a Flat
-    index, an exact refine, HNSW over flat storage), or None."""
+def flat_storage(anatomy: Anatomy) -> Any:
+    """The IndexFlat holding the index's exact vectors (a Flat index, an exact refine, HNSW
+    over flat storage), or None."""
     node: Any = None
     if anatomy.refine_exact:
         node = faiss.downcast_index(anatomy.refine.refine_index)
@@ -135,6 +142,15 @@ def flat_vectors(anatomy: Anatomy) -> np.ndarray | None:
     elif not anatomy.transforms and anatomy.hnsw:
         node = faiss.downcast_index(anatomy.core.storage)
     if not isinstance(node, faiss.IndexFlat) or node.ntotal == 0:
+        return None
+    return node
+
+
+def flat_vectors(anatomy: Anatomy) -> np.ndarray | None:
+    """The index's exact vectors, (ntotal, d) float32, as a view of its flat storage, or
+    None (``flat_storage``)."""
+    node = flat_storage(anatomy)
+    if node is None:
         return None
     return faiss.rev_swig_ptr(node.get_xb(), node.ntotal * node.d).reshape(node.ntotal, node.d)
 
