@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards._faiss import faiss
+from shards._faiss import faiss, faiss_ext
 from shards.errors import ConcurrentUpdate, CorruptFile, ManifestMismatch, MissingFile
 from shards.manifest import MANIFEST, FileEntry, Manifest, ShardEntry
 from shards.metric import Metric
@@ -77,7 +77,7 @@ def write_shard(vstore: Store, i: int, shard: ShardData) -> ShardEntry:
     parallel builders may each write their own shards.
     """
     name = shard_name(i)
-    files = {"index": _put(vstore, f"{name}/index.faiss", faiss.serialize_index(shard.index))}
+    files = {"index": _put_index(vstore, f"{name}/index.faiss", shard.index)}
     files["ids"] = _put(vstore, f"{name}/ids.parquet", _parquet({"id": shard.ids}))
     if shard.metadata is not None:
         files["metadata"] = _put(vstore, f"{name}/metadata.parquet", _parquet(shard.metadata))
@@ -148,6 +148,16 @@ def _current_lock(root: Store) -> Iterator[None]:
     finally:
         os.close(fd)
         os.unlink(path)
+
+
+def _put_index(store: Store, rel: str, index: faiss.Index) -> FileEntry:
+    """Write ``index`` as faiss serialises it, streamed to the file (never a second copy of
+    the index in memory: a shard's worker holds one shard, not two)."""
+    with store.writer(rel) as out:
+        stream = faiss_ext.PyCallbackIOWriter(out.write, 1 << 22)
+        faiss.write_index(index, stream)
+        del stream  # flushes its last block
+    return FileEntry(path=rel, size=out.size, sha256=out.sha256)
 
 
 def _put(store: Store, rel: str, data) -> FileEntry:

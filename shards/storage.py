@@ -9,9 +9,11 @@ file, which the manifest's sizes and sha256 then refuse. CURRENT moves by compar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import uuid
+from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
@@ -73,20 +75,33 @@ class Store:
 
     def write_bytes(self, rel: str, data: bytes | memoryview) -> str:
         """Write ``data`` atomically to ``rel``; returns its sha256 hex digest."""
+        with self.writer(rel) as out:
+            out.write(data)
+        return out.sha256
+
+    @contextlib.contextmanager
+    def writer(self, rel: str) -> Iterator[AtomicWriter]:
+        """A file written piece by piece (``write``), published atomically at the end of the
+        ``with`` block, never when it raised; ``.sha256`` and ``.size`` are known then."""
         path = self.path(rel)
         self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         if self.local:
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    out = AtomicWriter(f.write)
+                    yield out
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
             fsync_dir(os.path.dirname(path))
-        else:
+        else:  # object stores publish an object when its upload completes
             with self.fs.open_output_stream(path) as f:
-                f.write(data)
-        return hashlib.sha256(data).hexdigest()
+                out = AtomicWriter(f.write)
+                yield out
 
     def sha256(self, rel: str, chunk: int = 1 << 22) -> str:
         """Stream a file's sha256 without holding it in memory."""
@@ -102,6 +117,22 @@ class Store:
 
     def delete_dir(self, rel: str) -> None:
         self.fs.delete_dir(self.path(rel))
+
+
+class AtomicWriter:
+    """The writing end of ``Store.writer``: counts and hashes what it writes."""
+
+    def __init__(self, write) -> None:
+        self._write, self._hash, self.size = write, hashlib.sha256(), 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        self._hash.update(data)
+        self._write(data)
+        self.size += memoryview(data).nbytes
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
 
 
 def fsync_dir(path: str) -> None:

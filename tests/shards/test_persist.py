@@ -163,3 +163,30 @@ def test_file_uri_round_trip(tmp_path, data):
     index = ShardedIndex.open(uri)
     assert index.ntotal == 1000 and verify_version(uri)[1] == []
     np.testing.assert_array_equal(index.search(data[0][:5], 1)[1][:, 0], np.arange(5))
+
+
+def test_streamed_index_file_is_faiss_serialisation_and_atomic(tmp_path):
+    """Shard indexes are streamed to their file (no second copy in memory): the bytes are
+    faiss's serialisation with the manifest's sha256, and a write that fails midway leaves
+    no file behind."""
+    import hashlib
+
+    import numpy as np
+
+    from shards._faiss import faiss
+    from shards.artefact import _put_index
+    from shards.storage import Store
+
+    x = np.random.default_rng(0).standard_normal((3000, 8)).astype(np.float32)
+    index = faiss.index_factory(8, "IVF8,Flat")
+    index.train(x)
+    index.add(x)
+    store = Store(str(tmp_path))
+    entry = _put_index(store, "s/index.faiss", index)
+    data = (tmp_path / "s" / "index.faiss").read_bytes()
+    assert data == faiss.serialize_index(index).tobytes()
+    assert entry.size == len(data) and entry.sha256 == hashlib.sha256(data).hexdigest()
+    with pytest.raises(RuntimeError), store.writer("s/broken.bin") as out:
+        out.write(b"half")
+        raise RuntimeError("the writer died")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["index.faiss"]
