@@ -5,7 +5,8 @@
 Each build runs in a fresh process that holds nothing of the result afterwards (the index
 is written and dropped), so whatever stays resident is the build's leftover. Three ways, in
 the same run: glibc's defaults; ``MALLOC_ARENA_MAX=2`` (fewer per-thread malloc arenas); and
-the build as it ships, which calls ``malloc_trim`` when it returns (``shards.memory``).
+the build as it ships, which calls ``malloc_trim`` between the tuning sweep's searches
+and when it returns (``shards.memory``).
 Memory is the process's anonymous resident memory (``RssAnon``): the input ``.npy`` is
 memory-mapped, and its file pages, which the kernel can drop at any time, are not counted.
 """
@@ -32,7 +33,7 @@ def anon():
 
 path, out, shards, trim = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 if not trim:
-    memory.release = lambda: None  # the build as it was: no trim when it returns
+    memory.release = lambda collect=True: None  # the build as it was: never trimmed
 before = anon()
 build_index(VectorSource(path), out, BuildOptions(num_shards=shards, progress=False))
 gc.collect()
@@ -46,7 +47,7 @@ print("RESULT " + json.dumps({
 WAYS = {
     "glibc defaults, no trim": ({}, False),
     "MALLOC_ARENA_MAX=2, no trim": ({"MALLOC_ARENA_MAX": "2"}, False),
-    "as shipped (malloc_trim on return)": ({}, True),
+    "as shipped (malloc_trim while tuning and on return)": ({}, True),
 }
 
 

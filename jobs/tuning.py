@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from shards import autotune, parts
+from shards import autotune, memory, parts
 from shards.artefact import read_shard, write_shard
 from shards.build import append_rows, with_id
 from shards.manifest import Manifest
@@ -44,7 +44,10 @@ class _ShardTuner:
         return autotune.exact_knn(xq, blocks, k, self.metric_type)
 
     def search(self, xq: np.ndarray, k: int, ov: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        return self.shard.search(xq, k, SearchOverrides(**ov))
+        try:
+            return self.shard.search(xq, k, SearchOverrides(**ov))
+        finally:
+            memory.release(collect=False)  # as autotune.measure does in one process
 
     def finish(self, version_uri: str) -> dict[str, Any]:
         """Add the held-out rows and write the shard's final files; returns its entry."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from shards import memory
 from shards._faiss import faiss
 from shards.errors import TargetUnreachable
 from shards.merge import exclude_ids
@@ -117,6 +118,7 @@ def measure(
             curve.append(
                 {"params": ov.to_dict(), "recall": round(recall, 5), "ms_per_query": round(ms, 5)}
             )
+            memory.release(collect=False)  # each setting's buffers differ: do not pile them
             if recall >= STOP_RECALL:
                 bound = min(bound, ms)
             # later points of a run cost more: past the bound they can never be the answer
