@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 
-from shards.cli import add_build_arguments, build_inputs, describe_build
-from shards.errors import InvalidInput, VsearchError
+from shards.cli import add_build_arguments, build_inputs, describe_build, run
+from shards.errors import InvalidInput
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        return int(args.run(args) or 0)
-    except VsearchError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run(args)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,7 +16,11 @@ from shards.errors import InvalidInput, VsearchError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return run(_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed command; a user mistake is one line on stderr and status 2."""
     try:
         return int(args.run(args) or 0)
     except VsearchError as exc:

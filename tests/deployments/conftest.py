@@ -61,6 +61,31 @@ def _undeploy_apps_of_the_test():
         undeploy(name, wait=False)  # the next test need not wait for the replicas to stop
 
 
+def run_drill(module: str, arg: str, timeout_s: float = 600) -> dict:
+    """``module.drill(arg)`` in a child process (it starts its own Ray cluster, which cannot
+    share this session's); returns the JSON it prints."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    code = (
+        f"import json, sys; from {module} import drill; "
+        "print('DRILL ' + json.dumps(drill(sys.argv[1])))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, arg],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=env,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("DRILL ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return json.loads(lines[-1][6:])
+
+
 def deploy(name: str, args: dict, overrides: list[dict] | None = None) -> None:
     from deployments.local import deploy as deploy_app
 

@@ -24,6 +24,8 @@ import time
 
 import pytest
 
+from tests.deployments.conftest import run_drill
+
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
@@ -146,21 +148,7 @@ def _kill_cluster(port: int) -> None:
 
 
 def test_autoscaler_adds_nodes_for_replicas_and_removes_idle_ones(indexes):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    code = (
-        "import json, sys; from tests.deployments.test_cluster_autoscaler import drill; "
-        "print('DRILL ' + json.dumps(drill(sys.argv[1])))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(indexes["root"] / "tiny")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("DRILL ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
-    result = json.loads(lines[-1][6:])
+    result = run_drill("tests.deployments.test_cluster_autoscaler", str(indexes["root"] / "tiny"))
     print(f"\ncluster autoscaler: {result}")
     assert result["workers_before"] == 0
     assert result["workers_serving"] == 2 and result["replica_nodes"] == 2

@@ -8,14 +8,12 @@ it prints one JSON line that the test checks and RELIABILITY.md records.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
+
+from tests.deployments.conftest import run_drill
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -105,21 +103,7 @@ def drill(index_uri: str) -> dict:
 
 
 def test_node_loss_keeps_coverage_and_recovers(indexes):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    code = (
-        "import json, sys; from tests.deployments.test_node_loss import drill; "
-        "print('DRILL ' + json.dumps(drill(sys.argv[1])))"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(indexes["root"] / "flat")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("DRILL ")]
-    assert proc.returncode == 0 and lines, proc.stdout[-2000:] + proc.stderr[-3000:]
-    result = json.loads(lines[-1][6:])
+    result = run_drill("tests.deployments.test_node_loss", str(indexes["root"] / "flat"))
     print(f"\nnode loss: {result}")
     assert result["failed"] == 0, result["errors"]
     assert result["degraded"] == 0  # min_coverage 1: every answer covered every shard

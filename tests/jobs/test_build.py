@@ -166,6 +166,13 @@ def _key(point: dict) -> str:
     return json.dumps(point["params"], sort_keys=True)
 
 
+def first_shard_done(out, proc: subprocess.Popen, timeout_s: float = 240) -> None:
+    """Return as soon as the build writing ``out`` has marked a shard done."""
+    deadline = time.monotonic() + timeout_s
+    while _markers(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _markers(out) -> int:
     work = out / ".build"
     if not work.exists():
@@ -192,9 +199,7 @@ def test_killed_build_leaves_nothing_loadable_and_resumes(cluster, glove, uninte
     out = tmp_path / "idx"
     args = [glove.db_path, *IVF8, "--out", str(out), "--cpus-per-shard", "2"]
     proc = jobs_build(address, args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while _markers(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    first_shard_done(out, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = _markers(out)
@@ -234,9 +239,7 @@ def test_a_node_dying_mid_build_costs_only_its_tasks(cluster, glove, uninterrupt
     out = tmp_path / "idx"
     args = [glove.db_path, *IVF8, "--out", str(out), "--cpus-per-shard", "2"]
     build = jobs_build(address, args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while _markers(out) == 0 and build.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    first_shard_done(out, build)
     proc.stdin.write("remove\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "removed"
