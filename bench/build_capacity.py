@@ -33,23 +33,28 @@ def model(build: dict, gpu: dict | None) -> dict:
     per_core = n / add_s / build["cpus"]  # vectors added per second per core, one process
     dist_per_core = n / dist["add_seconds"] / build["nodes"]  # partition + add, per 1-CPU node
     worker_gb = max(dist["peak_worker_rss_gb"].values())
+    tuner_gb = dist["peak_worker_rss_gb"].get("_ShardTuner", worker_gb)
     tune_s = single["total_seconds"] - single["train_seconds"] - add_s
     bytes_per_vector = single["index_bytes"] / n
     rows = []
     for target in TARGETS:
         k = math.ceil(target / per_shard)
         tasks_per_node = max(1, min(NODE_CORES, int(0.8 * NODE_GB / worker_gb)))
-        hours = {}
+        # tuning holds every shard at once, one actor each: the cluster must fit them all
+        min_nodes = math.ceil(k * tuner_gb / (0.8 * NODE_GB))
+        hours: dict[int, float | None] = {}
         for nodes in CLUSTERS:
             rate = dist_per_core * nodes * tasks_per_node
-            hours[nodes] = (single["train_seconds"] + target / rate + tune_s) / 3600
+            seconds = single["train_seconds"] + target / rate + tune_s
+            hours[nodes] = seconds / 3600 if nodes >= min_nodes else None
         index_gb = target * bytes_per_vector / 2**30
         row = {
             "vectors": target,
             "shards": k,
             "index_gb": round(index_gb, 1),
             "tasks_per_node": tasks_per_node,
-            "build_hours": {str(c): round(h, 2) for c, h in hours.items()},
+            "build_hours": {str(c): None if h is None else round(h, 2) for c, h in hours.items()},
+            "min_build_nodes": min_nodes,
             "serve_cpu_nodes": math.ceil(index_gb / (0.7 * NODE_GB)),
         }
         if gpu and gpu.get("cagra_glove_qps_batch"):
@@ -100,15 +105,20 @@ def markdown(r: dict) -> str:
         "measured GloVe CAGRA rate scaled by log(390k)/log(n) at 50% busy (an assumption, as in "
         "`capacity.md`).",
         "",
-        "| vectors | shards | index GB | build h, 10 nodes | build h, 50 nodes | CPU nodes to "
-        "serve | H200s to hold (CAGRA) | H200s for 100k QPS | H200s for 1M QPS |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "Tuning loads every shard at once (one actor each, at the measured tuning-actor peak): "
+        "the least build nodes are those that hold them all; a smaller cluster would have to "
+        "tune on a sample of the shards (not built yet).",
+        "",
+        "| vectors | shards | index GB | least build nodes | build h, 10 nodes | build h, 50 nodes "
+        "| CPU nodes to serve | H200s to hold (CAGRA) | H200s for 100k QPS | H200s for 1M QPS |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in r["rows"]:
         g = row.get("gpus_for_qps", {})
+        h = {c: "too few" if v is None else v for c, v in row["build_hours"].items()}
         lines.append(
             f"| {row['vectors']:,} | {row['shards']:,} | {row['index_gb']:,} | "
-            f"{row['build_hours']['10']} | {row['build_hours']['50']} | "
+            f"{row['min_build_nodes']} | {h['10']} | {h['50']} | "
             f"{row['serve_cpu_nodes']} | {row.get('gpu_shards_h200', '-')} | "
             f"{g.get('100000', '-')} | {g.get('1000000', '-')} |"
         )
