@@ -16,6 +16,8 @@ from pydantic import BaseModel
 
 from deployments.errors import MetricsNotReady
 from deployments.http import (
+    OFF_LOOP_BYTES,
+    OFF_LOOP_RESULTS,
     DeleteRequest,
     M,
     SearchRequest,
@@ -23,6 +25,7 @@ from deployments.http import (
     UpsertRequest,
     WriteResponse,
     error_responses,
+    off_loop,
     parse_body,
     parse_search,
     queries_of,
@@ -64,8 +67,10 @@ class HttpApi:
     async def http_search(self, request: Request) -> Response:
         try:
             limit = self.args.limits.max_body_bytes
-            req = parse_search(
-                await read_body(request, limit), limit, request.headers.get("content-type", "")
+            body = await read_body(request, limit)
+            ctype = request.headers.get("content-type", "")
+            req = await off_loop(
+                parse_search, body, limit, ctype, size=len(body), threshold=OFF_LOOP_BYTES
             )
             query = queries_of(req, self.planner.dim)
         except Exception as exc:  # counted like every other failed request
@@ -83,7 +88,9 @@ class HttpApi:
             filter=req.filter,
             score_threshold=req.score_threshold,
         )
-        return Response(response_json(result), media_type="application/json")
+        pairs = int(result["I"].size)
+        text = await off_loop(response_json, result, size=pairs, threshold=OFF_LOOP_RESULTS)
+        return Response(text, media_type="application/json")
 
     @route(
         "post",
@@ -126,7 +133,10 @@ class HttpApi:
     async def _parse(self, request: Request, model: type[M]) -> M:
         limit = self.args.limits.max_body_bytes
         body = await read_body(request, limit)
-        return parse_body(model, body, limit, request.headers.get("content-type", ""))
+        ctype = request.headers.get("content-type", "")
+        return await off_loop(
+            parse_body, model, body, limit, ctype, size=len(body), threshold=OFF_LOOP_BYTES
+        )
 
     @route("get", "/v1/health")
     async def health(self) -> dict[str, Any]:

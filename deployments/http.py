@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime
 import decimal
 import json
 import math
+from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -17,6 +19,7 @@ from deployments.errors import BadRequest, BodyTooLarge, UnsupportedMediaType
 from shards.errors import VsearchError
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 
 
 class SearchRequest(BaseModel):
@@ -251,6 +254,22 @@ def response_body(result: dict[str, Any]) -> dict[str, Any]:
     if result.get("metadata") is not None:
         body["metadata"] = jsonable(result["metadata"])
     return body
+
+
+OFF_LOOP_BYTES = 64 << 10  # bodies from this size are parsed in a thread, not on the loop
+OFF_LOOP_RESULTS = 8192  # answers with this many (query, result) pairs are encoded in one
+
+
+async def off_loop(fn: Callable[..., T], *args: Any, size: int, threshold: int) -> T:
+    """``fn(*args)`` in a worker thread when ``size`` reaches ``threshold``, else inline.
+
+    Parsing or encoding a large JSON body takes milliseconds of the router's event loop,
+    which every other request on the replica waits for; in a thread the loop keeps
+    answering between the interpreter's switches. Small bodies stay inline: a thread hop
+    costs more than they do."""
+    if size >= threshold:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 
 def response_json(result: dict[str, Any]) -> str:

@@ -52,6 +52,20 @@ def test_http_json_b64_and_handle_equal_in_process_flat(apps, indexes, xq):
     assert res.D.dtype == np.float32 and res.I.dtype == np.int64
 
 
+def test_a_large_batch_parsed_and_encoded_off_the_loop_is_right(apps, indexes):
+    """1,024 queries: a body above ``OFF_LOOP_BYTES`` and an answer above
+    ``OFF_LOOP_RESULTS`` pairs, both handled in a thread of the router."""
+    from deployments.http import OFF_LOOP_BYTES, OFF_LOOP_RESULTS
+
+    big = clustered(1024, 16, seed=8)
+    body = {"vectors": big.tolist(), "k": 10, "params": {"nprobe": 4}}
+    assert len(json.dumps(body)) >= OFF_LOOP_BYTES and big.shape[0] * 10 >= OFF_LOOP_RESULTS
+    r = post(apps["ivf"], body)
+    assert r.status_code == 200, r.text
+    expected = ShardedIndex.open(str(indexes["root"] / "ivf")).search(big, 10, {"nprobe": 4})[1]
+    np.testing.assert_array_equal(r.json()["ids"], expected)
+
+
 def test_overrides_apply_per_request_even_concurrently(apps, indexes, xq):
     ref = ShardedIndex.open(str(indexes["root"] / "ivf"))
     settings = [{"nprobe": p} for p in (1, 2, 4, 8, 32)] * 4
