@@ -22,7 +22,7 @@ def test_cluster_yaml_matches_rays_schema():
     config = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     jsonschema.validate(config, schema)  # raises ValidationError when invalid
     assert config["available_node_types"]["gpu_worker"]["max_workers"] >= 1
-    assert any("[gpu,serve]" in c for c in config["setup_commands"])
+    assert any("[gpu,serve,jobs]" in c for c in config["setup_commands"])
     assert any("serve deploy" in c for c in config["head_start_ray_commands"])
 
 
