@@ -106,7 +106,8 @@ def _build(source: VectorSource, out_uri: str, opts: BuildOptions, job: JobOptio
     counts = {int(s): int(n) for s, n in counts.items()}
     version = work.root.child(state["version"])
     staged = held is not None
-    added, redone = _add_all(work, version, template, held_ids, factory, opts, job, counts)
+    schema = source.metadata_schema if source.metadata_columns else None
+    added, redone = _add_all(work, version, template, held_ids, factory, opts, job, counts, schema)
     t_add = time.perf_counter() - t0 - t_train
     manifest = new_manifest(source, opts, factory, state["reason"], metric, t_train, t_add)
     manifest = replace(manifest, index_version=state["version"])
@@ -160,7 +161,7 @@ def _train(spec: SourceSpec, factory: str, metric: str, opts: BuildOptions, gpu:
     return faiss.serialize_index(template).tobytes(), held
 
 
-def _add_all(work, version: Store, template, held_ids, factory, opts, job, counts):
+def _add_all(work, version: Store, template, held_ids, factory, opts, job, counts, schema):
     """Run the add task of every shard not added yet; returns (markers, shards run)."""
     added = work.entries("added", opts.num_shards)
     todo = [s for s in range(opts.num_shards) if s not in added]
@@ -171,7 +172,8 @@ def _add_all(work, version: Store, template, held_ids, factory, opts, job, count
     staged = work.store.child("staged").uri if len(held_ids) else None
     task = _add.options(num_cpus=job.cpus_per_shard, num_gpus=gpus)
     pending = {
-        task.remote(s, work.uri, version.uri, ref, held_ids, factory, opts, staged): s for s in todo
+        task.remote(s, work.uri, version.uri, ref, held_ids, factory, opts, staged, schema): s
+        for s in todo
     }
     total = sum(counts.get(s, 0) for s in todo)
     desc = f"adding {total:,} rows to {len(todo)} shard(s)"
@@ -190,11 +192,11 @@ def _as_done(pending: dict):
 
 
 @ray.remote(max_retries=3)
-def _add(shard, work_uri, version_uri, template, held_ids, factory, opts, staged_uri):
+def _add(shard, work_uri, version_uri, template, held_ids, factory, opts, staged_uri, schema):
     t0 = time.perf_counter()
     metric = Metric.parse(opts.metric)
     tpl = faiss.deserialize_index(np.frombuffer(template, "u1"))
-    data, held = parts.assemble(tpl, Store(work_uri).child("parts"), shard, held_ids)
+    data, held = parts.assemble(tpl, Store(work_uri).child("parts"), shard, held_ids, schema)
     check_unique([data.ids, *(ids for _, ids, _ in held)])
     degree = cagra.parse_factory(factory)
     if degree is not None:

@@ -139,6 +139,10 @@ def knobs_of(template, factory: str, d: int) -> Knobs:
 
 def choose_factory(n: int, d: int, opts: BuildOptions, metric: Metric) -> tuple[str, str]:
     """``(factory, reason)`` for ``n`` vectors of dimension ``d`` split as ``opts`` says."""
+    if d <= 0:
+        raise InvalidInput(f"the dimension must be positive, got {d}")
+    if n == 0 and opts.index == "auto":  # an empty collection: every write goes to the delta
+        return "Flat", "empty input: Flat (writes are searched exactly until a rebuild)"
     if opts.index not in ("auto", "hnsw"):
         estimate_bytes(opts.index, 1, d)  # validates the factory string
         return opts.index, "explicit factory string"
@@ -192,6 +196,8 @@ def train_template(
     if cagra.parse_factory(factory) is not None:
         return faiss.IndexFlat(source.d, metric.faiss_metric)  # collects; graphs come later
     template = template_index(factory, source.d, metric.faiss_metric)
+    if not template.is_trained and source.n == 0:
+        raise InvalidInput(f"{factory} must be trained on vectors; an empty input can be Flat")
     if not template.is_trained:
         ivf = faiss.try_extract_index_ivf(template)
         size = opts.train_size or max(20_000, 64 * (ivf.nlist if ivf is not None else 256))
@@ -251,9 +257,17 @@ def _add_all(source: VectorSource, template, metric: Metric, opts: BuildOptions,
     datas = []
     for index, id_parts, meta_parts in zip(indexes, ids, metas, strict=True):
         shard_ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
-        meta = pa.concat_tables(meta_parts) if meta_parts else None
+        meta = pa.concat_tables(meta_parts) if meta_parts else empty_metadata(source)
         datas.append(ShardData(index, shard_ids, meta))
     return datas, held_rows
+
+
+def empty_metadata(source: VectorSource) -> pa.Table | None:
+    """The metadata table of a shard no input row went to: no rows, the input's columns
+    (so that every shard, and so the version, knows the metadata schema)."""
+    if not source.metadata_columns:
+        return None
+    return with_id(source.metadata_schema.empty_table(), np.empty(0, np.int64))
 
 
 def append_rows(datas: list[ShardData], held_rows: list[list[tuple]]) -> None:

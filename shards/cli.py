@@ -1,4 +1,5 @@
-"""``python -m shards build|search|inspect|verify|export-ids|autotune|upsert|delete|compact``.
+"""``python -m shards COMMAND``: build, create, search, inspect, verify, export-ids, autotune,
+upsert, delete, compact.
 
 User mistakes exit with status 2 and one line on stderr, never a traceback.
 """
@@ -38,6 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="build a sharded index from .npy or Parquet")
     add_build_arguments(b)
     b.set_defaults(run=_build)
+
+    c = sub.add_parser("create", help="create an empty index (a collection) to fill by writes")
+    c.add_argument("--out", required=True, help="index root folder or pyarrow.fs URI")
+    c.add_argument("--dim", type=int, required=True, help="vector dimension")
+    c.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
+    c.add_argument("--shards", type=int, default=1)
+    c.add_argument("--partition", default="hash", choices=["hash", "range"])
+    c.add_argument(
+        "--metadata",
+        default="",
+        help="metadata columns as NAME:TYPE, comma-separated (text:string,year:int64)",
+    )
+    c.set_defaults(run=_create)
 
     s = sub.add_parser("search", help="search an index with queries from a .npy file or ids")
     s.add_argument("dir")
@@ -178,6 +192,16 @@ def _build(args) -> int:
 
     source, opts = build_inputs(args)
     m = build_index(source, args.out, opts)
+    print(describe_build(m))
+    return 0
+
+
+def _create(args) -> int:
+    from shards.build import BuildOptions
+    from shards.create import create_index, parse_columns
+
+    opts = BuildOptions(num_shards=args.shards, metric=args.metric, partition=args.partition)
+    m = create_index(args.out, args.dim, parse_columns(args.metadata), opts)
     print(describe_build(m))
     return 0
 

@@ -87,10 +87,15 @@ def read_parts(
 
 
 def assemble(
-    template: faiss.Index, store: Store, shard: int, held_ids: np.ndarray
+    template: faiss.Index,
+    store: Store,
+    shard: int,
+    held_ids: np.ndarray,
+    schema: pa.Schema | None = None,
 ) -> tuple[ShardData, list[tuple]]:
     """Shard ``shard`` from its parts: a copy of ``template`` with every row added except the
-    held-out tuning ids (returned as ``[(x, ids, metadata), ...]`` to add after tuning)."""
+    held-out tuning ids (returned as ``[(x, ids, metadata), ...]`` to add after tuning).
+    ``schema``: the input's metadata columns, for a shard no row went to."""
     index = faiss.clone_index(template)
     id_parts: list[np.ndarray] = []
     meta_parts: list[pa.Table] = []
@@ -111,6 +116,8 @@ def assemble(
                 meta_parts.append(part_meta)
     shard_ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
     metadata = pa.concat_tables(meta_parts) if meta_parts else None
+    if metadata is None and schema is not None and len(schema):
+        metadata = with_id(schema.empty_table(), np.empty(0, np.int64))
     return ShardData(index, shard_ids, metadata), held
 
 

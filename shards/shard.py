@@ -117,9 +117,11 @@ class Shard:
         """Main-index row of each id, -1 where the id is not a live main row under state
         ``st`` (the current one by default)."""
         ids = np.asarray(ids, dtype=np.int64)
+        if len(self._sorted_ids) == 0:  # no main rows (an empty index, a shard no row went to)
+            return np.full(len(ids), -1, np.int64)
         pos = np.searchsorted(self._sorted_ids, ids)
         pos = np.minimum(pos, len(self._sorted_ids) - 1)
-        found = (len(self._sorted_ids) > 0) & (self._sorted_ids[pos] == ids)
+        found = self._sorted_ids[pos] == ids
         rows = np.where(found, self._sorted_rows[pos], -1)
         live = (self._state if st is None else st).live
         if live is not None:

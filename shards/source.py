@@ -102,6 +102,7 @@ class VectorSource:
         self.vector_column, self.id_column = vector_column, id_column
         self.metadata_columns = list(metadata_columns or [])
         self.kind = "npy" if path.endswith(".npy") else "parquet"
+        self.metadata_schema: pa.Schema  # the metadata columns' types (empty when none)
         if self.kind == "npy":
             if id_column or self.metadata_columns:
                 raise InvalidInput("--id-column/--metadata-columns need Parquet input, not .npy")
@@ -116,6 +117,7 @@ class VectorSource:
             if self._x.ndim != 2 or not np.issubdtype(self._x.dtype, np.floating):
                 raise InvalidInput(f"{path}: expected a 2-d float array, got {self._x.shape}")
             self.n, self.d = int(self._x.shape[0]), int(self._x.shape[1])
+            self.metadata_schema = pa.schema([])
         else:
             self._open_parquet()
 
@@ -138,9 +140,16 @@ class VectorSource:
         if self.id_column and not pa.types.is_integer(schema.field(self.id_column).type):
             raise InvalidInput(f"id column {self.id_column!r} must be integers")
         self.n = self._pf.metadata.num_rows
+        self.metadata_schema = pa.schema([schema.field(c) for c in self.metadata_columns])
+        if pa.types.is_fixed_size_list(vtype):
+            self.d = vtype.list_size
+            return
         first = next(self._pf.iter_batches(batch_size=1, columns=[self.vector_column]), None)
         if first is None or self.n == 0:
-            raise InvalidInput(f"{self.path}: no rows")
+            raise InvalidInput(
+                f"{self.path}: no rows, and its vector column is not a fixed-size list that "
+                "would give the dimension (an empty index needs one: see `shards create`)"
+            )
         self.d = len(first.column(0)[0])
 
     def chunks(self, rows: int = 65536) -> Iterator[Chunk]:
