@@ -2,7 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 comma  := ,
-EXTRAS ?= cpu,serve,jobs,test,demo,bench
+EXTRAS ?= cpu,serve,jobs,client,langchain,llama-index,test,demo,bench
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 INDEX  ?= data/glove-index
 
@@ -33,9 +33,9 @@ test: $(STAMP) lint
 	$(PY) -m pytest
 
 lint: $(STAMP)
-	$(PY) -m ruff check shards deployments jobs tests bench scripts
-	$(PY) -m ruff format --check shards deployments jobs tests bench scripts
-	$(PY) -m mypy shards deployments jobs
+	$(PY) -m ruff check shards deployments jobs vsearch tests bench scripts
+	$(PY) -m ruff format --check shards deployments jobs vsearch tests bench scripts
+	$(PY) -m mypy shards deployments jobs vsearch
 
 # Every CPU benchmark (core, compare, scaling, cold start, capacity); ARGS=--quick: a short run.
 bench: $(STAMP)

@@ -19,12 +19,15 @@ from deployments.http import (
     OFF_LOOP_BYTES,
     OFF_LOOP_RESULTS,
     DeleteRequest,
+    GetRequest,
+    GetResponse,
     M,
     SearchRequest,
     SearchResponse,
     UpsertRequest,
     WriteResponse,
     error_responses,
+    get_json,
     off_loop,
     parse_body,
     parse_search,
@@ -42,6 +45,11 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
+def _columns_of(schema: Any) -> dict[str, str]:
+    """The metadata columns of a version and their Arrow types, as text."""
+    return {} if schema is None else {f.name: str(f.type) for f in schema}
+
+
 class HttpApi:
     """The routes of ``/v1``; mixed into ``deployments.router.Router``."""
 
@@ -53,9 +61,11 @@ class HttpApi:
     shard_infos: Callable[..., Awaitable[list[dict[str, Any]]]]
     count_failure: Callable[[BaseException], None]
 
+    get: Any  # deployments.reads.RowReads.get
     upsert: Callable[..., Awaitable[dict[str, Any]]]
     delete: Callable[..., Awaitable[dict[str, Any]]]
     coordinator: Any
+    _schemas: dict[str, Any]
 
     @route(
         "post",
@@ -124,6 +134,31 @@ class HttpApi:
             req.ids, deadline_ms=req.deadline_ms, idempotency_key=req.idempotency_key
         )
 
+    @route(
+        "post",
+        "/v1/get",
+        response_model=GetResponse,
+        responses=error_responses(400, 401, 413, 415, 503, 504),
+        openapi_extra=_body_schema(GetRequest),
+    )
+    async def http_get(self, request: Request) -> Response:
+        """Stored rows by id, or a page of the rows matching a filter (scroll with
+        ``after`` = the last page's ``next_after``)."""
+        req = await self._parse(request, GetRequest)
+        result = await self.get(
+            req.ids,
+            filter=req.filter,
+            limit=req.limit,
+            after=req.after,
+            include_vectors=req.include_vectors,
+            columns=req.columns,
+            min_sequence=req.min_sequence,
+            deadline_ms=req.deadline_ms,
+        )
+        size = len(result["ids"]) * (self.planner.dim if req.include_vectors else 1)
+        text = await off_loop(get_json, result, size=size, threshold=OFF_LOOP_RESULTS)
+        return Response(text, media_type="application/json")
+
     @route("post", "/v1/compact", responses=error_responses(401, 503))
     async def http_compact(self) -> dict[str, Any]:
         """Start compacting the active version online (the log's writes merged into a new
@@ -181,6 +216,7 @@ class HttpApi:
                 metric=m.metric,
                 factory=m.factory,
                 default_params=v.active.defaults.to_dict(),
+                metadata_columns=_columns_of(self._schemas.get(m.index_version)),
             )
         body["shards"] = await self.shard_infos()
         try:

@@ -104,6 +104,51 @@ class DeleteRequest(BaseModel):
     )
 
 
+class GetRequest(BaseModel):
+    """Body of POST /v1/get: stored rows by ``ids``, or a page of the rows matching
+    ``filter`` (every row without one), in id order from ``after``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(
+        None, description="these rows (the live ones, in this order)"
+    )
+    filter: dict[str, Any] | None = Field(None, description="the form of a search filter")
+    limit: int | None = Field(None, description="rows per page (default 100, at most 10,000)")
+    after: int | None = Field(None, description="the page after this id (next_after)")
+    include_vectors: bool = Field(False, description="the stored vectors too")
+    columns: list[str] | None = Field(None, description="metadata columns (default: all)")
+    min_sequence: int = Field(0, ge=0, description="read-your-writes, as for search")
+    deadline_ms: int | None = None
+
+
+class GetResponse(BaseModel):
+    """Body of a successful get."""
+
+    ids: list[int]
+    metadata: list[dict[str, Any] | None] | None = None
+    vectors: list[list[float]] | None = Field(None, description="as stored (cosine: unit)")
+    next_after: int | None = Field(None, description="pass as after for the next page")
+    sequence: int
+    index_version: str
+
+
+def get_json(result: dict[str, Any]) -> str:
+    """``GetResponse`` JSON of a ``Router.get`` result."""
+    body: dict[str, Any] = {
+        "ids": result["ids"].tolist(),
+        "sequence": result["sequence"],
+        "index_version": result["index_version"],
+    }
+    if result.get("metadata") is not None:
+        body["metadata"] = jsonable(result["metadata"])
+    if result.get("vectors") is not None:
+        body["vectors"] = result["vectors"].tolist()
+    if "next_after" in result:
+        body["next_after"] = result["next_after"]
+    return json.dumps(body, allow_nan=False)
+
+
 class WriteResponse(BaseModel):
     """Body of a successful write."""
 

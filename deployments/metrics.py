@@ -94,6 +94,9 @@ class RouterMetrics:
         self.write_latency = Histogram(
             "vsearch_write_seconds", "time to make a write durable", boundaries=LATENCY_S
         )
+        self.reads = Counter(
+            "vsearch_reads_total", "gets of stored rows by status class", tag_keys=("status",)
+        )
         self.plans = Counter(
             "vsearch_filter_plans_total",
             "filtered searches by the plan each shard took (exact, ann, ann-cpu)",

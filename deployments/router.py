@@ -25,6 +25,7 @@ from deployments.config import AppArgs
 from deployments.fanout import fan_out, unwrap
 from deployments.ingress import make_app
 from deployments.metrics import RouterMetrics
+from deployments.reads import RowReads
 from deployments.tracker import VersionTracker
 from deployments.versions import owner_groups
 from deployments.writes import counting, log_write
@@ -67,7 +68,7 @@ def retryable(max_deaths: int):
     return rule
 
 
-class Router(HttpApi):
+class Router(HttpApi, RowReads):
     """Fans queries out to every shard deployment with a deadline and merges the top-k."""
 
     def __init__(

@@ -26,6 +26,7 @@ from shards import ShardedIndex
 from shards._faiss import faiss
 from shards.artefact import descends_from
 from shards.errors import SequenceBehind
+from shards.fetch import Rows, by_ids, matching
 from shards.gpu import gpu_memory_in_use
 from shards.metadata import lookup_metadata
 from shards.query import Query
@@ -256,6 +257,19 @@ class ShardServer:
         rows = lookup_metadata(index, ids[found], columns).to_pylist()
         return {row["id"]: row for row in rows}
 
+    async def fetch(self, ids: np.ndarray, columns, vectors: bool, query: Query):
+        """The live rows among ``ids`` in these shards (``shards.fetch.by_ids``), as
+        ``(ids, metadata rows, vectors, sequence)``."""
+        index = await self._state_for(query, "fetch")
+        return _wire(by_ids(index, ids, columns, vectors), index.sequence)
+
+    async def scan(self, limit: int, after: int, columns, vectors: bool, query: Query):
+        """The first ``limit`` live rows above id ``after`` matching ``query.filter``
+        (``shards.fetch.matching``), as ``fetch`` answers."""
+        index = await self._state_for(query, "scan")
+        rows = matching(index, query.filter, limit, after, columns, vectors)
+        return _wire(rows, index.sequence)
+
     # ---- health, stats, metrics ----
 
     async def info(self) -> list[dict[str, Any]]:
@@ -333,3 +347,8 @@ class ShardServer:
             self.metrics.gpu_memory.set(float(gpu_memory_in_use(cur.placement)), tags=self.tags)
         if cur.probe is not None and not await asyncio.to_thread(cur.probe_ok, cur.probe):
             raise RuntimeError(f"shards {self.numbers}: known-answer search failed")
+
+
+def _wire(rows: Rows, sequence: int) -> tuple:
+    meta = None if rows.metadata is None else rows.metadata.to_pylist()
+    return rows.ids, meta, rows.vectors, sequence

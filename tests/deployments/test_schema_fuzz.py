@@ -32,7 +32,7 @@ def test_generated_requests_get_documented_answers(serve_base, indexes, tmp_path
     schema.config.base_url = base  # the app's route prefix
     operations = [result.ok() for result in schema.get_all_operations()]
     paths = {op.path for op in operations}
-    assert paths >= {"/v1/search", "/v1/upsert", "/v1/delete", "/v1/health", "/v1/stats"}
+    assert paths >= {"/v1/search", "/v1/upsert", "/v1/delete", "/v1/get", "/v1/health", "/v1/stats"}
     calls = []
     for operation in operations:
 

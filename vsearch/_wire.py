@@ -1,0 +1,146 @@
+"""Request bodies and answers of the HTTP contract, shared by ``Client`` and
+``AsyncClient``: numpy in (sent as base64 float32, the compact form), numpy out."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class SearchResult:
+    """``ids`` (nq, k) int64, -1 where fewer than k matched; ``scores`` (nq, k) float32,
+    NaN there (distances for l2, similarities for ip and cosine)."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    coverage: float
+    degraded: bool
+    index_version: str
+    sequence: int
+    took_ms: float
+    metadata: list[list[dict[str, Any] | None]] | None = None
+    plan: str | None = None
+
+    def hits(self, q: int = 0) -> list[tuple[int, float, dict[str, Any] | None]]:
+        """Query ``q``'s results without the padding: ``(id, score, metadata)``."""
+        out = []
+        for j, i in enumerate(self.ids[q].tolist()):
+            if i >= 0:
+                meta = None if self.metadata is None else self.metadata[q][j]
+                out.append((i, float(self.scores[q, j]), meta))
+        return out
+
+
+@dataclass
+class Rows:
+    """Stored rows (``Client.get``): ``ids`` (n,) int64, their ``metadata`` and ``vectors``
+    (n, d) float32 when asked for; ``next_after``: the ``after`` of the next page."""
+
+    ids: np.ndarray
+    metadata: list[dict[str, Any] | None] | None
+    vectors: np.ndarray | None
+    sequence: int
+    index_version: str
+    next_after: int | None = None
+
+
+@dataclass
+class WriteResult:
+    """``sequence``: the write's position in the log (search with it as ``min_sequence``
+    to read it back); ``count``: rows upserted, or ids deleted that were live (None when
+    the service could not count them in time)."""
+
+    sequence: int
+    count: int | None
+
+
+def matrix(x: Any, what: str = "vectors") -> np.ndarray:
+    """``x`` as a C-contiguous (n, d) float32 matrix (one vector becomes (1, d))."""
+    a = np.asarray(x, dtype=np.float32)
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim != 2 or a.shape[1] == 0:
+        raise ValueError(f"{what} must be (n, d) or (d,), got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def b64(x: np.ndarray) -> str:
+    return base64.b64encode(x.astype("<f4", copy=False).tobytes()).decode()
+
+
+def id_list(ids: Any) -> list[int]:
+    a = np.asarray(ids).ravel()
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got {a.dtype}")
+    return [int(i) for i in a]
+
+
+def search_body(
+    vectors: Any,
+    ids: Any,
+    k: int,
+    params: dict[str, Any] | None,
+    filter: dict[str, Any] | None,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    if (vectors is None) == (ids is None):
+        raise ValueError("give vectors or ids, not both and not neither")
+    body: dict[str, Any] = {"k": k}
+    if vectors is not None:
+        body["vectors_b64"] = b64(matrix(vectors, "query vectors"))
+    else:
+        body["ids"] = id_list(ids)
+    if params:
+        body["params"] = dict(params)
+    if filter:
+        body["filter"] = filter
+    body.update({n: v for n, v in extra.items() if v is not None})
+    return body
+
+
+def search_result(body: dict[str, Any]) -> SearchResult:
+    raw = body["scores"]
+    ids = np.asarray(body["ids"], dtype=np.int64).reshape(len(raw), -1)
+    scores = np.array(
+        [[np.nan if s is None else s for s in row] for row in raw], dtype=np.float32
+    ).reshape(ids.shape)
+    return SearchResult(
+        ids=ids,
+        scores=scores,
+        coverage=body["coverage"],
+        degraded=body["degraded"],
+        index_version=body["index_version"],
+        sequence=body.get("sequence", 0),
+        took_ms=body["took_ms"],
+        metadata=body.get("metadata"),
+        plan=body.get("plan"),
+    )
+
+
+def upsert_body(
+    ids: Any, vectors: Any, metadata: Sequence[dict[str, Any] | None] | None, key: str
+) -> dict[str, Any]:
+    x = matrix(vectors)
+    body: dict[str, Any] = {"ids": id_list(ids), "vectors_b64": b64(x), "idempotency_key": key}
+    if metadata is not None:
+        body["metadata"] = list(metadata)
+    return body
+
+
+def rows_of(body: dict[str, Any]) -> Rows:
+    vectors = body.get("vectors")
+    return Rows(
+        ids=np.asarray(body["ids"], dtype=np.int64),
+        metadata=body.get("metadata"),
+        vectors=None
+        if vectors is None
+        else np.asarray(vectors, np.float32).reshape(len(body["ids"]), -1),
+        sequence=body["sequence"],
+        index_version=body["index_version"],
+        next_after=body.get("next_after"),
+    )
