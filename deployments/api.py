@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
 
+from deployments.collections import listed
 from deployments.errors import MetricsNotReady
 from deployments.http import (
     OFF_LOOP_BYTES,
@@ -172,6 +173,14 @@ class HttpApi:
         return await off_loop(
             parse_body, model, body, limit, ctype, size=len(body), threshold=OFF_LOOP_BYTES
         )
+
+    @route("get", "/v1/collections", responses=error_responses(401))
+    async def collections(self) -> dict[str, Any]:
+        """The collections this cluster serves: one vsearch application each."""
+        from ray.serve.context import _get_global_client
+
+        details = await asyncio.to_thread(_get_global_client().get_serve_details)
+        return {"collections": listed(details)}
 
     @route("get", "/v1/health")
     async def health(self) -> dict[str, Any]:

@@ -177,11 +177,22 @@ class Limits(BaseModel):
     max_deadline_ms: PositiveInt = 60_000
 
 
+COLLECTION_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+COLLECTIONS = "/v1/collections/"  # + NAME: a collection application's route prefix
+
+
 class AppArgs(BaseModel):
     """Everything ``build_app`` needs."""
 
     index_uri: str = Field(..., description="index root (local path or pyarrow.fs URI)")
     index_version: str | None = Field(None, description="default: the root's CURRENT")
+    collection: str | None = Field(
+        None,
+        pattern=COLLECTION_NAME,
+        description="serve this index as collection NAME: its routes are /v1/collections/"
+        "NAME/search... (the application's route_prefix must be /v1/collections/NAME); "
+        "None: the default collection, at /v1/search...",
+    )
     shard: ShardOptions = Field(default_factory=ShardOptions)
     default_params: dict[str, Any] = Field(
         default_factory=dict, description="search overrides applied when a request has none"

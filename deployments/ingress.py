@@ -23,7 +23,7 @@ from deployments.errors import BadRequest, Unauthorized
 from deployments.http import error_body
 from shards.errors import VsearchError
 
-OPEN_PATHS = {"/v1/health"}
+OPEN_PATHS = {"/v1/health", "/health"}  # "/health": a collection's (see ``make_app``)
 
 
 def route(method: str, path: str, **options: Any) -> Callable:
@@ -36,12 +36,18 @@ def route(method: str, path: str, **options: Any) -> Callable:
     return mark
 
 
-def make_app(token_env: str | None = None, handlers: object | None = None) -> FastAPI:
+def make_app(
+    token_env: str | None = None, handlers: object | None = None, collection: str | None = None
+) -> FastAPI:
     """A new FastAPI app with vsearch's JSON errors, with ``token_env`` bearer auth (the
     token is read from that variable in the serving process), and the ``route``-marked
-    methods of ``handlers`` as its routes."""
+    methods of ``handlers`` as its routes.
+
+    ``collection``: the app serves a collection from the route prefix
+    ``/v1/collections/NAME``, so its routes drop their ``/v1``: ``/v1/search`` is served
+    at ``/v1/collections/NAME/search``."""
     app = FastAPI(
-        title="vsearch",
+        title="vsearch" if collection is None else f"vsearch: collection {collection}",
         description="Sharded vector search on FAISS. Errors: {'error': {'code', 'message'}}.",
         version="0.1.0",
     )
@@ -54,6 +60,10 @@ def make_app(token_env: str | None = None, handlers: object | None = None) -> Fa
             marked = getattr(fn, "_vsearch_route", None)
             if marked is not None:
                 method, path, options = marked
+                if collection is not None and path.startswith("/v1/"):
+                    if path.startswith("/v1/collections"):
+                        continue  # the cluster's list: served by the default collection
+                    path = path.removeprefix("/v1")
                 bound = getattr(handlers, name)
                 app.add_api_route(path, bound, methods=[method.upper()], **options)
     return app

@@ -11,8 +11,14 @@ from typing import Any
 APPS: dict[str, dict[str, Any]] = {}  # every application deployed through here
 
 
-def deploy(name: str, args: dict[str, Any], overrides: list[dict[str, Any]] | None = None) -> None:
-    """Deploy or update application ``name`` (route ``/name``) and wait until it runs.
+def deploy(
+    name: str,
+    args: dict[str, Any],
+    overrides: list[dict[str, Any]] | None = None,
+    route_prefix: str | None = None,
+) -> None:
+    """Deploy or update application ``name`` (route ``route_prefix``, default ``/name``;
+    a collection's ``/v1/collections/NAME``) and wait until it runs.
 
     All applications deployed through this function are sent together, since a declarative
     deploy replaces the whole set.
@@ -22,13 +28,20 @@ def deploy(name: str, args: dict[str, Any], overrides: list[dict[str, Any]] | No
 
     APPS[name] = {
         "name": name,
-        "route_prefix": f"/{name}",
+        "route_prefix": route_prefix or _route_of(name, args),
         "import_path": "deployments.app:build_app",
         "args": args,
         "deployments": overrides or [],
     }
     config = ServeDeploySchema.model_validate({"applications": list(APPS.values())})
     _get_global_client().deploy_apps(config, _blocking=True)
+
+
+def _route_of(name: str, args: dict[str, Any]) -> str:
+    from deployments.config import COLLECTIONS
+
+    collection = args.get("collection")
+    return f"/{name}" if collection is None else COLLECTIONS + collection
 
 
 def undeploy(name: str, wait: bool = True) -> None:

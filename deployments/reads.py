@@ -47,10 +47,10 @@ class RowReads:
         deadline_ms: int | None = None,
     ) -> dict[str, Any]:
         """Stored rows: those of ``ids`` that are live, in the order asked; or, without
-        ids, the first ``limit`` (default 100) live rows above id ``after`` that match ``filter`` (every
-        row without one) in id order, with ``next_after`` for the next page (None at the
-        end). ``{"ids", "metadata", "vectors", "sequence", "index_version"}``; vectors are
-        as stored (normalised for cosine)."""
+        ids, the first ``limit`` (default 100) live rows above id ``after`` that match
+        ``filter`` (every row without one) in id order, with ``next_after`` for the next
+        page (None at the end). ``{"ids", "metadata", "vectors", "sequence",
+        "index_version"}``; vectors are as stored (normalised for cosine)."""
         try:
             out = await self._get(
                 ids, filter, limit, after, include_vectors, columns, min_sequence, deadline_ms

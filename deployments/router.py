@@ -102,7 +102,7 @@ class Router(HttpApi, RowReads):
 
     def __serve_build_asgi_app__(self):
         """This replica's FastAPI app (Serve calls it after the constructor)."""
-        return make_app(self.args.auth_token_env, self)
+        return make_app(self.args.auth_token_env, self, self.args.collection)
 
     @property
     def planner(self) -> QueryPlanner:

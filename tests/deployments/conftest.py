@@ -86,10 +86,12 @@ def run_drill(module: str, arg: str, timeout_s: float = 600) -> dict:
     return json.loads(lines[-1][6:])
 
 
-def deploy(name: str, args: dict, overrides: list[dict] | None = None) -> None:
+def deploy(
+    name: str, args: dict, overrides: list[dict] | None = None, route_prefix: str | None = None
+) -> None:
     from deployments.local import deploy as deploy_app
 
-    deploy_app(name, args, overrides)
+    deploy_app(name, args, overrides, route_prefix)
 
 
 @pytest.fixture(scope="session")
