@@ -98,6 +98,7 @@ class HttpApi:
             min_sequence=req.min_sequence,
             filter=req.filter,
             score_threshold=req.score_threshold,
+            texts=req.texts,
         )
         pairs = int(result["I"].size)
         text = await off_loop(response_json, result, size=pairs, threshold=OFF_LOOP_RESULTS)
@@ -120,6 +121,7 @@ class HttpApi:
             req.metadata,
             deadline_ms=req.deadline_ms,
             idempotency_key=req.idempotency_key,
+            texts=req.texts,
         )
 
     @route(

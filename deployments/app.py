@@ -14,6 +14,7 @@ from ray.serve.config import BackpressureConfig
 
 from deployments.config import AppArgs
 from deployments.coordinator import Coordinator
+from deployments.embedder import Embedder
 from deployments.ingress import make_ingress
 from deployments.router import Router
 from deployments.shard import ShardServer
@@ -68,4 +69,16 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         ray_actor_options={"num_cpus": 0, "resources": args.router_resources},
     )
     fixed = args.model_dump(exclude={"index_version", "default_params"})
-    return router.bind(shards, groups, names, fixed, state)
+    embedder = None
+    if args.embedding is not None:
+        e = args.embedding
+        embedder = (
+            serve.deployment(Embedder, name="embedder")
+            .options(
+                num_replicas=e.num_replicas,
+                ray_actor_options={"num_cpus": e.num_cpus, "num_gpus": e.num_gpus},
+                max_ongoing_requests=256,
+            )
+            .bind(e.model_dump())
+        )
+    return router.bind(shards, groups, names, fixed, state, embedder)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from shards.gpu import GpuOptions
 from shards.planner import MAX_CANDIDATES, MAX_K, MAX_QUERIES
@@ -177,6 +177,28 @@ class Limits(BaseModel):
     max_deadline_ms: PositiveInt = 60_000
 
 
+class EmbeddingOptions(BaseModel):
+    """The optional embedding deployment (``deployments.embedder``): ``{"texts": [...]}``
+    searches and upserts are embedded by it, in the same application."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        "minilm",
+        description="minilm: the bundled all-MiniLM-L6-v2 (sentence-transformers, 384-d); "
+        "glove: the mean of GloVe 6B 50-d word vectors (the demo extra); else a "
+        "sentence-transformers model folder",
+    )
+    device: str = Field("cpu", description="cpu, or cuda (sentence-transformers models)")
+    normalize: bool = Field(True, description="unit vectors (cosine-ready)")
+    num_replicas: PositiveInt = 1
+    num_cpus: float = Field(0, ge=0)
+    num_gpus: float = Field(0, ge=0)
+    max_batch_size: PositiveInt = Field(64, description="texts of several requests per batch")
+    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    max_text_chars: PositiveInt = Field(20_000, description="longer texts are refused (400)")
+
+
 COLLECTION_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 COLLECTIONS = "/v1/collections/"  # + NAME: a collection application's route prefix
 
@@ -194,6 +216,9 @@ class AppArgs(BaseModel):
         "None: the default collection, at /v1/search...",
     )
     shard: ShardOptions = Field(default_factory=ShardOptions)
+    embedding: EmbeddingOptions | None = Field(
+        None, description="an embedding model for texts in (off by default)"
+    )
     default_params: dict[str, Any] = Field(
         default_factory=dict, description="search overrides applied when a request has none"
     )

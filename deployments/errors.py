@@ -47,3 +47,10 @@ class MetricsNotReady(VsearchError):
 
     status_code = 503
     code = "metrics_not_ready"
+
+
+class EmbeddingMismatch(VsearchError):
+    """The application's embedding model does not give vectors of the index's dimension."""
+
+    status_code = 503
+    code = "embedding_mismatch"

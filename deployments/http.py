@@ -23,7 +23,8 @@ T = TypeVar("T")
 
 
 class SearchRequest(BaseModel):
-    """Body of POST /v1/search: exactly one of ``vectors``, ``vectors_b64`` or ``ids``."""
+    """Body of POST /v1/search: exactly one of ``vectors``, ``vectors_b64``, ``ids`` or
+    ``texts``."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -31,6 +32,9 @@ class SearchRequest(BaseModel):
     vectors_b64: str | None = Field(None, description="base64 of little-endian float32, row-major")
     ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(
         None, description="search with these stored vectors (ids in [0, 2**63))"
+    )
+    texts: list[str] | None = Field(
+        None, description="queries as texts, embedded by the app's model (args.embedding)"
     )
     k: int = Field(10, description="results per query")
     params: dict[str, Any] | None = Field(
@@ -57,10 +61,11 @@ class SearchRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_query_form(self) -> SearchRequest:
-        given = [n for n in ("vectors", "vectors_b64", "ids") if getattr(self, n) is not None]
+        forms = ("vectors", "vectors_b64", "ids", "texts")
+        given = [n for n in forms if getattr(self, n) is not None]
         if len(given) != 1:
             raise ValueError(
-                f"give exactly one of vectors, vectors_b64, ids (got {given or 'none'})"
+                f"give exactly one of vectors, vectors_b64, ids, texts (got {given or 'none'})"
             )
         return self
 
@@ -73,6 +78,9 @@ class UpsertRequest(BaseModel):
     ids: list[int] = Field(..., description="ids in [0, 2**63); an existing id is replaced")
     vectors: list[list[float]] | None = Field(None, description="one list per id")
     vectors_b64: str | None = Field(None, description="base64 of little-endian float32, row-major")
+    texts: list[str] | None = Field(
+        None, description="one text per id, embedded by the app's model (args.embedding)"
+    )
     metadata: list[dict[str, Any] | None] | None = Field(
         None, description="one object per id: columns of the index's metadata schema"
     )
@@ -85,8 +93,9 @@ class UpsertRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_vector_form(self) -> UpsertRequest:
-        if (self.vectors is None) == (self.vectors_b64 is None):
-            raise ValueError("give exactly one of vectors, vectors_b64")
+        given = [n for n in ("vectors", "vectors_b64", "texts") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of vectors, vectors_b64, texts (got {given})")
         return self
 
 

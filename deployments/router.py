@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.answer import merged_answer
 from deployments.api import HttpApi
 from deployments.config import AppArgs
+from deployments.embedder import TextsIn
 from deployments.fanout import fan_out, unwrap
 from deployments.ingress import make_app
 from deployments.metrics import RouterMetrics
@@ -32,6 +33,7 @@ from deployments.writes import counting, log_write
 from shards.artefact import descends_from, metadata_schema_of, open_version
 from shards.errors import (
     IndexLoadError,
+    InvalidInput,
     InvalidQuery,
     UnknownId,
     VersionMismatch,
@@ -68,7 +70,7 @@ def retryable(max_deaths: int):
     return rule
 
 
-class Router(HttpApi, RowReads):
+class Router(HttpApi, RowReads, TextsIn):
     """Fans queries out to every shard deployment with a deadline and merges the top-k."""
 
     def __init__(
@@ -78,8 +80,10 @@ class Router(HttpApi, RowReads):
         names: list[str],
         args: dict[str, Any],
         coordinator: DeploymentHandle,
+        embedder: DeploymentHandle | None = None,
     ) -> None:
         self.args = AppArgs(**args)
+        self.embedder = embedder
         self.shards, self.groups, self.names = shards, groups, names
         self.group_sizes = [len(g) for g in groups]
         self.coordinator = coordinator
@@ -189,8 +193,10 @@ class Router(HttpApi, RowReads):
         min_sequence: int = 0,
         filter: dict[str, Any] | None = None,
         score_threshold: float | None = None,
+        texts: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Search by vectors ``xq`` (nq, d) or by stored ``ids``; numpy in, numpy out.
+        """Search by vectors ``xq`` (nq, d), by stored ``ids`` or by ``texts`` (embedded by
+        the app's model); numpy in, numpy out.
 
         ``min_sequence``: answer only from shards that have applied this mutation sequence
         (a write's answer): read-your-writes; shards wait for it within the deadline.
@@ -198,8 +204,8 @@ class Router(HttpApi, RowReads):
         ``plan`` says how the shards searched. ``score_threshold``: only results within that
         distance (L2) or at least that similarity (inner product, cosine)."""
         t0 = time.perf_counter()
-        if (xq is None) == (ids is None):
-            raise InvalidQuery("give exactly one of query vectors or ids")
+        if sum(v is not None for v in (xq, ids, texts)) != 1:
+            raise InvalidQuery("give exactly one of query vectors, ids or texts")
         planner, m = self.planner, self.metrics  # pinned: this version, whatever swaps
         if params is not None and not isinstance(params, dict):
             raise InvalidQuery(f"params must be a mapping, got {type(params).__name__}")
@@ -214,6 +220,8 @@ class Router(HttpApi, RowReads):
         if isinstance(min_sequence, bool) or not isinstance(min_sequence, int) or min_sequence < 0:
             raise InvalidQuery(f"min_sequence must be an integer >= 0, got {min_sequence!r}")
         await self._check_written(min_sequence)
+        if texts is not None:
+            xq = await self.vectors_of_texts(texts, self.args.limits.max_queries)
         exclude = None
         if ids is not None:
             exclude = check_ids(ids)
@@ -286,14 +294,20 @@ class Router(HttpApi, RowReads):
         *,
         deadline_ms: int | None = None,
         idempotency_key: str | None = None,
+        texts: list[str] | None = None,
     ) -> dict[str, Any]:
-        """Insert or replace ``vectors`` (n, d) with ``ids`` and optional ``metadata`` rows;
+        """Insert or replace ``vectors`` (n, d), or the vectors of ``texts`` (the app's
+        embedding model), with ``ids`` and optional ``metadata`` rows;
         ``{"sequence", "upserted"}`` once durable in the log (searches with that
         ``min_sequence`` see it). ``idempotency_key``: a retry under it gets the first
         attempt's answer (``deployments.writer``)."""
         with counting(self.metrics, "upsert"):
             self._deadline_s(deadline_ms)
             planner = self.planner
+            if texts is not None:
+                if vectors is not None:
+                    raise InvalidInput("give vectors or texts, not both")
+                vectors = await self.vectors_of_texts(texts, self.args.limits.max_write_rows)
             m = upsert_of(
                 vectors,
                 ids,

@@ -31,6 +31,15 @@ def glove_parquet(path: str) -> pa.Table:
     return table
 
 
+# The demo document collection (`docs` in serve_config.yaml): GloVe-sized vectors (its
+# embedding model is the mean of GloVe word vectors), the columns LangChain and LlamaIndex
+# stores need, and two to filter on.
+DOCS_COLLECTION = (
+    "--dim", "50", "--metric", "cosine", "--shards", "2", "--metadata",
+    "text:string,doc_id:string,doc_meta:string,ref_doc_id:string,source:string,year:int64",
+)  # fmt: skip
+
+
 def shards_cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "shards", *args], check=True)
 
@@ -39,6 +48,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--index", default="data/glove-index")
     ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--docs", default="data/docs-index", help="the demo document collection")
     ap.add_argument("--build-only", action="store_true", help="build the index if missing, stop")
     ap.add_argument("words", nargs="*", default=list(WORDS))
     args = ap.parse_args()
@@ -63,6 +73,9 @@ def main() -> int:
             "word",
         )
     shards_cli("inspect", args.index)
+    if not os.path.exists(os.path.join(args.docs, "CURRENT")):
+        print(f"creating the empty document collection at {args.docs} (filled by writes)")
+        shards_cli("create", "--out", args.docs, *DOCS_COLLECTION)
     if args.build_only:
         return 0
     ids = {w: i for i, w in enumerate(table.column("word").to_pylist())}

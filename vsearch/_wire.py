@@ -83,18 +83,21 @@ def id_list(ids: Any) -> list[int]:
 def search_body(
     vectors: Any,
     ids: Any,
+    texts: Sequence[str] | None,
     k: int,
     params: dict[str, Any] | None,
     filter: dict[str, Any] | None,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    if (vectors is None) == (ids is None):
-        raise ValueError("give vectors or ids, not both and not neither")
+    if sum(v is not None for v in (vectors, ids, texts)) != 1:
+        raise ValueError("give exactly one of vectors, ids or texts")
     body: dict[str, Any] = {"k": k}
     if vectors is not None:
         body["vectors_b64"] = b64(matrix(vectors, "query vectors"))
-    else:
+    elif ids is not None:
         body["ids"] = id_list(ids)
+    else:
+        body["texts"] = text_list(texts)
     if params:
         body["params"] = dict(params)
     if filter:
@@ -122,11 +125,26 @@ def search_result(body: dict[str, Any]) -> SearchResult:
     )
 
 
+def text_list(texts: Any) -> list[str]:
+    if isinstance(texts, str):
+        return [texts]
+    return [str(t) for t in texts]
+
+
 def upsert_body(
-    ids: Any, vectors: Any, metadata: Sequence[dict[str, Any] | None] | None, key: str
+    ids: Any,
+    vectors: Any,
+    metadata: Sequence[dict[str, Any] | None] | None,
+    key: str,
+    texts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    x = matrix(vectors)
-    body: dict[str, Any] = {"ids": id_list(ids), "vectors_b64": b64(x), "idempotency_key": key}
+    if (vectors is None) == (texts is None):
+        raise ValueError("give vectors or texts (embedded by the service), not both")
+    body: dict[str, Any] = {"ids": id_list(ids), "idempotency_key": key}
+    if texts is not None:
+        body["texts"] = text_list(texts)
+    else:
+        body["vectors_b64"] = b64(matrix(vectors))
     if metadata is not None:
         body["metadata"] = list(metadata)
     return body

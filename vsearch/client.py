@@ -137,6 +137,7 @@ class Client(_Base):
         k: int = 10,
         *,
         ids: Any = None,
+        texts: Sequence[str] | None = None,
         params: dict[str, Any] | None = None,
         filter: dict[str, Any] | None = None,
         min_sequence: int | None = None,
@@ -146,7 +147,8 @@ class Client(_Base):
         min_coverage: float | None = None,
     ) -> SearchResult:
         """The ``k`` nearest stored vectors of each of ``vectors`` ((nq, d) or (d,)), or of
-        the stored vectors of ``ids``; ``params``: per-request overrides (nprobe,
+        the stored vectors of ``ids``, or of ``texts`` (embedded by the service's model);
+        ``params``: per-request overrides (nprobe,
         ef_search, k_factor, target_recall...); ``filter``: a metadata predicate;
         ``min_sequence``: a write's sequence, to read it back."""
         extra = {
@@ -156,21 +158,23 @@ class Client(_Base):
             "score_threshold": score_threshold,
             "min_coverage": min_coverage,
         }
-        body = _wire.search_body(vectors, ids, k, params, filter, extra)
+        body = _wire.search_body(vectors, ids, texts, k, params, filter, extra)
         return _wire.search_result(self._call("POST", "/v1/search", body))
 
     def upsert(
         self,
         ids: Any,
-        vectors: Any,
+        vectors: Any = None,
         metadata: Sequence[dict[str, Any] | None] | None = None,
         *,
+        texts: Sequence[str] | None = None,
         idempotency_key: str | None = None,
     ) -> WriteResult:
-        """Insert or replace ``vectors`` under ``ids`` with optional ``metadata`` rows;
-        returns once the write is durable."""
+        """Insert or replace ``vectors`` (or the vectors of ``texts``, embedded by the
+        service) under ``ids`` with optional ``metadata`` rows; returns once durable."""
         key = idempotency_key or uuid.uuid4().hex
-        out = self._call("POST", "/v1/upsert", _wire.upsert_body(ids, vectors, metadata, key))
+        body = _wire.upsert_body(ids, vectors, metadata, key, texts)
+        out = self._call("POST", "/v1/upsert", body)
         return WriteResult(out["sequence"], out.get("upserted"))
 
     def delete(self, ids: Any, *, idempotency_key: str | None = None) -> WriteResult:
@@ -282,6 +286,7 @@ class AsyncClient(_Base):
         k: int = 10,
         *,
         ids: Any = None,
+        texts: Sequence[str] | None = None,
         params: dict[str, Any] | None = None,
         filter: dict[str, Any] | None = None,
         min_sequence: int | None = None,
@@ -298,20 +303,21 @@ class AsyncClient(_Base):
             "score_threshold": score_threshold,
             "min_coverage": min_coverage,
         }
-        body = _wire.search_body(vectors, ids, k, params, filter, extra)
+        body = _wire.search_body(vectors, ids, texts, k, params, filter, extra)
         return _wire.search_result(await self._call("POST", "/v1/search", body))
 
     async def upsert(
         self,
         ids: Any,
-        vectors: Any,
+        vectors: Any = None,
         metadata: Sequence[dict[str, Any] | None] | None = None,
         *,
+        texts: Sequence[str] | None = None,
         idempotency_key: str | None = None,
     ) -> WriteResult:
         """``Client.upsert``."""
         key = idempotency_key or uuid.uuid4().hex
-        body = _wire.upsert_body(ids, vectors, metadata, key)
+        body = _wire.upsert_body(ids, vectors, metadata, key, texts)
         out = await self._call("POST", "/v1/upsert", body)
         return WriteResult(out["sequence"], out.get("upserted"))
 

@@ -176,6 +176,11 @@ class MetricsNotReady(VsearchError):
     code = "metrics_not_ready"
 
 
+class EmbeddingMismatch(VsearchError):
+    status_code = 503
+    code = "embedding_mismatch"
+
+
 class DeadlineExceeded(VsearchError):
     status_code = 504
     code = "deadline_exceeded"

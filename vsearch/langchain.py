@@ -35,13 +35,14 @@ WRITE_BATCH = 512  # documents per upsert request
 class VsearchVectorStore(VectorStore):
     """A vsearch document collection as a LangChain vector store.
 
-    ``embedding``: turns texts into vectors of the index's dimension; ``url``, ``token``,
+    ``embedding``: turns texts into vectors of the index's dimension (None: the service
+    embeds them with its own model, ``args.embedding``); ``url``, ``token``,
     ``collection``: where the service is (or pass a ready ``client``); ``params``: search
     overrides for every query (e.g. ``{"target_recall": 0.99}``)."""
 
     def __init__(
         self,
-        embedding: Embeddings,
+        embedding: Embeddings | None = None,
         url: str = DEFAULT_URL,
         *,
         token: str | None = None,
@@ -64,7 +65,7 @@ class VsearchVectorStore(VectorStore):
         self.sequence = 0  # this store's last write: its reads wait for it
 
     @property
-    def embeddings(self) -> Embeddings:
+    def embeddings(self) -> Embeddings | None:
         return self._embedding
 
     def _aclient(self) -> AsyncClient:
@@ -104,8 +105,11 @@ class VsearchVectorStore(VectorStore):
         """Embed and upsert ``texts`` (an existing id is replaced); their ids."""
         ids, batches = self._batches(texts, metadatas, ids)
         for t, keys, rows in batches:
-            vectors = self._vectors(self._embedding.embed_documents(t), len(t))
-            out = self.client.upsert(keys, vectors, rows)
+            if self._embedding is None:  # the service embeds them
+                out = self.client.upsert(keys, None, rows, texts=t)
+            else:
+                vectors = self._vectors(self._embedding.embed_documents(t), len(t))
+                out = self.client.upsert(keys, vectors, rows)
             self.sequence = max(self.sequence, out.sequence)
         return ids
 
@@ -119,8 +123,11 @@ class VsearchVectorStore(VectorStore):
     ) -> list[str]:
         ids, batches = self._batches(texts, metadatas, ids)
         for t, keys, rows in batches:
-            vectors = self._vectors(await self._embedding.aembed_documents(t), len(t))
-            out = await self._aclient().upsert(keys, vectors, rows)
+            if self._embedding is None:
+                out = await self._aclient().upsert(keys, None, rows, texts=t)
+            else:
+                vectors = self._vectors(await self._embedding.aembed_documents(t), len(t))
+                out = await self._aclient().upsert(keys, vectors, rows)
             self.sequence = max(self.sequence, out.sequence)
         return ids
 
@@ -205,6 +212,9 @@ class VsearchVectorStore(VectorStore):
     def similarity_search_with_score(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
+        if self._embedding is None:
+            args = self._search_args(k, filter, kwargs)
+            return _scored(self.client.search(texts=[query], **args))
         vector = self._embedding.embed_query(query)
         return self.similarity_search_by_vector_with_score(vector, k, filter, **kwargs)
 
@@ -216,9 +226,11 @@ class VsearchVectorStore(VectorStore):
     async def asimilarity_search_with_score(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
     ) -> list[tuple[Document, float]]:
+        args = self._search_args(k, filter, kwargs)
+        if self._embedding is None:
+            return _scored(await self._aclient().search(texts=[query], **args))
         vector = await self._embedding.aembed_query(query)
-        result = await self._aclient().search(vector, **self._search_args(k, filter, kwargs))
-        return _scored(result)
+        return _scored(await self._aclient().search(vector, **args))
 
     async def asimilarity_search(
         self, query: str, k: int = 4, filter: dict[str, Any] | None = None, **kwargs: Any
@@ -268,6 +280,8 @@ class VsearchVectorStore(VectorStore):
         filter: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> list[Document]:
+        if self._embedding is None:
+            raise ValueError("max_marginal_relevance_search needs the store's own embedding")
         vector = self._embedding.embed_query(query)
         return self.max_marginal_relevance_search_by_vector(
             vector, k, fetch_k, lambda_mult, filter, **kwargs
@@ -283,7 +297,7 @@ class VsearchVectorStore(VectorStore):
     def from_texts(
         cls,
         texts: list[str],
-        embedding: Embeddings,
+        embedding: Embeddings | None,
         metadatas: list[dict[str, Any]] | None = None,
         *,
         ids: list[str] | None = None,

@@ -30,11 +30,17 @@ def test_cluster_yaml_matches_rays_schema():
 def test_serve_configs_validate(path):
     from ray.serve.schema import ServeDeploySchema
 
-    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / path).read_text()))
-    (app,) = config.applications
-    assert app.import_path == "deployments.app:build_app"
+    from deployments.collections import config_problems
+
+    raw = yaml.safe_load((ROOT / path).read_text())
+    config = ServeDeploySchema.model_validate(raw)
+    assert config_problems(raw) == []
+    app = config.applications[0]  # the default collection; others are named collections
+    assert app.import_path == "deployments.app:build_app" and app.route_prefix == "/"
     args = AppArgs.model_validate(app.args)
     assert args.shard.autoscaling is not None
+    for other in config.applications[1:]:
+        assert AppArgs.model_validate(other.args).collection is not None
     if "gpu" in path:
         assert args.shard.num_gpus > 0 and args.auth_token_env
 
