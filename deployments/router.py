@@ -221,7 +221,7 @@ class Router(HttpApi, RowReads, TextsIn):
             raise InvalidQuery(f"min_sequence must be an integer >= 0, got {min_sequence!r}")
         await self._check_written(min_sequence)
         if texts is not None:
-            xq = await self.vectors_of_texts(texts, self.args.limits.max_queries)
+            xq = await self.vectors_of_texts(texts, self.args.limits.max_queries, deadline)
         exclude = None
         if ids is not None:
             exclude = check_ids(ids)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,7 +88,7 @@ def search_body(
     k: int,
     params: dict[str, Any] | None,
     filter: dict[str, Any] | None,
-    extra: dict[str, Any],
+    **extra: Any,
 ) -> dict[str, Any]:
     if sum(v is not None for v in (vectors, ids, texts)) != 1:
         raise ValueError("give exactly one of vectors, ids or texts")
@@ -135,18 +136,45 @@ def upsert_body(
     ids: Any,
     vectors: Any,
     metadata: Sequence[dict[str, Any] | None] | None,
-    key: str,
+    key: str | None,
     texts: Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    """An upsert; ``key``: its idempotency key (a new one when None, so that the client's
+    retries of this call are applied once)."""
     if (vectors is None) == (texts is None):
         raise ValueError("give vectors or texts (embedded by the service), not both")
-    body: dict[str, Any] = {"ids": id_list(ids), "idempotency_key": key}
+    body: dict[str, Any] = {"ids": id_list(ids), "idempotency_key": key or uuid.uuid4().hex}
     if texts is not None:
         body["texts"] = text_list(texts)
     else:
         body["vectors_b64"] = b64(matrix(vectors))
     if metadata is not None:
         body["metadata"] = list(metadata)
+    return body
+
+
+def delete_body(ids: Any, key: str | None) -> dict[str, Any]:
+    return {"ids": id_list(ids), "idempotency_key": key or uuid.uuid4().hex}
+
+
+def written(body: dict[str, Any], count: str) -> WriteResult:
+    return WriteResult(body["sequence"], body.get(count))
+
+
+def get_body(ids, filter, limit, after, include_vectors, columns, min_sequence) -> dict:
+    body: dict[str, Any] = {"include_vectors": include_vectors}
+    if ids is not None:  # the service refuses ids with a filter, limit or after
+        body["ids"] = id_list(ids)
+    if limit is not None:
+        body["limit"] = limit
+    if filter:
+        body["filter"] = filter
+    if after is not None:
+        body["after"] = int(after)
+    if columns is not None:
+        body["columns"] = list(columns)
+    if min_sequence:
+        body["min_sequence"] = int(min_sequence)
     return body
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -151,14 +150,11 @@ class Client(_Base):
         ``params``: per-request overrides (nprobe,
         ef_search, k_factor, target_recall...); ``filter``: a metadata predicate;
         ``min_sequence``: a write's sequence, to read it back."""
-        extra = {
-            "min_sequence": min_sequence,
-            "deadline_ms": deadline_ms,
-            "include_metadata": include_metadata or None,
-            "score_threshold": score_threshold,
-            "min_coverage": min_coverage,
-        }
-        body = _wire.search_body(vectors, ids, texts, k, params, filter, extra)
+        body = _wire.search_body(
+            vectors, ids, texts, k, params, filter, min_sequence=min_sequence,
+            deadline_ms=deadline_ms, include_metadata=include_metadata or None,
+            score_threshold=score_threshold, min_coverage=min_coverage,
+        )  # fmt: skip
         return _wire.search_result(self._call("POST", "/v1/search", body))
 
     def upsert(
@@ -172,16 +168,13 @@ class Client(_Base):
     ) -> WriteResult:
         """Insert or replace ``vectors`` (or the vectors of ``texts``, embedded by the
         service) under ``ids`` with optional ``metadata`` rows; returns once durable."""
-        key = idempotency_key or uuid.uuid4().hex
-        body = _wire.upsert_body(ids, vectors, metadata, key, texts)
-        out = self._call("POST", "/v1/upsert", body)
-        return WriteResult(out["sequence"], out.get("upserted"))
+        body = _wire.upsert_body(ids, vectors, metadata, idempotency_key, texts)
+        return _wire.written(self._call("POST", "/v1/upsert", body), "upserted")
 
     def delete(self, ids: Any, *, idempotency_key: str | None = None) -> WriteResult:
         """Delete ``ids`` (absent ones are no error); ``count``: how many were live."""
-        body = {"ids": _wire.id_list(ids), "idempotency_key": idempotency_key or uuid.uuid4().hex}
-        out = self._call("POST", "/v1/delete", body)
-        return WriteResult(out["sequence"], out.get("deleted"))
+        body = _wire.delete_body(ids, idempotency_key)
+        return _wire.written(self._call("POST", "/v1/delete", body), "deleted")
 
     def get(
         self,
@@ -197,7 +190,7 @@ class Client(_Base):
         """Stored rows: the live ones of ``ids`` in that order; or a page of ``limit`` rows
         (100 by default) matching ``filter`` (all rows without one) in id order after id
         ``after``."""
-        body = _get_body(ids, filter, limit, after, include_vectors, columns, min_sequence)
+        body = _wire.get_body(ids, filter, limit, after, include_vectors, columns, min_sequence)
         return _wire.rows_of(self._call("POST", "/v1/get", body))
 
     def scan(
@@ -296,14 +289,11 @@ class AsyncClient(_Base):
         min_coverage: float | None = None,
     ) -> SearchResult:
         """``Client.search``."""
-        extra = {
-            "min_sequence": min_sequence,
-            "deadline_ms": deadline_ms,
-            "include_metadata": include_metadata or None,
-            "score_threshold": score_threshold,
-            "min_coverage": min_coverage,
-        }
-        body = _wire.search_body(vectors, ids, texts, k, params, filter, extra)
+        body = _wire.search_body(
+            vectors, ids, texts, k, params, filter, min_sequence=min_sequence,
+            deadline_ms=deadline_ms, include_metadata=include_metadata or None,
+            score_threshold=score_threshold, min_coverage=min_coverage,
+        )  # fmt: skip
         return _wire.search_result(await self._call("POST", "/v1/search", body))
 
     async def upsert(
@@ -316,16 +306,13 @@ class AsyncClient(_Base):
         idempotency_key: str | None = None,
     ) -> WriteResult:
         """``Client.upsert``."""
-        key = idempotency_key or uuid.uuid4().hex
-        body = _wire.upsert_body(ids, vectors, metadata, key, texts)
-        out = await self._call("POST", "/v1/upsert", body)
-        return WriteResult(out["sequence"], out.get("upserted"))
+        body = _wire.upsert_body(ids, vectors, metadata, idempotency_key, texts)
+        return _wire.written(await self._call("POST", "/v1/upsert", body), "upserted")
 
     async def delete(self, ids: Any, *, idempotency_key: str | None = None) -> WriteResult:
         """``Client.delete``."""
-        body = {"ids": _wire.id_list(ids), "idempotency_key": idempotency_key or uuid.uuid4().hex}
-        out = await self._call("POST", "/v1/delete", body)
-        return WriteResult(out["sequence"], out.get("deleted"))
+        body = _wire.delete_body(ids, idempotency_key)
+        return _wire.written(await self._call("POST", "/v1/delete", body), "deleted")
 
     async def get(
         self,
@@ -339,7 +326,7 @@ class AsyncClient(_Base):
         min_sequence: int | None = None,
     ) -> Rows:
         """``Client.get``."""
-        body = _get_body(ids, filter, limit, after, include_vectors, columns, min_sequence)
+        body = _wire.get_body(ids, filter, limit, after, include_vectors, columns, min_sequence)
         return _wire.rows_of(await self._call("POST", "/v1/get", body))
 
     async def scan(
@@ -365,20 +352,3 @@ class AsyncClient(_Base):
             if exc.status == 503 or isinstance(exc, ConnectionFailed):
                 return False
             raise
-
-
-def _get_body(ids, filter, limit, after, include_vectors, columns, min_sequence) -> dict:
-    body: dict[str, Any] = {"include_vectors": include_vectors}
-    if ids is not None:  # the service refuses ids with a filter, limit or after
-        body["ids"] = _wire.id_list(ids)
-    if limit is not None:
-        body["limit"] = limit
-    if filter:
-        body["filter"] = filter
-    if after is not None:
-        body["after"] = int(after)
-    if columns is not None:
-        body["columns"] = list(columns)
-    if min_sequence:
-        body["min_sequence"] = int(min_sequence)
-    return body

@@ -60,6 +60,8 @@ def test_texts_are_embedded_for_upsert_and_search(serve_base, tmp_path, model):
     if model == "glove":
         with pytest.raises(vsearch.InvalidQuery, match=r"texts\[0\] has no word"):
             c.search(texts=["qzxqzxqzx"], k=1)
+    with pytest.raises(vsearch.DeadlineExceeded, match="800 texts were embedded"):
+        c.search(texts=TEXTS * 100, k=1, deadline_ms=1)  # the deadline covers the embedding
     with pytest.raises(vsearch.BadRequest, match="exactly one of"):
         c._call("POST", "/v1/upsert", {"ids": [1], "texts": ["a"], "vectors": [[0.0] * local.dim]})
 
