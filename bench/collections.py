@@ -185,7 +185,11 @@ def markdown(r: dict) -> str:
         "",
         f"`{r['command']}` on {r['machine']['cpus']} cores; each collection a one-shard Flat "
         f"index of {r['per_collection_vectors']:,} GloVe vectors. Searches: single queries "
-        "over HTTP from 8 callers, spread round-robin over the collections.",
+        "over HTTP from 8 callers, spread round-robin over the collections. Processes and "
+        "RSS: those of the N-th collection's own application (one more of each per "
+        "collection) for the application rows; the whole deployment, all collections "
+        "included, for the multiplexed rows. The multiplexed prototype searches in its one "
+        "replica (no router hop, no writes, no log, no versions).",
         "",
         "| design | collections | deploy s | processes | replica RSS MB | cold first query ms "
         "| searches/s | p50 ms | p99 ms |",

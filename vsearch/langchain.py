@@ -176,14 +176,23 @@ class VsearchVectorStore(VectorStore):
         return [_document(r) for r in rows.metadata or []]
 
     def _search_args(self, k: int, filter: dict[str, Any] | None, kwargs: dict) -> dict:
+        """The client's search arguments; an option this store does not know is an error
+        (never silently ignored)."""
+        kwargs = dict(kwargs)
         params = {**self.params, **(kwargs.pop("params", None) or {})}
+        threshold = kwargs.pop("score_threshold", None)
+        if kwargs:
+            raise TypeError(
+                f"unknown search option(s) {sorted(kwargs)}: vsearch takes filter, params "
+                "(nprobe, ef_search, k_factor, target_recall...) and score_threshold"
+            )
         return {
             "k": k,
             "filter": filter,
             "params": params or None,
             "include_metadata": True,
             "min_sequence": self.sequence or None,
-            "score_threshold": kwargs.pop("score_threshold", None),
+            "score_threshold": threshold,
         }
 
     def similarity_search_by_vector_with_score(

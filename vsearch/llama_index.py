@@ -189,17 +189,24 @@ class VsearchVectorStore(BasePydanticVectorStore):
         return None if not terms else terms[0] if len(terms) == 1 else {"$and": terms}
 
     def query(self, query: VectorStoreQuery, **kwargs: Any) -> VectorStoreQueryResult:
-        """The ``similarity_top_k`` nodes nearest ``query.query_embedding`` that match its
-        filters (and its ``doc_ids`` / ``node_ids``, when given)."""
+        """The ``similarity_top_k`` nodes nearest ``query.query_embedding`` (or its
+        ``query_str``, embedded by the service) that match its filters (and its ``doc_ids`` /
+        ``node_ids``, when given)."""
+        if kwargs:
+            raise TypeError(f"unknown query option(s) {sorted(kwargs)}")
         if query.mode != VectorStoreQueryMode.DEFAULT:
             raise ValueError(f"query mode {query.mode.value!r} is not supported: use default")
-        if query.query_embedding is None:
-            raise ValueError("vsearch needs query_embedding (a vector query)")
+        texts = None
+        if query.query_embedding is None:  # the service embeds the text (args.embedding)
+            if not query.query_str:
+                raise ValueError("give query_embedding, or query_str for the service to embed")
+            texts = [query.query_str]
         filt = self._restrict(
             operator_form(query.filters), node_ids=query.node_ids, doc_ids=query.doc_ids
         )
         result = self._client.search(
             query.query_embedding,
+            texts=texts,
             k=query.similarity_top_k,
             filter=filt,
             params=self.params,

@@ -77,6 +77,8 @@ def test_langchain_filters_scores_and_mmr(docs_url):
         assert scores == sorted(scores, reverse=True)  # cosine similarities, best first
         with pytest.raises(Exception, match="unknown metadata column"):
             store.similarity_search("q", filter={"note": "json"})  # not a column: loud
+        with pytest.raises(TypeError, match=r"unknown search option\(s\) \['where'\]"):
+            store.similarity_search("q", where={"lang": "de"})  # Chroma's knob: not ignored
         mmr = store.max_marginal_relevance_search("query", k=3, fetch_k=10)
         assert len(mmr) == 3 and len({d.id for d in mmr}) == 3
         rel = store.similarity_search_with_relevance_scores("text 3", k=1)

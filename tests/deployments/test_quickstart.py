@@ -50,3 +50,25 @@ def test_readme_quickstart_runs_against_make_serves_docs_collection(serve_base, 
     lines = out.getvalue().splitlines()
     assert len(lines) == 2, out.getvalue()
     assert lines[0].split()[1] == "seine:" and lines[1].split()[1] == "nile:", lines
+
+    # the same collection from LlamaIndex, the query text embedded by the service
+    from llama_index.core.schema import TextNode
+    from llama_index.core.vector_stores.types import VectorStoreQuery
+
+    from deployments.embedder import GloveMean
+    from vsearch.llama_index import VsearchVectorStore
+
+    glove = GloveMean()
+    store = VsearchVectorStore(url=serve_base, collection="docs")
+    words = ["the cat sat on the mat", "stock prices fell", "the dog chased the cat"]
+    store.add(
+        [
+            TextNode(text=t, id_=f"n{i}", embedding=glove.encode([t])[0].tolist())
+            for i, t in enumerate(words)
+        ]
+    )
+    got = store.query(VectorStoreQuery(query_str="markets and shares", similarity_top_k=1))
+    assert got.ids == ["n1"]
+    with pytest.raises(TypeError, match="unknown query option"):
+        store.query(VectorStoreQuery(query_str="x"), alpha=0.5)
+    store.clear()
