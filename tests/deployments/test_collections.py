@@ -20,7 +20,7 @@ from tests.shards.helpers import assert_same_knn, brute_force, float_tolerance
 pytestmark = [pytest.mark.ray]
 
 
-def test_two_collections_side_by_side_with_their_own_writes(serve_base, indexes, tmp_path):
+def test_two_collections_side_by_side_with_their_own_writes(serve_base, apps, indexes, tmp_path):
     from deployments.local import undeploy
 
     specs = {"a": (12, "l2"), "b": (6, "cosine")}
@@ -54,9 +54,11 @@ def test_two_collections_side_by_side_with_their_own_writes(serve_base, indexes,
         r = default.search(xb[:3], k=1)
         assert r.ids[:, 0].tolist() == [0, 1, 2]
         listed = httpx.get(f"{serve_base}/v1/collections").json()["collections"]
-        by_name = {e["name"]: e for e in listed}
-        assert by_name["a"]["routes"] == "/v1/collections/a" and by_name["a"]["status"] == "RUNNING"
-        assert by_name["b"]["application"] == "col-b" and by_name[None]["routes"] == "/v1"
+        by_app = {e["application"]: e for e in listed}
+        assert by_app["col-a"]["name"] == "a" and by_app["col-a"]["status"] == "RUNNING"
+        assert by_app["col-a"]["routes"] == "/v1/collections/a"
+        assert by_app["default"]["name"] is None and by_app["default"]["routes"] == "/v1"
+        assert by_app["flat"]["routes"] == "/flat/v1"  # the default routes of an app at /flat
         assert not any("error" in e for e in listed)
         with pytest.raises(vsearch.NotFound):
             vsearch.Client(serve_base, collection="nope").search(xb[:1], k=1)
