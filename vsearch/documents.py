@@ -20,6 +20,18 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 TEXT, DOC_ID, DOC_META = "text", "doc_id", "doc_meta"
+# requests the stores make stay within the service's default limits (4,096 rows a write,
+# 1,024 ids a get) and well within its 30 s request timeout when it embeds the texts
+ROWS_PER_WRITE = 1000
+IDS_PER_GET = 1000
+TEXTS_PER_WRITE = 64  # when the service embeds them (a CPU model: about 30 texts/s)
+
+
+def chunks(items: list, size: int):
+    for s in range(0, len(items), size):
+        yield items[s : s + size]
+
+
 REQUIRED = (TEXT, DOC_ID, DOC_META)
 
 

@@ -29,7 +29,7 @@ from vsearch import documents as docs
 from vsearch._wire import SearchResult
 from vsearch.client import DEFAULT_URL, AsyncClient, Client
 
-WRITE_BATCH = 512  # documents per upsert request
+WRITE_BATCH = 512  # documents per upsert request (docs.TEXTS_PER_WRITE if the service embeds)
 
 
 class VsearchVectorStore(VectorStore):
@@ -89,8 +89,9 @@ class VsearchVectorStore(VectorStore):
                 "give one of each per text"
             )
         batches = []
-        for s in range(0, len(texts), WRITE_BATCH):
-            t, m, i = (v[s : s + WRITE_BATCH] for v in (texts, metadatas, ids))
+        size = docs.TEXTS_PER_WRITE if self._embedding is None else WRITE_BATCH
+        for s in range(0, len(texts), size):
+            t, m, i = (v[s : s + size] for v in (texts, metadatas, ids))
             batches.append((t, [docs.int_id(x) for x in i], docs.rows(t, m, i, self.columns)))
         return ids, batches
 
@@ -139,41 +140,41 @@ class VsearchVectorStore(VectorStore):
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         """Delete the documents of ``ids``, or every document when None."""
-        if ids is None:
-            for rows in self.client.scan(page=5000, min_sequence=self.sequence):
-                self.sequence = max(self.sequence, self.client.delete(rows.ids).sequence)
-            return True
-        if ids:
-            out = self.client.delete([docs.int_id(i) for i in ids])
-            self.sequence = max(self.sequence, out.sequence)
+        pages = (
+            (r.ids for r in self.client.scan(page=docs.ROWS_PER_WRITE, min_sequence=self.sequence))
+            if ids is None
+            else docs.chunks([docs.int_id(i) for i in ids], docs.ROWS_PER_WRITE)
+        )
+        for keys in pages:
+            self.sequence = max(self.sequence, self.client.delete(keys).sequence)
         return True
 
     async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
         client = self._aclient()
         if ids is None:
-            async for rows in client.scan(page=5000, min_sequence=self.sequence):
+            async for rows in client.scan(page=docs.ROWS_PER_WRITE, min_sequence=self.sequence):
                 self.sequence = max(self.sequence, (await client.delete(rows.ids)).sequence)
             return True
-        if ids:
-            out = await client.delete([docs.int_id(i) for i in ids])
-            self.sequence = max(self.sequence, out.sequence)
+        for keys in docs.chunks([docs.int_id(i) for i in ids], docs.ROWS_PER_WRITE):
+            self.sequence = max(self.sequence, (await client.delete(keys)).sequence)
         return True
 
     # ---- reads ----
 
     def get_by_ids(self, ids: Sequence[str], /) -> list[Document]:
         """The stored documents of ``ids`` (missing ones left out), in that order."""
-        if not ids:
-            return []
-        rows = self.client.get([docs.int_id(i) for i in ids], min_sequence=self.sequence)
-        return [_document(r) for r in rows.metadata or []]
+        out = []
+        for keys in docs.chunks([docs.int_id(i) for i in ids], docs.IDS_PER_GET):
+            rows = self.client.get(keys, min_sequence=self.sequence)
+            out += [_document(r) for r in rows.metadata or []]
+        return out
 
     async def aget_by_ids(self, ids: Sequence[str], /) -> list[Document]:
-        if not ids:
-            return []
-        keys = [docs.int_id(i) for i in ids]
-        rows = await self._aclient().get(keys, min_sequence=self.sequence)
-        return [_document(r) for r in rows.metadata or []]
+        out = []
+        for keys in docs.chunks([docs.int_id(i) for i in ids], docs.IDS_PER_GET):
+            rows = await self._aclient().get(keys, min_sequence=self.sequence)
+            out += [_document(r) for r in rows.metadata or []]
+        return out
 
     def _search_args(self, k: int, filter: dict[str, Any] | None, kwargs: dict) -> dict:
         """The client's search arguments; an option this store does not know is an error

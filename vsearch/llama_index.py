@@ -164,7 +164,7 @@ class VsearchVectorStore(BasePydanticVectorStore):
         self._delete_matching(None)
 
     def _delete_matching(self, filt: dict[str, Any] | None) -> None:
-        for rows in self._client.scan(filt, page=5000, min_sequence=self._sequence):
+        for rows in self._client.scan(filt, page=docs.ROWS_PER_WRITE, min_sequence=self._sequence):
             self._sequence = max(self._sequence, self._client.delete(rows.ids).sequence)
 
     def get_nodes(
@@ -173,11 +173,13 @@ class VsearchVectorStore(BasePydanticVectorStore):
         """The stored nodes of ``node_ids`` (in that order) and/or matching ``filters``."""
         filt = operator_form(filters)
         if node_ids is not None and filt is None:
-            keys = [docs.int_id(i) for i in node_ids]
-            found = self._client.get(keys, min_sequence=self._sequence)
-            return [_node(r) for r in found.metadata or []]
+            out = []
+            for keys in docs.chunks([docs.int_id(i) for i in node_ids], docs.IDS_PER_GET):
+                found = self._client.get(keys, min_sequence=self._sequence)
+                out += [_node(r) for r in found.metadata or []]
+            return out
         filt = self._restrict(filt, node_ids=node_ids)
-        pages = self._client.scan(filt, page=5000, min_sequence=self._sequence)
+        pages = self._client.scan(filt, page=docs.ROWS_PER_WRITE, min_sequence=self._sequence)
         return [_node(r) for rows in pages for r in rows.metadata or []]
 
     def _restrict(self, filt, node_ids=None, doc_ids=None) -> dict[str, Any] | None:

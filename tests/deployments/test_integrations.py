@@ -146,3 +146,18 @@ def test_llama_index_add_query_filters_and_delete(docs_url):
     assert (
         store.query(VectorStoreQuery(query_embedding=q[0].tolist(), similarity_top_k=3)).ids == []
     )
+
+
+def test_stores_split_what_one_request_cannot_hold(docs_url):
+    """5,000 documents: more than a write (4,096 rows) or a get (1,024 ids) may carry; the
+    delete of every document scanned 5,000 at a time and was refused before."""
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    store = VsearchVectorStore(DeterministicFakeEmbedding(size=6), docs_url)
+    ids = store.add_texts([f"t{i}" for i in range(5000)], ids=[f"d{i}" for i in range(5000)])
+    got = store.get_by_ids(ids[::-1][:2500])
+    assert [d.id for d in got] == ids[::-1][:2500]
+    store.delete(ids[:4500])
+    assert sorted(d.id for d in store.get_by_ids(ids)) == sorted(ids[4500:])
+    store.delete()
+    assert store.get_by_ids(ids[4500:]) == [] and store.similarity_search("t1", k=1) == []

@@ -40,11 +40,13 @@ def test_metrics_scrape_counts(serve_base, indexes):
         text = r.text if ready else ""
         ok = samples(text, "ray_vsearch_requests_total", "metrics")
         searched = samples(text, "ray_vsearch_shard_searches_total", "metrics")
+        sized = samples(text, "ray_vsearch_shard_vectors", "metrics")
         if (
             sum(s.value for s in ok if s.labels["status"] == "2xx") >= 7
             and sum(s.value for s in searched) >= 21
+            and {s.labels["shard"] for s in sized} == {"0", "1", "2"}
         ):
-            break  # every replica exported (each exports on its own schedule)
+            break  # every replica exported each metric (each on its own schedule)
         time.sleep(1)
     requests = {
         s.labels["status"]: s.value for s in samples(text, "ray_vsearch_requests_total", "metrics")
