@@ -154,7 +154,7 @@ class HeldVersions:
         self.failed.pop(v, None)
         self.failed.pop(name, None)
         self.empty_since = self.retry_at = None
-        self._publish(loaded)
+        self.publish(loaded)
         log.info("shards %s hold %s on %s", self.numbers, v, loaded.placement.device)
         return True
 
@@ -182,11 +182,12 @@ class HeldVersions:
             f"(they hold {sorted(self.versions)})"
         )
 
-    def _publish(self, loaded: LoadedShards) -> None:
-        """Gauges describing the version just loaded."""
+    def publish(self, loaded: LoadedShards) -> None:
+        """Gauges describing ``loaded`` (on load, then every health check: a value set once
+        can miss Ray's export when the replica's metrics agent was not connected yet)."""
         m, tags = self.metrics, self.tags
         manifest = loaded.index.manifest
-        m.vectors.set(loaded.index.ntotal, tags=tags)
+        m.vectors.set(float(loaded.index.ntotal), tags=tags)
         m.dim.set(manifest.dim, tags=tags)
         m.code_size.set(
             sum(manifest.shards[i].files["index"].size for i in self.numbers), tags=tags

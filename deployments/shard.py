@@ -339,6 +339,7 @@ class ShardServer:
                 raise RuntimeError(f"shards {self.numbers}: no version loaded: {self.error}")
             return
         cur = held.serving() or next(iter(self.versions.values()))
+        held.publish(cur)
         shards = cur.index.shards.values()
         self.metrics.sequence.set(float(cur.index.sequence), tags=self.tags)
         self.metrics.delta_rows.set(float(sum(len(s.delta_ids) for s in shards)), tags=self.tags)
