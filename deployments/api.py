@@ -234,6 +234,7 @@ class HttpApi:
             body["log"] = await asyncio.wait_for(self.coordinator.log_state.remote(), 5.0)
             state = self.coordinator.compaction.remote()
             body["compaction"] = await asyncio.wait_for(state, 5.0)
+            body["recall"] = await asyncio.wait_for(self.coordinator.recall.remote(), 5.0)
             end = body["log"]["sequence"]
             for info in body["shards"]:  # how far each shard is behind the log
                 if info.get("sequence") is not None and end is not None:

@@ -35,20 +35,25 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         graceful_shutdown_timeout_s=1,
         graceful_shutdown_wait_loop_s=0.2,
     )
+    groups = shard_groups(manifest.num_shards, args.shard.shards_per_replica)
     state = coordinator.bind(
-        args.index_uri, args.compact_after_changes, args.max_delta_rows, args.compact_retune
+        args.index_uri,
+        args.compact_after_changes,
+        args.max_delta_rows,
+        args.compact_retune,
+        args.recall.model_dump(),
+        len(groups),
     )
     options = args.shard.model_dump()
     # versions and default params travel in user_config: changing them reconfigures the
     # running replicas in place (a two-phase live swap) instead of replacing them
     shard_config = {"index_version": manifest.index_version}
-    groups = shard_groups(manifest.num_shards, args.shard.shards_per_replica)
     names = [group_name(g) for g in groups]
     shard_cls: Any = serve.deployment(ShardServer, name="shard")
     shards = [
         shard_cls.options(
             name=name, user_config=shard_config, **args.shard.deployment_options()
-        ).bind(args.index_uri, g, options, state)
+        ).bind(args.index_uri, g, options, state, args.recall.model_dump())
         for name, g in zip(names, groups, strict=True)
     ]
     router_config = {"index_version": manifest.index_version, "default_params": args.default_params}

@@ -203,6 +203,42 @@ COLLECTION_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 COLLECTIONS = "/v1/collections/"  # + NAME: a collection application's route prefix
 
 
+class RecallOptions(BaseModel):
+    """The online recall monitor (``deployments.monitor``): sampled live queries re-run
+    exactly in the background over the same shard state, and what to do when recall drifts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample_rate: float = Field(
+        0.005, ge=0.0, le=1.0, description="share of query rows re-run exactly; 0: off"
+    )
+    cpu_share: float = Field(
+        0.02,
+        gt=0.0,
+        le=1.0,
+        description="CPU share of one core each shard replica may spend on exact re-runs "
+        "(samples past it are skipped and counted): the monitor's cost, bounded",
+    )
+    window_s: PositiveFloat = Field(900.0, description="measured recall covers this window")
+    margin: float = Field(
+        0.02, ge=0.0, lt=1.0, description="recall below the target by more than this drifts"
+    )
+    min_samples: PositiveInt = Field(
+        100, description="samples in the window before recall is compared with its target"
+    )
+    auto_retune: bool = Field(
+        False,
+        description="re-tune on recent live queries when measured recall drifts below its "
+        "target (a new version with the new curve, swapped in like a compaction)",
+    )
+    retune_queries: int = Field(
+        1000, ge=50, description="recent unfiltered sampled queries kept for a re-tune"
+    )
+    retune_cooldown_s: float = Field(
+        1800.0, ge=0.0, description="the least time between two automatic re-tunes"
+    )
+
+
 class AppArgs(BaseModel):
     """Everything ``build_app`` needs."""
 
@@ -241,6 +277,9 @@ class AppArgs(BaseModel):
         2_000_000,
         description="upserts are refused (503 delta_full) while the shards' deltas hold this "
         "many rows, and a compaction starts; None: no bound",
+    )
+    recall: RecallOptions = Field(
+        default_factory=RecallOptions, description="the online recall monitor"
     )
     router_replicas: PositiveInt = 1
     router_autoscaling: Autoscaling | None = Field(

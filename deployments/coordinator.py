@@ -15,13 +15,16 @@ import logging
 import time
 from typing import Any
 
-from deployments.compaction import Compactions, compact_version
-from deployments.metrics import LogMetrics
+from deployments.compaction import Compactions, compact_version, retune_version
+from deployments.config import RecallOptions
+from deployments.metrics import LogMetrics, RecallMetrics
+from deployments.monitor import RecallMonitor
 from deployments.swap import Report
 from deployments.writer import LogWriter
 from shards.artefact import metadata_schema_of, open_version
 from shards.errors import CorruptLogSegment, DeltaFull
 from shards.log import Mutation, MutationLog
+from shards.metric import Metric
 
 log = logging.getLogger(__name__)
 RETIRE_LOG_AFTER_S = 30.0  # after a compaction's commit: replicas drop older versions first
@@ -36,6 +39,8 @@ class Coordinator:
         compact_after_changes: int | None = None,
         max_delta_rows: int | None = None,
         compact_retune: bool = False,
+        recall: dict | None = None,
+        groups: int = 1,
     ) -> None:
         self.max_delta_rows = max_delta_rows
         self.compact_retune = compact_retune
@@ -48,8 +53,20 @@ class Coordinator:
         self.compactions = Compactions(
             self._launch, compact_after_changes, self._compacted, lambda: self.active
         )
+        keep_max = False
+        if index_uri is not None:
+            keep_max = Metric.parse(open_version(index_uri)[1].metric).keep_max
+        self.recall_metrics = RecallMetrics()
+        self.monitor = RecallMonitor(
+            RecallOptions(**(recall or {})), groups, keep_max, self.recall_metrics
+        )
+        self._targets: dict[str, float | None] = {}  # version -> its defaults' target
 
     def _compacted(self, last: dict[str, Any]) -> None:
+        if last.get("kind") == "retune":
+            self.monitor.retune = {**self.monitor.retune, **last}
+            self.recall_metrics.retunes.inc(tags={"state": last["state"]})
+            return
         self.metrics.compactions.inc(tags={"state": last["state"]})
         if "seconds" in last:
             self.metrics.compaction_s.set(float(last["seconds"]))
@@ -60,6 +77,42 @@ class Coordinator:
 
         task = ray.remote(compact_version).options(num_cpus=1, max_retries=0)
         return await task.remote(self.index_uri, version, self.compact_retune)
+
+    def _retune(self, queries, target: float, why: str) -> bool:
+        """Start re-tuning the active version on ``queries`` (unless a job runs)."""
+        if self.compactions.running or self.compactions.proposed is not None:
+            return False
+        import ray
+
+        task = ray.remote(retune_version).options(num_cpus=1, max_retries=0)
+        uri = self.index_uri
+
+        async def launch(version: str | None) -> dict[str, Any]:
+            return await task.remote(uri, version, queries, target)
+
+        self.compactions.start(self.active, why, launch, kind="retune")
+        return True
+
+    def _target_of(self, version: str | None) -> float | None:
+        """The recall ``version``'s default parameters were tuned for (None: exact, or
+        not tuned)."""
+        if version is None or self.index_uri is None:
+            return None
+        if version not in self._targets:
+            tuning = open_version(self.index_uri, version)[1].tuning or {}
+            self._targets[version] = tuning.get("target") if tuning.get("curve") else None
+        return self._targets[version]
+
+    async def recall(self) -> dict[str, Any]:
+        """The recall monitor's view of the active version (``/v1/stats``)."""
+        out = {
+            **self.monitor.summary(self.active),
+            "target": self._target_of(self.active),
+            "margin": self.monitor.opts.margin,
+        }
+        if self.compactions.last.get("kind") == "retune":  # its state now (active, ...)
+            out["retune"] = {**(out["retune"] or {}), **self.compactions.status()}
+        return out
 
     async def compact(self, why: str = "asked for") -> dict[str, Any]:
         """Start compacting the active version (unless one runs); the compaction's state."""
@@ -124,12 +177,18 @@ class Coordinator:
         changes: int = 0,
         delta_rows: int = 0,
         sequence: int = 0,
+        parts: list | None = None,
+        sampler: dict | None = None,
     ) -> tuple[str | None, str | None]:
         """Record what ``replica`` holds (and the changes its active version has applied
-        since it was built); returns the active version and the one a compaction proposes."""
+        since it was built, and the recall monitor's exact re-runs since its last report);
+        returns the active version and the one a compaction proposes."""
         self.reports[replica] = Report(
             deployment, tuple(loaded), dict(failed), changes, delta_rows, sequence
         )
+        if parts or sampler:
+            self.monitor.add(parts or [], replica, sampler)
+            self.monitor.check(self.active, self._target_of(self.active), self._retune)
         if self.active is not None and self.active in loaded:
             self.compactions.maybe_start(self.active, self._most("changes"))
         return self.active, self.compactions.proposed

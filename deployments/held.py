@@ -41,12 +41,13 @@ class LoadedShards:
     def version(self) -> str:
         return self.index.index_version
 
-    def search(self, xq: np.ndarray, query: Query, deadline: float | None):
+    def search(self, xq: np.ndarray, query: Query, deadline: float | None, states=None):
         """``(D, I, plans)`` of ``query`` over these shards, in parts of ``SUB_BATCH`` that
         check ``deadline`` (plans: each shard's, for a filter). Every part reads the same
-        states of the shards: one answer, one state, whatever is applied meanwhile."""
+        states of the shards (``states``, or a snapshot taken now): one answer, one state,
+        whatever is applied meanwhile."""
         parts = []
-        states = self.index.applied.states()
+        states = self.index.applied.states() if states is None else states
         for start in range(0, len(xq), SUB_BATCH):
             if deadline is not None and time.monotonic() > deadline:
                 raise DeadlineExceeded("deadline passed: the rest of the batch is not searched")

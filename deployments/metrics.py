@@ -115,3 +115,42 @@ class LogMetrics:
         self.compaction_s = Gauge(
             "vsearch_compaction_seconds", "duration of the last online compaction"
         )
+
+
+RECALL = [0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99, 1.0]
+
+
+class RecallMetrics:
+    """The online recall monitor, at the app's coordinator (``deployments.monitor``)."""
+
+    def __init__(self) -> None:
+        tags = ("shard", "plan")
+        self.recall = Gauge(
+            "vsearch_recall",
+            "measured recall@k of sampled live queries over the window, active version "
+            "(shard 'all': the answers callers got; plan 'all': every plan)",
+            tag_keys=tags,
+        )
+        self.samples = Gauge(
+            "vsearch_recall_samples", "queries measured in the window", tag_keys=tags
+        )
+        self.target = Gauge(
+            "vsearch_recall_target", "the recall the active version's defaults were tuned for"
+        )
+        self.per_query = Histogram(
+            "vsearch_query_recall",
+            "recall@k of each measured query (the service's answer)",
+            boundaries=RECALL,
+            tag_keys=("plan",),
+        )
+        self.skipped = Gauge(
+            "vsearch_recall_skipped",
+            "sampled queries the shards did not re-run (budget, queue, unmeasurable), "
+            "since their replicas started",
+            tag_keys=("reason",),
+        )
+        self.retunes = Counter(
+            "vsearch_retunes_total",
+            "automatic re-tunes on live queries, by outcome",
+            tag_keys=("state",),
+        )

@@ -27,6 +27,7 @@ from deployments.fanout import fan_out, unwrap
 from deployments.ingress import make_app
 from deployments.metrics import RouterMetrics
 from deployments.reads import RowReads
+from deployments.sampler import pick
 from deployments.tracker import VersionTracker
 from deployments.versions import owner_groups
 from deployments.writes import counting, log_write
@@ -99,6 +100,7 @@ class Router(HttpApi, RowReads, TextsIn):
             lambda version, ancestor: descends_from(self.args.index_uri, version, ancestor),
         )
         self.metrics = RouterMetrics()
+        self._rng = np.random.default_rng()
         self._retryable = retryable(self.args.replica_retries)
         env = self.args.auth_token_env
         if env and not os.environ.get(env):
@@ -123,6 +125,8 @@ class Router(HttpApi, RowReads, TextsIn):
             max_candidates=lim.max_candidates,
         )
         planner.defaults = SearchOverrides.parse(defaults).over(planner.defaults)
+        if defaults:  # the app's own defaults: not the ones tuned for a target
+            planner.tuned_for = None
         planner.knobs.check(planner.defaults, 1)
         return planner
 
@@ -230,8 +234,16 @@ class Router(HttpApi, RowReads, TextsIn):
         xq = planner.prepare(xq)
         filt = parse_filter(filter, self._schemas.get(version))
         threshold = planner.check_threshold(score_threshold)
+        # the recall monitor's sample: rows re-run exactly by the shards after answering
+        goal = (target if target is not None else planner.tuned_for) if not params else None
         query = Query(
-            k, ov, exclude=exclude, version=version, min_sequence=min_sequence, filter=filt
+            k,
+            ov,
+            exclude=exclude,
+            version=version,
+            min_sequence=min_sequence,
+            filter=filt,
+            sample=pick(self._rng, len(xq), self.args.recall.sample_rate, goal),
         )
         planner.check_cost(len(xq), query.fetch_k, ov)
         m.k.observe(k)

@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from deployments.config import ShardOptions
+from deployments.config import RecallOptions, ShardOptions
 from deployments.follow import Follower
 from deployments.held import HeldVersions, LoadedShards
 from deployments.metrics import ShardMetrics
+from deployments.sampler import ShardSampler
 from shards import ShardedIndex
 from shards._faiss import faiss
 from shards.artefact import descends_from
@@ -45,8 +46,16 @@ class _Failed:
 class ShardServer:
     """Searches its shards; batches concurrent calls; prepares and retires index versions."""
 
-    def __init__(self, index_uri: str, numbers: list[int], options: dict, coordinator) -> None:
+    def __init__(
+        self,
+        index_uri: str,
+        numbers: list[int],
+        options: dict,
+        coordinator,
+        recall: dict | None = None,
+    ) -> None:
         self.opts = ShardOptions(**options)
+        monitor = RecallOptions(**(recall or {}))
         faiss.omp_set_num_threads(self.opts.omp_threads)
         self.numbers = list(numbers)
         self.coordinator = coordinator
@@ -55,6 +64,7 @@ class ShardServer:
         self.replica, self.deployment = ctx.replica_id.unique_id, ctx.deployment
         label = f"{numbers[0]}" if len(numbers) == 1 else f"{numbers[0]}-{numbers[-1]}"
         self.metrics, self.tags = ShardMetrics(), {"shard": label}
+        self.sampler = ShardSampler(self.numbers[0], label, monitor.cpu_share)
         self.held = HeldVersions(index_uri, self.numbers, self.opts, self.metrics, self.tags)
         self.follower = Follower(self._tail, lambda: [v.index for v in self.versions.values()])
         self._following: asyncio.Task | None = None
@@ -127,6 +137,8 @@ class ShardServer:
             changes,
             delta,
             applied,
+            self.sampler.drain(),  # the recall monitor's exact re-runs since the last report
+            self.sampler.state(),
         )
         try:
             active, proposed = await asyncio.wait_for(call, REPORT_TIMEOUT_S)
@@ -172,7 +184,10 @@ class ShardServer:
             deadline = None if None in ends else max(ends)
             try:
                 xq = np.concatenate([xqs[i] for i in members])
-                D, I, version, seq, plans = await self._run(xq, queries[members[0]], deadline)
+                batch = [(queries[i], len(xqs[i])) for i in members]
+                D, I, version, seq, plans = await self._run(
+                    xq, queries[members[0]], deadline, batch
+                )
             except Exception as exc:  # this group's error, not the other groups'
                 for i in members:
                     out[i] = _Failed(exc)
@@ -184,25 +199,35 @@ class ShardServer:
                 start += n
         return out
 
-    async def _run(self, xq: np.ndarray, query: Query, deadline: float | None, record=True):
+    async def _run(
+        self, xq: np.ndarray, query: Query, deadline: float | None, members=None
+    ) -> tuple:
+        """Search ``xq`` for ``query``; ``members``: the ``(query, rows)`` of each request of
+        a batch (one request by default), whose sampled rows the recall monitor re-runs."""
         loaded = self._held(query.version)
         m, tags, v = self.metrics, self.tags, loaded.version
         seq = loaded.index.sequence  # before: the state searched has at least this one
+        states = loaded.index.applied.states()  # one snapshot for the answer and its re-run
         t0 = time.perf_counter()
         self.held.in_flight[v] += 1
         try:
             # each GPU clone serialises its own searches (shards.gpu.Placed)
-            D, I, plans = await asyncio.to_thread(loaded.search, xq, query, deadline)
+            D, I, plans = await asyncio.to_thread(loaded.search, xq, query, deadline, states)
         except Exception:
             m.errors.inc(tags=tags)
             raise
         finally:
             self.held.in_flight[v] -= 1
-        if record:  # health probes stay out of the search metrics
-            m.latency.observe(time.perf_counter() - t0, tags=tags)
-            m.searches.inc(tags=tags)
-            m.queries.inc(len(xq), tags=tags)
-            m.batch.observe(len(xq), tags=tags)
+        m.latency.observe(time.perf_counter() - t0, tags=tags)
+        m.searches.inc(tags=tags)
+        m.queries.inc(len(xq), tags=tags)
+        m.batch.observe(len(xq), tags=tags)
+        start = 0
+        for q, n in members or [(query, len(xq))]:
+            if q.sample is not None:  # after the answer, never in its way
+                part = slice(start, start + n)
+                self.sampler.offer(loaded.index, xq[part], q, D[part], I[part], states, plans)
+            start += n
         return D, I, v, seq, plans
 
     async def _caught_up(self, loaded: LoadedShards, sequence: int, deadline: float | None):

@@ -45,6 +45,11 @@ class QueryPlanner:
         self.knobs = Knobs.of(template)
         self.defaults = SearchOverrides.parse(manifest.default_params)
         self._resolved: dict[float, dict[str, Any]] = {}
+        tuning = manifest.tuning or {}
+        # the recall the defaults were tuned for (None: exact, or not tuned)
+        self.tuned_for: float | None = (
+            float(tuning["target"]) if tuning.get("curve") and self.knobs.names() else None
+        )
 
     def check_k(self, k: Any) -> int:
         """``k`` as an int, or InvalidQuery unless it is an integer in [1, max_k]."""

@@ -18,6 +18,15 @@ from shards.params import SearchOverrides
 
 
 @dataclass(frozen=True)
+class Sample:
+    """Rows of a query that the recall monitor re-runs exactly (``shards.recall``)."""
+
+    id: int  # the same at every shard: their parts join on it
+    rows: tuple[int, ...]  # row numbers into the query's vectors
+    target: float | None = None  # the recall asked for (None: explicit parameters)
+
+
+@dataclass(frozen=True)
 class Query:
     """What to search for, apart from the (nq, d) float32 query vectors.
 
@@ -35,6 +44,7 @@ class Query:
     min_sequence: int = 0
     filter: Filter | None = None  # only rows whose metadata match (shards.filters)
     budget_s: float | None = None
+    sample: Sample | None = None  # rows the recall monitor re-runs exactly after answering
 
     @property
     def fetch_k(self) -> int:

@@ -20,27 +20,34 @@ def autotune_index(
     uri: str,
     version: str | None = None,
     *,
-    queries: str | None = None,
+    queries: str | np.ndarray | None = None,
     target: float = 0.95,
     seed: int = 0,
+    method: str | None = None,
 ) -> Manifest:
-    """Measure the curve on ``uri`` (leave-one-out on stored vectors, or given queries)."""
+    """Measure the curve on ``uri`` (leave-one-out on stored vectors, or given queries: a
+    ``.npy`` path or an array) and publish it as a new version; ``method``: how the
+    queries were chosen, for the manifest (default: said from ``queries``)."""
     index = ShardedIndex.open(uri, version)
     if not index.knobs.names():
         raise UnsupportedOperation("this index is exact (no search knobs): nothing to tune")
     if queries is not None:
-        xq = prepare_vectors(np.load(queries), index.dim, index.metric)
+        raw = np.load(queries) if isinstance(queries, str) else queries
+        xq = prepare_vectors(raw, index.dim, index.metric)
         qids = np.full(len(xq), -1, dtype=np.int64)  # real queries: nothing to leave out
     else:
         ids = np.concatenate([s.ids[s.live_rows()] for s in index.shards.values()])
         qids = np.random.default_rng(seed).choice(ids, min(TUNE_QUERIES, len(ids)), replace=False)
         xq = index.reconstruct(qids)
     gt = autotune.ground_truth(xq, index.iter_vectors(), TUNE_K + 1, index.metric.faiss_metric)
-    method = (
-        "held-out queries from " + queries
-        if queries is not None
-        else "leave-one-out on stored vectors (optimistic for HNSW: pass --queries)"
-    )
+    if method is None:
+        method = (
+            f"held-out queries from {queries}"
+            if isinstance(queries, str)
+            else f"{len(xq)} given queries"
+            if queries is not None
+            else "leave-one-out on stored vectors (optimistic for HNSW: pass --queries)"
+        )
     tuned = with_tuning(
         index.manifest, index.search_prepared, index.knobs, xq, qids, gt, target, method
     )

@@ -1,0 +1,185 @@
+"""The online recall monitor at the coordinator: the shards' parts joined into measured
+recall, kept for a window, exported, compared with its target, and a re-tune asked for when
+it drifts below the target by more than the margin.
+
+The sampling is the routers' (``deployments.sampler.pick``), the exact re-runs the shard
+replicas' (``deployments.sampler.ShardSampler``); their parts arrive here with the replicas'
+reports. Plain Python (no Ray): the coordinator passes ``retune``, a callable that starts a
+re-tune and says whether it did.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from deployments.config import RecallOptions
+from shards.recall import SERVICE, UNFILTERED, Joiner, Part, RecallWindow
+
+log = logging.getLogger(__name__)
+ALL = "all"  # the plan label of figures over every plan
+EXACT = "exact"  # a filter's brute-force plan: exact by construction, never a drift
+# Retune(queries, target, why) -> True when a re-tune started
+Retune = Callable[[np.ndarray, float, str], bool]
+
+
+class RecallMonitor:
+    """Measured recall of live answers, per version, shard, plan and target."""
+
+    def __init__(
+        self, opts: RecallOptions, groups: int, keep_max: bool, metrics: Any = None
+    ) -> None:
+        self.opts, self.metrics = opts, metrics
+        self.joiner = Joiner(groups, keep_max)
+        self.window = RecallWindow(opts.window_s)
+        self.queries: deque[np.ndarray] = deque(maxlen=opts.retune_queries)
+        self.samplers: dict[str, dict[str, Any]] = {}  # replica -> its sampler's state
+        self.measured = 0  # service-level figures since start
+        self.drift: dict[str, Any] | None = None  # the last drift found, while it lasts
+        self.retune: dict[str, Any] = {}  # the last automatic re-tune asked for
+        self._retuned_at: float | None = None
+        self._labels: set[tuple[str, str]] = set()
+
+    def add(self, parts: Iterable[Part], replica: str | None = None, sampler=None) -> int:
+        """Join ``parts`` (a replica's report); the service figures they complete."""
+        if replica is not None and sampler is not None:
+            self.samplers[replica] = dict(sampler)
+        done = 0
+        for part in parts:
+            figures = self.joiner.add(part)
+            self.window.add(figures)
+            service = [f for f in figures if f.shard == SERVICE]
+            done += len(service)
+            if service and part.plan == UNFILTERED and part.exclude is None:
+                self.queries.extend(part.xq)  # live queries for a re-tune
+            if self.metrics is not None:
+                for f in service:
+                    self.metrics.per_query.observe(f.recall, tags={"plan": f.plan})
+        self.measured += done
+        return done
+
+    def check(
+        self, active: str | None, default_target: float | None, retune: Retune | None = None
+    ) -> dict[str, Any] | None:
+        """Compare ``active``'s measured recall with each target its queries asked for;
+        the worst drift (or None), and a re-tune through ``retune`` when it is on."""
+        self.export(active, default_target)
+        now = time.monotonic()
+        worst: dict[str, Any] | None = None
+        for target in self._targets(active, now):
+            mean, n = self._mean(active, target, now)
+            if mean is None or n < self.opts.min_samples:
+                continue
+            short = target - mean
+            if short > self.opts.margin and (worst is None or short > worst["short_by"]):
+                worst = {"target": target, "recall": round(mean, 5), "samples": n}
+                worst["short_by"] = round(short, 5)
+        if worst is None:
+            self.drift = None
+            return None
+        if self.drift is None or self.drift.get("version") != active:
+            log.warning(
+                "recall monitor: measured recall %.4f over %d queries is below target %.3f by "
+                "more than %.3f (version %s)%s",
+                worst["recall"],
+                worst["samples"],
+                worst["target"],
+                self.opts.margin,
+                active,
+                "; re-tuning on live queries" if self.opts.auto_retune else "",
+            )
+        self.drift = {**worst, "version": active, "since": (self.drift or {}).get("since", now)}
+        if self.opts.auto_retune and retune is not None:
+            self._maybe_retune(active, default_target or worst["target"], worst, retune, now)
+        return self.drift
+
+    def _maybe_retune(
+        self, active: str | None, target: float, drift: dict, retune: Retune, now: float
+    ) -> None:
+        cooled = self._retuned_at is None or now - self._retuned_at >= self.opts.retune_cooldown_s
+        if not cooled or self.retune.get("from") == active:
+            return  # one re-tune per version, and at most one per cooldown
+        if len(self.queries) < 50:
+            self.retune = {"state": "waiting", "why": "fewer than 50 unfiltered live queries"}
+            return
+        why = (
+            f"measured recall {drift['recall']:.4f} over {drift['samples']} queries is below "
+            f"target {drift['target']:.3f} by more than {self.opts.margin}"
+        )
+        if retune(np.stack(list(self.queries)), float(target), why):
+            self._retuned_at = now
+            self.retune = {"state": "started", "from": active, "why": why, "at": time.time()}
+            if self.metrics is not None:
+                self.metrics.retunes.inc(tags={"state": "started"})
+
+    def _targets(self, version: str | None, now: float) -> list[float]:
+        found = {
+            m.target
+            for m in self.window.current(now)
+            if m.version == version and m.shard == SERVICE and m.target is not None
+        }
+        return sorted(t for t in found if t is not None)
+
+    def _mean(self, version: str | None, target: float, now: float) -> tuple[float | None, int]:
+        values = [
+            m.recall
+            for m in self.window.current(now)
+            if m.version == version
+            and m.shard == SERVICE
+            and m.target == target
+            and m.plan != EXACT
+        ]
+        return (float(np.mean(values)) if values else None), len(values)
+
+    def export(self, active: str | None, default_target: float | None) -> None:
+        """Set the gauges: recall and samples of ``active`` by shard and plan."""
+        if self.metrics is None:
+            return
+        m = self.metrics
+        if default_target is not None:
+            m.target.set(float(default_target))
+        figures = [f for f in self.window.current() if f.version == active]
+        cells: dict[tuple[str, str], list[float]] = {}
+        for f in figures:
+            for plan in (ALL, f.plan):
+                cells.setdefault((f.shard, plan), []).append(f.recall)
+        self._labels |= set(cells)
+        for shard, plan in self._labels:  # a cell with nothing in the window says so
+            values = cells.get((shard, plan), [])
+            tags = {"shard": shard, "plan": plan}
+            m.recall.set(float(np.mean(values)) if values else math.nan, tags=tags)
+            m.samples.set(float(len(values)), tags=tags)
+        skipped: dict[str, int] = {}
+        for state in self.samplers.values():
+            for reason, n in state.get("skipped", {}).items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        for reason in ("budget", "queue", "unmeasurable"):
+            m.skipped.set(float(skipped.get(reason, 0)), tags={"reason": reason})
+
+    def summary(self, active: str | None) -> dict[str, Any]:
+        """What ``/v1/stats`` shows as ``recall``."""
+        skipped: dict[str, int] = {}
+        cpu = 0.0
+        for state in self.samplers.values():
+            cpu += state.get("cpu_seconds", 0.0)
+            for reason, n in state.get("skipped", {}).items():
+                skipped[reason] = skipped.get(reason, 0) + n
+        return {
+            "index_version": active,
+            **self.window.summary(active),
+            "window_s": self.opts.window_s,
+            "sample_rate": self.opts.sample_rate,
+            "measured_total": self.measured,
+            "incomplete": self.joiner.expired,
+            "skipped": skipped,
+            "exact_cpu_seconds": round(cpu, 3),
+            "drift": self.drift,
+            "auto_retune": self.opts.auto_retune,
+            "retune": self.retune or None,
+        }

@@ -1,0 +1,149 @@
+"""The recall monitor's bookkeeping without Ray: sampling, the CPU budget, parts joined into
+the service's recall (equal to brute force over the merged answers), the window, drift and
+the re-tune it asks for."""
+
+import numpy as np
+import pytest
+
+from deployments.config import RecallOptions
+from deployments.monitor import RecallMonitor
+from deployments.sampler import MAX_ROWS, Budget, pick
+from shards.recall import SERVICE, UNFILTERED, Joiner, Part, RecallWindow, query_recall
+
+
+def part(sample, group, D, I, De, Ie, target=0.95, version="v1", plan=UNFILTERED, xq=None):
+    xq = np.zeros((len(D), 4), np.float32) if xq is None else xq
+    return Part(sample, group, str(group), version, 0, plan, target, D.shape[1], D, I, De, Ie, xq)
+
+
+def test_pick_samples_rows_at_the_rate_and_at_most_a_few_per_query():
+    rng = np.random.default_rng(0)
+    assert pick(rng, 100, 0.0, 0.9) is None
+    every = pick(rng, 100, 1.0, 0.9)
+    assert every is not None and every.rows == tuple(range(MAX_ROWS)) and every.target == 0.9
+    singles = [pick(rng, 1, 0.01, None) for _ in range(20_000)]
+    hits = sum(s is not None for s in singles)
+    assert 140 <= hits <= 260  # 200 expected
+    assert len({s.id for s in singles if s is not None}) == hits  # ids do not collide
+
+
+def test_budget_bounds_the_cpu_share_over_time():
+    b = Budget(0.02, burst_s=0.1)
+    now, spent = b.at, 0.0
+    for _ in range(10_000):  # 10 ms of exact search offered every 10 ms for 100 s
+        now += 0.01
+        if b.allows(now):
+            b.spend(0.01)
+            spent += 0.01
+    assert spent <= 0.02 * 100 + 0.1 + 0.01  # earned share plus the burst (and one overrun)
+    assert spent >= 0.02 * 100 * 0.9
+
+
+def _answers(rng, nq=6, k=5, groups=2, miss=0.3):
+    """Per group: an exact top-k and an ANN answer that misses about ``miss`` of it."""
+    out = []
+    for g in range(groups):
+        De = np.sort(rng.random((nq, k)).astype(np.float32), axis=1)
+        Ie = (np.arange(nq * k).reshape(nq, k) + 1000 * g).astype(np.int64)
+        lost = rng.random((nq, k)) < miss
+        I = np.where(lost, Ie + 500, Ie)  # other ids, worse scores
+        D = np.where(lost, De + 1.0, De).astype(np.float32)
+        order = np.argsort(D, axis=1)
+        out.append((np.take_along_axis(D, order, 1), np.take_along_axis(I, order, 1), De, Ie))
+    return out
+
+
+def test_joined_parts_give_each_shards_and_the_services_recall():
+    rng = np.random.default_rng(1)
+    answers = _answers(rng)
+    j = Joiner(groups=2, keep_max=False)
+    first = j.add(part(7, 0, *answers[0]))
+    assert {f.shard for f in first} == {"0"}  # the service figure waits for every group
+    second = j.add(part(7, 1, *answers[1]))
+    service = [f.recall for f in second if f.shard == SERVICE]
+    # the oracle: brute force merge of both groups, answered and exact, by hand
+    D = np.hstack([a[0] for a in answers])
+    I = np.hstack([a[1] for a in answers])
+    De = np.hstack([a[2] for a in answers])
+    Ie = np.hstack([a[3] for a in answers])
+    top = np.argsort(D, axis=1, kind="stable")[:, :5]
+    etop = np.argsort(De, axis=1, kind="stable")[:, :5]
+    want = query_recall(
+        np.take_along_axis(D, top, 1),
+        np.take_along_axis(I, top, 1),
+        np.take_along_axis(De, etop, 1),
+        np.take_along_axis(Ie, etop, 1),
+    )
+    assert service == pytest.approx(want.tolist())
+    assert 0.3 < np.mean(service) < 0.95
+    shard1 = [f.recall for f in second if f.shard == "1"]
+    assert shard1 == pytest.approx(query_recall(*answers[1]).tolist())
+    assert not j.waiting
+
+
+def test_a_sample_missing_a_shard_expires_and_is_counted():
+    rng = np.random.default_rng(2)
+    a = _answers(rng)[0]
+    j = Joiner(groups=2, keep_max=False, ttl_s=10)
+    j.add(part(1, 0, *a), now=0.0)
+    j.add(part(2, 0, *a), now=20.0)  # sample 1 waited longer than 10 s
+    assert j.expired == 1 and list(j.waiting) == [2]
+
+
+def test_window_keeps_only_recent_figures_and_groups_them():
+    rng = np.random.default_rng(3)
+    answers = _answers(rng, groups=1)
+    w = RecallWindow(window_s=60)
+    w.add(Joiner(1, False).add(part(1, 0, *answers[0]), now=0.0))
+    w.add(Joiner(1, False).add(part(2, 0, *answers[0], target=0.9), now=50.0))
+    s = w.summary("v1", now=55.0)
+    assert s["samples"] == 12 and set(s["by_target"]) == {"0.95", "0.9"}
+    assert s["by_shard"]["0"]["samples"] == 12
+    assert w.summary("v1", now=100.0)["samples"] == 6  # the first six left the window
+    assert w.summary("v2", now=55.0)["samples"] == 0
+
+
+def _monitor(**opts):
+    started = []
+
+    def retune(queries, target, why):
+        started.append((queries, target, why))
+        return True
+
+    m = RecallMonitor(RecallOptions(min_samples=20, margin=0.02, **opts), 1, False)
+    return m, started, retune
+
+
+def _feed(m, rng, n, miss, version="v1"):
+    for _ in range(n):
+        D, I, De, Ie = _answers(rng, nq=1, k=10, groups=1, miss=miss)[0]
+        xq = rng.standard_normal((1, 4)).astype(np.float32)
+        m.add([part(rng.integers(2**40), 0, D, I, De, Ie, version=version, xq=xq)])
+
+
+def test_drift_below_the_target_asks_for_one_retune_on_live_queries():
+    rng = np.random.default_rng(4)
+    m, started, retune = _monitor(auto_retune=True, retune_queries=60)
+    _feed(m, rng, 60, miss=0.0)
+    assert m.check("v1", 0.95, retune) is None and not started  # recall 1.0: no drift
+    _feed(m, rng, 200, miss=0.3)  # recall about 0.7 now dominates the window
+    drift = m.check("v1", 0.95, retune)
+    assert drift is not None and drift["target"] == 0.95 and drift["recall"] < 0.93
+    assert len(started) == 1
+    queries, target, why = started[0]
+    assert queries.shape == (60, 4) and target == 0.95 and "below target" in why
+    m.check("v1", 0.95, retune)
+    assert len(started) == 1  # one re-tune per version and cooldown
+    assert m.summary("v1")["retune"]["state"] == "started"
+    assert m.summary("v1")["retune"]["from"] == "v1"
+
+
+def test_drift_is_reported_but_not_acted_on_by_default_nor_under_min_samples():
+    rng = np.random.default_rng(5)
+    m, started, retune = _monitor()
+    _feed(m, rng, 10, miss=0.5)
+    assert m.check("v1", 0.95, retune) is None  # 10 < min_samples
+    _feed(m, rng, 30, miss=0.5)
+    assert m.check("v1", 0.95, retune) is not None
+    assert not started and m.summary("v1")["drift"]["samples"] == 40
+    assert m.check("v2", 0.95, retune) is None  # another version: its own window
