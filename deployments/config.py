@@ -216,8 +216,9 @@ class RecallOptions(BaseModel):
         0.02,
         gt=0.0,
         le=1.0,
-        description="CPU share of one core each shard replica may spend on exact re-runs "
-        "(samples past it are skipped and counted): the monitor's cost, bounded",
+        description="exact re-runs take at most this share of the time each shard replica "
+        "spends searching (samples past it are skipped and counted): the monitor's cost to "
+        "throughput, bounded",
     )
     window_s: PositiveFloat = Field(900.0, description="measured recall covers this window")
     margin: float = Field(

@@ -65,6 +65,14 @@ class Coordinator:
     def _compacted(self, last: dict[str, Any]) -> None:
         if last.get("kind") == "retune":
             self.monitor.retune = {**self.monitor.retune, **last}
+            log.warning(
+                "recall monitor: re-tune of %s on %s live queries is %s: %s (defaults %s)",
+                last.get("from"),
+                last.get("queries"),
+                last["state"],
+                last.get("version") or last.get("error"),
+                last.get("default_params"),
+            )
             self.recall_metrics.retunes.inc(tags={"state": last["state"]})
             return
         self.metrics.compactions.inc(tags={"state": last["state"]})

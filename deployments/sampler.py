@@ -3,9 +3,11 @@ the exact re-runs a shard replica does for them, off the request path, within a 
 
 The router marks a few rows of a query (``pick``); every shard answers the query as usual,
 then queues the marked rows with the states the answer read. One worker thread (one OpenMP
-thread) searches them exactly over those same states (``shards.oracle``) while the budget
-lasts: at most ``cpu_share`` of one core, over time. The parts wait here until the next
-report takes them to the coordinator (``deployments.monitor`` joins them).
+thread) searches them exactly over those same states (``shards.oracle``), the rows queued
+over the same states in one batch (BLAS), while the budget lasts: the replica's exact
+re-runs take at most ``cpu_share`` of the time its searches take, so the monitor's cost to
+throughput is bounded by construction whatever the index and the load. The parts wait here
+until the next report takes them to the coordinator (``deployments.monitor`` joins them).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from shards.recall import UNFILTERED, Part
 MAX_ROWS = 4  # rows of one query sampled at most (a large batch is still one sample)
 QUEUE = 64  # queries waiting for their exact re-run; more are skipped
 PARTS = 2048  # parts kept for the coordinator between reports (the oldest go first)
-BURST_S = 1.0  # CPU seconds the budget can hold in reserve
+START_S = 0.05  # seconds of exact search a replica may spend before it has searched
+BURST_S = 1.0  # seconds the budget can hold in reserve
 
 
 def pick(rng: np.random.Generator, nq: int, rate: float, target: float | None) -> Sample | None:
@@ -43,17 +46,18 @@ def pick(rng: np.random.Generator, nq: int, rate: float, target: float | None) -
 
 
 class Budget:
-    """CPU seconds earned at ``share`` per second of wall time, spent by the exact re-runs;
-    a re-run starts only while some are left (so the cost is bounded by construction)."""
+    """Seconds of exact search earned at ``share`` of every second the replica searches,
+    spent by the re-runs; a re-run is queued only while some are left. It starts with
+    ``start_s`` (the first samples are measured at once) and holds at most ``burst_s``."""
 
-    def __init__(self, share: float, burst_s: float = BURST_S) -> None:
+    def __init__(self, share: float, start_s: float = START_S, burst_s: float = BURST_S):
         self.share, self.burst_s = share, burst_s
-        self.left, self.at = burst_s, time.monotonic()
+        self.left = start_s
 
-    def allows(self, now: float | None = None) -> bool:
-        now = time.monotonic() if now is None else now
-        self.left = min(self.burst_s, self.left + self.share * (now - self.at))
-        self.at = now
+    def earn(self, searched_s: float) -> None:
+        self.left = min(self.burst_s, self.left + self.share * searched_s)
+
+    def allows(self) -> bool:
         return self.left > 0.0
 
     def spend(self, seconds: float) -> None:
@@ -73,6 +77,10 @@ class ShardSampler:
         self.cpu_s = 0.0  # spent on exact re-runs (thread CPU time)
         self._worker: asyncio.Task | None = None
         self._pool: ThreadPoolExecutor | None = None
+
+    def searched(self, seconds: float) -> None:
+        """The replica searched for ``seconds``: the budget earns its share of them."""
+        self.budget.earn(seconds)
 
     def offer(
         self, index: Any, xq: np.ndarray, query: Query, D, I, states: list, plans: dict
@@ -107,20 +115,42 @@ class ShardSampler:
         if self._pool is None:  # one thread, one OpenMP thread: a bounded share of the CPU
             self._pool = ThreadPoolExecutor(1, "recall", faiss.omp_set_num_threads, (1,))
         while self.jobs:
-            job = self.jobs.popleft()
-            part, cpu_s = await loop.run_in_executor(self._pool, self._measure, job)
+            batch = list(self.jobs)
+            self.jobs.clear()
+            parts, cpu_s = await loop.run_in_executor(self._pool, self._measure, batch)
             self.budget.spend(cpu_s)
             self.cpu_s += cpu_s
-            self.measured += 1
-            self.parts.append(part)
+            self.measured += len(parts)
+            self.parts.extend(parts)
 
-    def _measure(self, job: tuple) -> tuple[Part, float]:
+    def _measure(self, jobs: list[tuple]) -> tuple[list[Part], float]:
+        """Exact answers for ``jobs``; those over the same states and query shape (k,
+        filter) in one search."""
         t0 = time.thread_time()
+        groups: dict[tuple, list[tuple]] = {}
+        for job in jobs:
+            index, _, query, _, _, states, _ = job
+            filt = None if query.filter is None else query.filter.key
+            key = (id(index), tuple(id(st) for st in states), query.fetch_k, filt)
+            groups.setdefault(key, []).append(job)
+        parts = []
+        for same in groups.values():
+            index, _, query, _, _, states, _ = same[0]
+            xq = np.concatenate([job[1] for job in same])
+            filt = index.parse_filter(query.filter)
+            De, Ie = exact_over(index, xq, query.fetch_k, filt, states)
+            start = 0
+            for job in same:
+                n = len(job[1])
+                parts.append(self._part(job, De[start : start + n], Ie[start : start + n]))
+                start += n
+        return parts, time.thread_time() - t0
+
+    def _part(self, job: tuple, De: np.ndarray, Ie: np.ndarray) -> Part:
         index, xq, query, D, I, states, plan = job
-        De, Ie = exact_over(index, xq, query.fetch_k, index.parse_filter(query.filter), states)
         sample = query.sample
         exclude = None if query.exclude is None else query.exclude[list(sample.rows)]
-        part = Part(
+        return Part(
             sample.id,
             self.group,
             self.label,
@@ -137,7 +167,6 @@ class ShardSampler:
             exclude,
             time.monotonic(),
         )
-        return part, time.thread_time() - t0
 
     def drain(self) -> list[Part]:
         """The parts made since the last call (for the coordinator's report)."""

@@ -218,7 +218,9 @@ class ShardServer:
             raise
         finally:
             self.held.in_flight[v] -= 1
-        m.latency.observe(time.perf_counter() - t0, tags=tags)
+        took = time.perf_counter() - t0
+        self.sampler.searched(took)  # the recall monitor may spend a share of it
+        m.latency.observe(took, tags=tags)
         m.searches.inc(tags=tags)
         m.queries.inc(len(xq), tags=tags)
         m.batch.observe(len(xq), tags=tags)

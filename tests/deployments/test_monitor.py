@@ -27,16 +27,20 @@ def test_pick_samples_rows_at_the_rate_and_at_most_a_few_per_query():
     assert len({s.id for s in singles if s is not None}) == hits  # ids do not collide
 
 
-def test_budget_bounds_the_cpu_share_over_time():
-    b = Budget(0.02, burst_s=0.1)
-    now, spent = b.at, 0.0
-    for _ in range(10_000):  # 10 ms of exact search offered every 10 ms for 100 s
-        now += 0.01
-        if b.allows(now):
-            b.spend(0.01)
-            spent += 0.01
-    assert spent <= 0.02 * 100 + 0.1 + 0.01  # earned share plus the burst (and one overrun)
-    assert spent >= 0.02 * 100 * 0.9
+def test_budget_bounds_the_exact_reruns_to_a_share_of_the_search_time():
+    b = Budget(0.02, start_s=0.0, burst_s=0.1)
+    assert not b.allows()  # nothing searched, nothing earned
+    searched = spent = 0.0
+    for _ in range(10_000):  # 10 ms searches, each offering a 5 ms exact re-run
+        b.earn(0.01)
+        searched += 0.01
+        if b.allows():
+            b.spend(0.005)
+            spent += 0.005
+    assert spent <= 0.02 * searched + 0.005  # the share (and one re-run's overrun)
+    assert spent >= 0.02 * searched * 0.9
+    b.earn(1000.0)
+    assert b.left == 0.1  # an idle spell does not bank more than the burst
 
 
 def _answers(rng, nq=6, k=5, groups=2, miss=0.3):
@@ -147,3 +151,61 @@ def test_drift_is_reported_but_not_acted_on_by_default_nor_under_min_samples():
     assert m.check("v1", 0.95, retune) is not None
     assert not started and m.summary("v1")["drift"]["samples"] == 40
     assert m.check("v2", 0.95, retune) is None  # another version: its own window
+
+
+def test_a_shard_sampler_reruns_sampled_rows_exactly_in_one_batch_within_its_budget(
+    tmp_path, monkeypatch
+):
+    import asyncio
+
+    import deployments.sampler as sampler_mod
+    from deployments.sampler import ShardSampler
+    from shards.query import Query, Sample
+    from tests.conftest import clustered
+    from tests.shards.helpers import brute_force, build
+
+    xb = clustered(3000, 8, seed=1)
+    index = build(tmp_path, xb, index="IVF16,Flat", num_shards=2, tune=False)
+    calls = []
+    real = sampler_mod.exact_over
+
+    def counted(*args):
+        calls.append(len(args[1]))
+        return real(*args)
+
+    monkeypatch.setattr(sampler_mod, "exact_over", counted)
+    xq = clustered(12, 8, seed=2)
+    states = index.applied.states()
+    ov = index.resolve({"nprobe": 1})
+
+    async def run(sampler):
+        for i in range(3):  # three requests of 4 rows, rows 0 and 2 sampled
+            q = Query(5, ov, sample=Sample(i + 1, (0, 2), 0.9))
+            part = xq[4 * i : 4 * i + 4]
+            D, I = index.search_query(part, q)
+            sampler.offer(index, part, q, D, I, states, {})
+        await sampler._worker
+        return sampler.drain()
+
+    s = ShardSampler(0, "0-1", cpu_share=0.02)
+    parts = asyncio.run(run(s))
+    assert calls == [6]  # the six rows of three requests over one state: one exact search
+    assert [p.sample for p in parts] == [1, 2, 3] and s.measured == 3
+    sampled = xq[[0, 2, 4, 6, 8, 10]]
+    _, Iref = brute_force(xb, sampled, 5, "l2")
+    assert (np.vstack([p.Ie for p in parts]) == Iref).all()
+    assert all(p.target == 0.9 and p.plan == UNFILTERED for p in parts)
+
+    broke = ShardSampler(0, "0-1", cpu_share=0.02)
+    broke.budget.left = 0.0  # spent: sampled rows are skipped and counted, never queued
+    assert asyncio.run(_offer_only(broke, index, xq, ov, states)) == 0
+    assert broke.skipped == {"budget": 1}
+
+
+async def _offer_only(sampler, index, xq, ov, states):
+    from shards.query import Query, Sample
+
+    q = Query(5, ov, sample=Sample(9, (0,), None))
+    D, I = index.search_query(xq[:1], q)
+    sampler.offer(index, xq[:1], q, D, I, states, {})
+    return len(sampler.jobs)
