@@ -30,7 +30,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from bench.glove import load
-from bench.results import parser, write
+from bench.results import command, parser, write
 from bench.serving import drive
 from deployments.http import encode_vectors_b64
 
@@ -166,13 +166,8 @@ def run(quick: bool) -> dict:
         apps = per_app(ds, root, names, http, app_counts, n_search)
         mux = multiplexed(ds, root, names, http, mux_counts, keep, n_search)
         ray.shutdown()
-    env = " ".join(
-        f"{k}={os.environ[k]}"
-        for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
-        if os.environ.get(k)
-    )
     return {
-        "command": f"{env} python -m bench.collections {' '.join(sys.argv[1:])}".strip(),
+        "command": command("bench.collections"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "per_collection_vectors": PER_COLLECTION,
         "rows": apps + mux,

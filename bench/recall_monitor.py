@@ -4,8 +4,9 @@ rounds that alternate between them in one run.
 
     RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 python -m bench.recall_monitor
 
-GloVe (390k x 50, cosine, 4 shards, the automatic index) on a local Ray, one replica per
-shard, three applications over the same files: ``off`` (sample_rate 0), ``default`` (the
+GloVe (390k x 50, cosine, 4 shards, the automatic index) on a local Ray, the 4 shards in
+one replica, four applications over the same files: ``off`` (sample_rate 0), ``off-again``
+(the same: its ratio to ``off`` is the noise floor of the comparison), ``default`` (the
 shipped options: 0.5% of query rows, exact re-runs within 2% of the shards' search time)
 and ``unbounded`` (5% of rows, no budget to speak of: what sampling costs without one).
 Batches of 256 and single queries from 8 callers over HTTP (base64 vectors); each round
@@ -25,12 +26,13 @@ import numpy as np
 
 from bench.core import build
 from bench.glove import load
-from bench.results import parser, write
+from bench.results import command, parser, write
 from bench.serving import drive
 from deployments.http import encode_vectors_b64
 
 APPS = {
     "off": {"sample_rate": 0.0},
+    "off-again": {"sample_rate": 0.0},  # the same as off: the noise between two apps
     "default": {},
     "unbounded": {"sample_rate": 0.05, "cpu_share": 1.0},
 }
@@ -44,6 +46,41 @@ def _requests(ds, rows: int, n: int, offset: int) -> list[tuple[int, np.ndarray]
         start = (offset + i * rows) % (len(ds.xq) - rows)
         out.append((start, ds.xq[start : start + rows]))
     return out
+
+
+def _app_pids(app: str) -> list[int]:
+    """Process ids of the application's replicas (router, shard replica, coordinator): Ray
+    titles an actor's process ``ray::ServeReplica:APP:DEPLOYMENT``."""
+    want = f"ServeReplica:monitor-{app}:".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if want in f.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue  # the process ended
+    return pids
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` have used (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def _machine_cpu_s() -> float:
+    """CPU seconds every core of the machine has been busy (/proc/stat)."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def _true_recall(ds, answers: list[tuple[int, np.ndarray]]) -> float:
@@ -65,15 +102,20 @@ def run(quick: bool, workdir: str) -> dict:
         build(ds, root, "auto", 4)
     url = start_local()
     for name, recall in APPS.items():
-        shard = {"num_replicas": 1, "omp_threads": 1}
+        shard = {"num_replicas": 1, "omp_threads": 1, "shards_per_replica": 4}
         deploy(f"monitor-{name}", {"index_uri": root, "shard": shard, "recall": recall})
+    pids = {a: _app_pids(a) for a in APPS}
+    assert all(len(p) == 3 for p in pids.values()), pids  # router, shard, coordinator
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     http = httpx.Client(base_url=url, timeout=60, limits=limits)
-    rounds = 2 if quick else 7
-    counts = {"batch256": 40 if quick else 150, "single": 300 if quick else 1500}
+    rounds = 2 if quick else 9
+    counts = {"batch256": 40 if quick else 100, "single": 300 if quick else 1000}
     qps: dict[str, dict[str, list[float]]] = {a: {s: [] for s in SHAPES} for a in APPS}
     p50: dict[str, dict[str, list[float]]] = {a: {s: [] for s in SHAPES} for a in APPS}
     answers: dict[str, list] = {a: [] for a in APPS}
+    # CPU seconds per query: the app's own processes, and the whole machine (client, HAProxy)
+    app_cpu: dict[str, dict[str, list[float]]] = {a: {s: [] for s in SHAPES} for a in APPS}
+    all_cpu: dict[str, dict[str, list[float]]] = {a: {s: [] for s in SHAPES} for a in APPS}
     t_start = time.time()
     for r in range(rounds):
         order = list(APPS)[r % len(APPS) :] + list(APPS)[: r % len(APPS)]
@@ -89,7 +131,12 @@ def run(quick: bool, workdir: str) -> dict:
                     answers[app].append((start, np.asarray(res.json()["ids"])))  # every app
 
                 search(payloads[0])
+                time.sleep(1.0)  # the previous app's background work ends first
+                cpu0, machine0 = _cpu_s(pids[app]), _machine_cpu_s()
                 got = drive(search, payloads, 8)
+                queries = len(payloads) * rows
+                app_cpu[app][shape].append((_cpu_s(pids[app]) - cpu0) / queries)
+                all_cpu[app][shape].append((_machine_cpu_s() - machine0) / queries)
                 qps[app][shape].append(got["requests_per_s"] * rows)
                 p50[app][shape].append(got["p50_ms"])
         print(f"round {r + 1}/{rounds}: {time.time() - t_start:.0f} s", file=sys.stderr)
@@ -107,6 +154,17 @@ def run(quick: bool, workdir: str) -> dict:
             }
             for shape in SHAPES
         }
+    for app in APPS:  # the CPU cost of each query against off's, in the same rounds
+        for shape in SHAPES:
+            mine, base = np.array(app_cpu[app][shape]), np.array(app_cpu["off"][shape])
+            machine = np.array(all_cpu["off"][shape])
+            cost[app][shape].update(
+                app_cpu_us_per_query=1e6 * float(np.median(mine)),
+                machine_cpu_us_per_query=1e6 * float(np.median(all_cpu[app][shape])),
+                # extra CPU of this app's processes per query, as a share of everything a
+                # query costs the machine with the monitor off: the QPS lost when CPU-bound
+                cpu_cost=float(np.median((mine - base) / machine)),
+            )
     seconds = time.time() - t_start
     monitor = {
         a: {
@@ -118,13 +176,8 @@ def run(quick: bool, workdir: str) -> dict:
     for a in APPS:  # exact re-runs as a share of the machine over the whole run
         cpu = monitor[a]["exact_cpu_seconds"] or 0.0
         monitor[a]["exact_cpu_share"] = cpu / (seconds * (os.cpu_count() or 1))
-    env = " ".join(
-        f"{k}={os.environ[k]}"
-        for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
-        if os.environ.get(k)
-    )
     return {
-        "command": f"{env} python -m bench.recall_monitor {' '.join(sys.argv[1:])}".strip(),
+        "command": command("bench.recall_monitor"),
         "dataset": ds.name,
         "factory": stats["off"].get("factory"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -132,6 +185,9 @@ def run(quick: bool, workdir: str) -> dict:
         "requests_per_round": counts,
         "apps": APPS,
         "cost": cost,
+        "qps_per_round": qps,
+        "app_cpu_per_query_per_round": app_cpu,
+        "machine_cpu_per_query_per_round": all_cpu,
         "monitor": monitor,
         "true_recall": {a: _true_recall(ds, answers[a]) for a in APPS},
         "seconds": seconds,
@@ -144,20 +200,27 @@ def markdown(r: dict) -> str:
         "# The online recall monitor: cost and accuracy",
         "",
         f"`{r['command']}` on {r['machine']['cpus']} cores; {r['dataset']}, 4 shards "
-        f"({r['factory']}), one replica per shard, HTTP (`vectors_b64`), 8 callers; "
+        f"({r['factory']}) in one replica, HTTP (`vectors_b64`), 8 callers; "
         f"{r['rounds']} rounds, each measuring every app in a rotating order (median of the "
         "per-round ratios).",
         "",
-        "| app | monitor | batch 256 q/s | ratio | single q/s | ratio | single p50 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "CPU per query: the app's own processes (router, shard replica, coordinator) and "
+        "the whole machine (with the client and HAProxy), medians over rounds; **cost**: the "
+        "app's extra CPU per query over `off`'s, as a share of all a query costs the machine "
+        "with the monitor off (the throughput lost when CPU-bound). QPS ratios are medians of "
+        "per-round ratios to `off`; `off-again` (the same options as `off`) shows their noise.",
+        "",
+        "| app | monitor | shape | q/s | ratio | app CPU us/q | machine CPU us/q | **cost** |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for app, opts in r["apps"].items():
-        b, s = c[app]["batch256"], c[app]["single"]
-        lines.append(
-            f"| {app} | {opts or 'defaults'} | {b['qps_median']:,.0f} | "
-            f"{b['ratio_to_off']:.3f} | {s['qps_median']:,.0f} | {s['ratio_to_off']:.3f} | "
-            f"{s['p50_ms_median']:.2f} |"
-        )
+        for shape in ("batch256", "single"):
+            x = c[app][shape]
+            lines.append(
+                f"| {app} | {opts or 'defaults'} | {shape} | {x['qps_median']:,.0f} | "
+                f"{x['ratio_to_off']:.3f} | {x['app_cpu_us_per_query']:,.0f} | "
+                f"{x['machine_cpu_us_per_query']:,.0f} | {100 * x['cpu_cost']:+.2f}% |"
+            )
     lines += [
         "",
         "| app | measured recall@10 | queries in window | measured in all | skipped | "

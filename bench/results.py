@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -18,6 +19,15 @@ def parser(doc: str | None, workdir: str = "idx") -> argparse.ArgumentParser:
     ap.add_argument("--out", default=RESULTS, help="folder for the .json and .md results")
     ap.add_argument("--workdir", default=os.path.join(CACHE, workdir))
     return ap
+
+
+SERVE_ENV = ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
+
+
+def command(module: str) -> str:
+    """The command line that ran ``module`` now, with the Serve settings it ran under."""
+    env = " ".join(f"{k}={os.environ[k]}" for k in SERVE_ENV if os.environ.get(k))
+    return f"{env} python -m {module} {' '.join(sys.argv[1:])}".strip()
 
 
 def write(out_dir: str, name: str, result: dict, markdown: Callable[[dict], str]) -> str:

@@ -26,7 +26,7 @@ import numpy as np
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from bench.results import CACHE, parser, write
+from bench.results import CACHE, command, parser, write
 from bench.serving import drive
 
 
@@ -112,13 +112,8 @@ def run(quick: bool) -> dict:
         for name in models:
             served += through_service(name, local[name]["dim"], pool, root, url)
     ray.shutdown()
-    env = " ".join(
-        f"{k}={os.environ[k]}"
-        for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
-        if os.environ.get(k)
-    )
     return {
-        "command": f"{env} python -m bench.texts {' '.join(sys.argv[1:])}".strip(),
+        "command": command("bench.texts"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "texts": len(pool),
         "mean_words": float(np.mean([len(t.split()) for t in pool])),

@@ -30,7 +30,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from bench.core import build
 from bench.glove import load
-from bench.results import parser, write
+from bench.results import command, parser, write
 from bench.serving import drive
 from deployments.http import encode_vectors_b64
 from shards import ShardedIndex
@@ -190,13 +190,8 @@ def run(quick: bool, workdir: str) -> dict:
         print(json.dumps(compact), file=sys.stderr)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    env = " ".join(
-        f"{k}={os.environ[k]}"
-        for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
-        if os.environ.get(k)
-    )
     return {
-        "command": f"{env} python -m bench.writes {' '.join(sys.argv[1:])}".strip(),
+        "command": command("bench.writes"),
         "dataset": ds.name,
         "factory": compact["factory"],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

@@ -4,8 +4,9 @@ the exact re-runs a shard replica does for them, off the request path, within a 
 The router marks a few rows of a query (``pick``); every shard answers the query as usual,
 then queues the marked rows with the states the answer read. One worker thread (one OpenMP
 thread) searches them exactly over those same states (``shards.oracle``), the rows queued
-over the same states in one batch (BLAS), while the budget lasts: the replica's exact
-re-runs take at most ``cpu_share`` of the time its searches take, so the monitor's cost to
+over the same states in one batch (BLAS: it waits up to a second for 32 rows), while the
+budget lasts: the replica's exact re-runs take at most ``cpu_share`` of the CPU time its
+searches take, so the monitor's cost to
 throughput is bounded by construction whatever the index and the load. The parts wait here
 until the next report takes them to the coordinator (``deployments.monitor`` joins them).
 """
@@ -28,6 +29,8 @@ from shards.recall import UNFILTERED, Part
 MAX_ROWS = 4  # rows of one query sampled at most (a large batch is still one sample)
 QUEUE = 64  # queries waiting for their exact re-run; more are skipped
 PARTS = 2048  # parts kept for the coordinator between reports (the oldest go first)
+BATCH_ROWS = 32  # rows the worker waits for (up to BATCH_WAIT_S): one BLAS search for all
+BATCH_WAIT_S = 1.0
 START_S = 0.05  # seconds of exact search a replica may spend before it has searched
 BURST_S = 1.0  # seconds the budget can hold in reserve
 
@@ -79,7 +82,7 @@ class ShardSampler:
         self._pool: ThreadPoolExecutor | None = None
 
     def searched(self, seconds: float) -> None:
-        """The replica searched for ``seconds``: the budget earns its share of them."""
+        """The replica's searches took ``seconds`` of CPU: the budget earns its share."""
         self.budget.earn(seconds)
 
     def offer(
@@ -115,6 +118,10 @@ class ShardSampler:
         if self._pool is None:  # one thread, one OpenMP thread: a bounded share of the CPU
             self._pool = ThreadPoolExecutor(1, "recall", faiss.omp_set_num_threads, (1,))
         while self.jobs:
+            waited = 0.0  # a batch of rows costs far less per row than one row alone
+            while sum(len(j[1]) for j in self.jobs) < BATCH_ROWS and waited < BATCH_WAIT_S:
+                await asyncio.sleep(0.05)
+                waited += 0.05
             batch = list(self.jobs)
             self.jobs.clear()
             parts, cpu_s = await loop.run_in_executor(self._pool, self._measure, batch)

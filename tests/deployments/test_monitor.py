@@ -209,3 +209,43 @@ async def _offer_only(sampler, index, xq, ov, states):
     D, I = index.search_query(xq[:1], q)
     sampler.offer(index, xq[:1], q, D, I, states, {})
     return len(sampler.jobs)
+
+
+def test_filtered_samples_are_rerun_over_the_filtered_rows_and_name_their_plan(tmp_path):
+    import asyncio
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deployments.sampler import ShardSampler
+    from shards import BuildOptions, ShardedIndex, VectorSource, build_index
+    from shards.query import Query, Sample
+    from tests.conftest import clustered
+    from tests.shards.helpers import brute_force
+
+    xb = clustered(4000, 8, seed=1)
+    ids = np.arange(4000, dtype=np.int64) * 2
+    band = np.arange(4000) % 10
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(xb.ravel()), 8)
+    pq.write_table(pa.table({"id": ids, "vector": vectors, "band": band}), tmp_path / "in.pq")
+    src = VectorSource(str(tmp_path / "in.pq"), id_column="id", metadata_columns=["band"])
+    opts = BuildOptions(num_shards=2, index="IVF16,Flat", progress=False, tune=False)
+    build_index(src, str(tmp_path / "idx"), opts)
+    index = ShardedIndex.open(str(tmp_path / "idx"))
+    filt = index.parse_filter({"band": 3})
+    xq = clustered(4, 8, seed=2)
+    q = Query(5, index.resolve({"nprobe": 2}), filter=filt, sample=Sample(1, (0, 1, 2, 3)))
+    states = index.applied.states()
+    D, I, plans = index.search_query_planned(xq, q, states)
+
+    async def run():
+        s = ShardSampler(0, "0-1", cpu_share=0.02)
+        s.offer(index, xq, q, D, I, states, plans)
+        await s._worker
+        return s.drain()
+
+    (part,) = asyncio.run(run())
+    keep = band == 3
+    _, Iref = brute_force(xb[keep], xq, 5, "l2", ids[keep])
+    assert (part.Ie == Iref).all() and part.plan == next(iter(set(plans.values())))
+    assert part.plan in {"exact", "ann"} and np.isin(part.I, ids[keep]).all()
