@@ -233,7 +233,10 @@ class RecallOptions(BaseModel):
         "target (a new version with the new curve, swapped in like a compaction)",
     )
     retune_queries: int = Field(
-        1000, ge=50, description="recent unfiltered sampled queries kept for a re-tune"
+        1000,
+        ge=50,
+        description="a re-tune measures the curve on this many unfiltered live queries, all "
+        "sampled after the drift was found (it waits for them)",
     )
     retune_cooldown_s: float = Field(
         1800.0, ge=0.0, description="the least time between two automatic re-tunes"

@@ -44,6 +44,7 @@ class RecallMonitor:
         self.drift: dict[str, Any] | None = None  # the last drift found, while it lasts
         self.retune: dict[str, Any] = {}  # the last automatic re-tune asked for
         self._retuned_at: float | None = None
+        self.after_drift = 0  # unfiltered live queries sampled since the drift was found
         self._labels: set[tuple[str, str]] = set()
 
     def add(self, parts: Iterable[Part], replica: str | None = None, sampler=None) -> int:
@@ -58,6 +59,8 @@ class RecallMonitor:
             done += len(service)
             if service and part.plan == UNFILTERED and part.exclude is None:
                 self.queries.extend(part.xq)  # live queries for a re-tune
+                if self.drift is not None:
+                    self.after_drift += len(part.xq)
             if self.metrics is not None:
                 for f in service:
                     self.metrics.per_query.observe(f.recall, tags={"plan": f.plan})
@@ -81,9 +84,10 @@ class RecallMonitor:
                 worst = {"target": target, "recall": round(mean, 5), "samples": n}
                 worst["short_by"] = round(short, 5)
         if worst is None:
-            self.drift = None
+            self.drift, self.after_drift = None, 0
             return None
         if self.drift is None or self.drift.get("version") != active:
+            self.after_drift = 0  # a re-tune waits for queries of the traffic that drifted
             log.warning(
                 "recall monitor: measured recall %.4f over %d queries is below target %.3f by "
                 "more than %.3f (version %s)%s",
@@ -105,8 +109,13 @@ class RecallMonitor:
         cooled = self._retuned_at is None or now - self._retuned_at >= self.opts.retune_cooldown_s
         if not cooled or self.retune.get("from") == active:
             return  # one re-tune per version, and at most one per cooldown
-        if len(self.queries) < 50:
-            self.retune = {"state": "waiting", "why": "fewer than 50 unfiltered live queries"}
+        need = self.opts.retune_queries
+        if self.after_drift < need:  # tune on the traffic that drifted, not on older traffic
+            self.retune = {
+                "state": "waiting",
+                "why": f"{self.after_drift} of {need} unfiltered live queries sampled since "
+                "the drift was found",
+            }
             return
         why = (
             f"measured recall {drift['recall']:.4f} over {drift['samples']} queries is below "

@@ -133,6 +133,13 @@ def test_drift_below_the_target_asks_for_one_retune_on_live_queries():
     _feed(m, rng, 200, miss=0.3)  # recall about 0.7 now dominates the window
     drift = m.check("v1", 0.95, retune)
     assert drift is not None and drift["target"] == 0.95 and drift["recall"] < 0.93
+    assert not started  # it waits for 60 queries of the drifted traffic
+    assert m.summary("v1")["retune"]["state"] == "waiting"
+    _feed(m, rng, 59, miss=0.3)
+    m.check("v1", 0.95, retune)
+    assert not started
+    _feed(m, rng, 1, miss=0.3)
+    m.check("v1", 0.95, retune)
     assert len(started) == 1
     queries, target, why = started[0]
     assert queries.shape == (60, 4) and target == 0.95 and "below target" in why
@@ -249,3 +256,24 @@ def test_filtered_samples_are_rerun_over_the_filtered_rows_and_name_their_plan(t
     _, Iref = brute_force(xb[keep], xq, 5, "l2", ids[keep])
     assert (part.Ie == Iref).all() and part.plan == next(iter(set(plans.values())))
     assert part.plan in {"exact", "ann"} and np.isin(part.I, ids[keep]).all()
+
+
+def test_the_budget_earns_from_search_cpu_not_from_waiting():
+    """A search that waits (for the cores, behind concurrent ones) earns nothing for it:
+    the budget counted wall time once, and re-runs took 10% of the CPU instead of 2%."""
+    import time
+
+    from deployments.shard import _timed
+
+    def waits(*args):
+        time.sleep(0.2)
+        return None, None, {}
+
+    def works(*args):
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < 0.1:
+            pass
+        return None, None, {}
+
+    assert _timed(waits)[3] < 0.05
+    assert _timed(works)[3] >= 0.1
