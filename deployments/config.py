@@ -215,7 +215,7 @@ class RecallOptions(BaseModel):
     cpu_share: float = Field(
         0.02,
         gt=0.0,
-        le=1.0,
+        le=1000.0,
         description="exact re-runs take at most this share of the time each shard replica "
         "spends searching (samples past it are skipped and counted): the monitor's cost to "
         "throughput, bounded",

@@ -196,6 +196,7 @@ class Coordinator:
         )
         if parts or sampler:
             self.monitor.add(parts or [], replica, sampler)
+            self.monitor.forget(set(self.reports))
             self.monitor.check(self.active, self._target_of(self.active), self._retune)
         if self.active is not None and self.active in loaded:
             self.compactions.maybe_start(self.active, self._most("changes"))

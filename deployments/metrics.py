@@ -137,6 +137,18 @@ class RecallMetrics:
         self.target = Gauge(
             "vsearch_recall_target", "the recall the active version's defaults were tuned for"
         )
+        self.at_target = Gauge(
+            "vsearch_recall_at_target",
+            "measured recall of the queries answered with the defaults (the tuned target), "
+            "filter plans but the exact one included: what the alert compares with the target",
+        )
+        self.at_target_samples = Gauge(
+            "vsearch_recall_at_target_samples", "queries behind vsearch_recall_at_target"
+        )
+        self.incomplete = Gauge(
+            "vsearch_recall_incomplete",
+            "samples some shard never measured (a failed or degraded answer, a skipped re-run)",
+        )
         self.per_query = Histogram(
             "vsearch_query_recall",
             "recall@k of each measured query (the service's answer)",

@@ -25,6 +25,9 @@ from shards.recall import SERVICE, UNFILTERED, Joiner, Part, RecallWindow
 log = logging.getLogger(__name__)
 ALL = "all"  # the plan label of figures over every plan
 EXACT = "exact"  # a filter's brute-force plan: exact by construction, never a drift
+FAILED = ("failed", "stale")  # re-tune outcomes that may be tried again
+NO_GAIN = 0.005  # a re-tune that raised recall less than this did not help
+CHECK_EVERY_S = 1.0  # reports arrive from every replica: compare at most this often
 # Retune(queries, target, why) -> True when a re-tune started
 Retune = Callable[[np.ndarray, float, str], bool]
 
@@ -44,6 +47,9 @@ class RecallMonitor:
         self.drift: dict[str, Any] | None = None  # the last drift found, while it lasts
         self.retune: dict[str, Any] = {}  # the last automatic re-tune asked for
         self._retuned_at: float | None = None
+        self._retuned_drift: tuple[str | None, float] | None = None  # (version, its recall)
+        self._checked_at = -math.inf
+        self.check_every_s = CHECK_EVERY_S
         self.after_drift = 0  # unfiltered live queries sampled since the drift was found
         self._labels: set[tuple[str, str]] = set()
 
@@ -71,9 +77,13 @@ class RecallMonitor:
         self, active: str | None, default_target: float | None, retune: Retune | None = None
     ) -> dict[str, Any] | None:
         """Compare ``active``'s measured recall with each target its queries asked for;
-        the worst drift (or None), and a re-tune through ``retune`` when it is on."""
-        self.export(active, default_target)
+        the worst drift (or None), and a re-tune through ``retune`` when it is on. At most
+        every ``CHECK_EVERY_S`` (the last result otherwise)."""
         now = time.monotonic()
+        if now - self._checked_at < self.check_every_s:
+            return self.drift
+        self._checked_at = now
+        self.export(active, default_target)
         worst: dict[str, Any] | None = None
         for target in self._targets(active, now):
             mean, n = self._mean(active, target, now)
@@ -107,8 +117,24 @@ class RecallMonitor:
         self, active: str | None, target: float, drift: dict, retune: Retune, now: float
     ) -> None:
         cooled = self._retuned_at is None or now - self._retuned_at >= self.opts.retune_cooldown_s
-        if not cooled or self.retune.get("from") == active:
-            return  # one re-tune per version, and at most one per cooldown
+        done = self.retune.get("from") == active and self.retune.get("state") not in FAILED
+        if not cooled or done:
+            return  # one re-tune per version (unless it failed), at most one per cooldown
+        unfiltered, _ = self._mean(active, drift["target"], now, UNFILTERED)
+        if unfiltered is None or unfiltered >= drift["target"] - self.opts.margin:
+            self.retune = {  # a re-tune measures the unfiltered curve: it cannot fix this
+                "state": "not_needed",
+                "why": "the unfiltered queries meet the target; the drift is in filtered ones",
+            }
+            return
+        last = self._retuned_drift
+        if last is not None and last[0] != active and unfiltered <= last[1] + NO_GAIN:
+            self.retune = {  # the last re-tune made this version and did not help
+                "state": "no_gain",
+                "why": f"the re-tune of {last[0]} left recall at {unfiltered:.4f} (it was "
+                f"{last[1]:.4f}): not re-tuning again; rebuild the index or lower the target",
+            }
+            return
         need = self.opts.retune_queries
         if self.after_drift < need:  # tune on the traffic that drifted, not on older traffic
             self.retune = {
@@ -122,7 +148,7 @@ class RecallMonitor:
             f"target {drift['target']:.3f} by more than {self.opts.margin}"
         )
         if retune(np.stack(list(self.queries)), float(target), why):
-            self._retuned_at = now
+            self._retuned_at, self._retuned_drift = now, (active, unfiltered)
             self.retune = {"state": "started", "from": active, "why": why, "at": time.time()}
             if self.metrics is not None:
                 self.metrics.retunes.inc(tags={"state": "started"})
@@ -135,14 +161,18 @@ class RecallMonitor:
         }
         return sorted(t for t in found if t is not None)
 
-    def _mean(self, version: str | None, target: float, now: float) -> tuple[float | None, int]:
+    def _mean(
+        self, version: str | None, target: float, now: float, plan: str | None = None
+    ) -> tuple[float | None, int]:
+        """The service's mean recall for ``target`` (``plan``: only it; else every plan but
+        the exact one, which cannot drift)."""
         values = [
             m.recall
             for m in self.window.current(now)
             if m.version == version
             and m.shard == SERVICE
             and m.target == target
-            and m.plan != EXACT
+            and (m.plan == plan if plan is not None else m.plan != EXACT)
         ]
         return (float(np.mean(values)) if values else None), len(values)
 
@@ -164,21 +194,30 @@ class RecallMonitor:
             tags = {"shard": shard, "plan": plan}
             m.recall.set(float(np.mean(values)) if values else math.nan, tags=tags)
             m.samples.set(float(len(values)), tags=tags)
+        if default_target is not None:  # what the alert compares with the target
+            mean, n = self._mean(active, round(default_target, 3), time.monotonic())
+            m.at_target.set(math.nan if mean is None else mean)
+            m.at_target_samples.set(float(n))
+        m.incomplete.set(float(self.joiner.expired))
+        skipped = self._skipped()
+        for reason in ("budget", "queue", "unmeasurable", "error"):
+            m.skipped.set(float(skipped.get(reason, 0)), tags={"reason": reason})
+
+    def _skipped(self) -> dict[str, int]:
         skipped: dict[str, int] = {}
         for state in self.samplers.values():
             for reason, n in state.get("skipped", {}).items():
                 skipped[reason] = skipped.get(reason, 0) + n
-        for reason in ("budget", "queue", "unmeasurable"):
-            m.skipped.set(float(skipped.get(reason, 0)), tags={"reason": reason})
+        return skipped
+
+    def forget(self, replicas: set[str]) -> None:
+        """Keep the sampler states of ``replicas`` only (the ones still reporting)."""
+        self.samplers = {r: st for r, st in self.samplers.items() if r in replicas}
 
     def summary(self, active: str | None) -> dict[str, Any]:
         """What ``/v1/stats`` shows as ``recall``."""
-        skipped: dict[str, int] = {}
-        cpu = 0.0
-        for state in self.samplers.values():
-            cpu += state.get("cpu_seconds", 0.0)
-            for reason, n in state.get("skipped", {}).items():
-                skipped[reason] = skipped.get(reason, 0) + n
+        skipped = self._skipped()
+        cpu = sum(state.get("cpu_seconds", 0.0) for state in self.samplers.values())
         return {
             "index_version": active,
             **self.window.summary(active),

@@ -14,6 +14,7 @@ until the next report takes them to the coordinator (``deployments.monitor`` joi
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from shards.oracle import exact_over, unmeasurable
 from shards.query import Query, Sample
 from shards.recall import UNFILTERED, Part
 
+log = logging.getLogger("ray.serve")
 MAX_ROWS = 4  # rows of one query sampled at most (a large batch is still one sample)
 QUEUE = 64  # queries waiting for their exact re-run; more are skipped
 PARTS = 2048  # parts kept for the coordinator between reports (the oldest go first)
@@ -45,7 +47,8 @@ def pick(rng: np.random.Generator, nq: int, rate: float, target: float | None) -
         chosen = np.flatnonzero(rng.random(nq) < rate)[:MAX_ROWS].tolist()
     if not chosen:
         return None
-    return Sample(int(rng.integers(1, 2**62)), tuple(int(r) for r in chosen), target)
+    goal = None if target is None else round(float(target), 3)  # a bounded set of targets
+    return Sample(int(rng.integers(1, 2**62)), tuple(int(r) for r in chosen), goal)
 
 
 class Budget:
@@ -144,8 +147,13 @@ class ShardSampler:
         for same in groups.values():
             index, _, query, _, _, states, _ = same[0]
             xq = np.concatenate([job[1] for job in same])
-            filt = index.parse_filter(query.filter)
-            De, Ie = exact_over(index, xq, query.fetch_k, filt, states)
+            try:
+                filt = index.parse_filter(query.filter)
+                De, Ie = exact_over(index, xq, query.fetch_k, filt, states)
+            except Exception as exc:  # counted and logged; the worker goes on
+                self.skipped["error"] += len(same)
+                log.warning("recall monitor: exact re-run failed: %r", exc)
+                continue
             start = 0
             for job in same:
                 n = len(job[1])
@@ -174,6 +182,10 @@ class ShardSampler:
             exclude,
             time.monotonic(),
         )
+
+    def requeue(self, parts: list[Part]) -> None:
+        """``parts`` a report could not deliver, back before the newer ones (bounded)."""
+        self.parts.extendleft(reversed(parts))
 
     def drain(self) -> list[Part]:
         """The parts made since the last call (for the coordinator's report)."""

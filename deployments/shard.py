@@ -129,6 +129,7 @@ class ShardServer:
         changes = 0 if held is None else held.index.changes
         delta = 0 if held is None else sum(len(s.delta_ids) for s in held.index.shards.values())
         applied = self.follower.sequence() or 0
+        parts = self.sampler.drain()
         call = self.coordinator.report.remote(
             self.replica,
             self.deployment,
@@ -137,13 +138,14 @@ class ShardServer:
             changes,
             delta,
             applied,
-            self.sampler.drain(),  # the recall monitor's exact re-runs since the last report
+            parts,  # the recall monitor's exact re-runs since the last report
             self.sampler.state(),
         )
         try:
             active, proposed = await asyncio.wait_for(call, REPORT_TIMEOUT_S)
         except Exception as exc:
             log.warning("shards %s: no report to the coordinator: %r", self.numbers, exc)
+            self.sampler.requeue(parts)  # the next report takes them
             return self.held.active
         self.held.set_active(active)
         if proposed is not None and proposed != self.held.wanted and self.versions:
@@ -207,21 +209,24 @@ class ShardServer:
         loaded = self._held(query.version)
         m, tags, v = self.metrics, self.tags, loaded.version
         seq = loaded.index.sequence  # before: the state searched has at least this one
-        states = loaded.index.applied.states()  # one snapshot for the answer and its re-run
         t0 = time.perf_counter()
         self.held.in_flight[v] += 1
         try:
-            # each GPU clone serialises its own searches (shards.gpu.Placed)
-            D, I, plans, cpu_s = await asyncio.to_thread(
-                _timed, loaded.search, xq, query, deadline, states
+            # each GPU clone serialises its own searches (shards.gpu.Placed); the states are
+            # taken in the thread (their lock waits for a mutation being applied)
+            D, I, plans, states, cpu_s = await asyncio.to_thread(
+                _timed, loaded, xq, query, deadline
             )
         except Exception:
             m.errors.inc(tags=tags)
             raise
         finally:
             self.held.in_flight[v] -= 1
-        self.sampler.searched(cpu_s)  # the recall monitor may spend a share of it
-        m.latency.observe(time.perf_counter() - t0, tags=tags)
+        took = time.perf_counter() - t0
+        # the recall monitor may spend a share of the search's CPU (of a GPU search's time:
+        # its thread waits on the GPU)
+        self.sampler.searched(took if loaded.placement.on_gpu else cpu_s)
+        m.latency.observe(took, tags=tags)
         m.searches.inc(tags=tags)
         m.queries.inc(len(xq), tags=tags)
         m.batch.observe(len(xq), tags=tags)
@@ -229,7 +234,11 @@ class ShardServer:
         for q, n in members or [(query, len(xq))]:
             if q.sample is not None:  # after the answer, never in its way
                 part = slice(start, start + n)
-                self.sampler.offer(loaded.index, xq[part], q, D[part], I[part], states, plans)
+                try:
+                    self.sampler.offer(loaded.index, xq[part], q, D[part], I[part], states, plans)
+                except Exception as exc:  # the monitor never fails a search
+                    self.sampler.skipped["error"] += 1
+                    log.warning("shards %s: recall sample not taken: %r", self.numbers, exc)
             start += n
         return D, I, v, seq, plans
 
@@ -378,12 +387,15 @@ class ShardServer:
             raise RuntimeError(f"shards {self.numbers}: known-answer search failed")
 
 
-def _timed(search, *args):
-    """``search(*args)`` and the CPU seconds of the thread that ran it (its wall time would
-    count the waits of concurrent searches for the cores)."""
+def _timed(loaded: LoadedShards, xq: np.ndarray, query: Query, deadline: float | None):
+    """``loaded.search`` over one snapshot of its shards' states: ``(D, I, plans, states,
+    cpu_s)``, ``cpu_s`` the CPU seconds of the thread that ran it (its wall time would count
+    the waits of concurrent searches for the cores; faiss's own OpenMP threads are not
+    counted: the budget errs cheap)."""
     t0 = time.thread_time()
-    D, I, plans = search(*args)
-    return D, I, plans, time.thread_time() - t0
+    states = loaded.index.applied.states()  # one snapshot for the answer and its re-run
+    D, I, plans = loaded.search(xq, query, deadline, states)
+    return D, I, plans, states, time.thread_time() - t0
 
 
 def _wire(rows: Rows, sequence: int) -> tuple:

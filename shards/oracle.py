@@ -85,9 +85,17 @@ def _main(shard: Any, xq: np.ndarray, k: int, selector: Any) -> tuple[np.ndarray
     ivf = _ivf_flat(anatomy)
     if ivf is None:
         raise UnsupportedOperation(unmeasurable(shard.index) or "no exact vectors")
+    # every list assigned to every query (no quantizer search, which an HNSW quantizer would
+    # answer approximately): IVF-Flat's distances over all its vectors, exact
+    nlist, n = int(ivf.nlist), len(xq)
     params = faiss.SearchParametersIVF()
-    params.nprobe, params.sel = int(ivf.nlist), selector  # every list: exact distances
-    D, R = ivf.search(xq, k, params=params)
+    params.nprobe, params.sel = nlist, selector
+    Iq = np.ascontiguousarray(np.broadcast_to(np.arange(nlist, dtype=np.int64), (n, nlist)))
+    Dq = np.zeros((n, nlist), np.float32)
+    D = np.empty((n, k), np.float32)
+    R = np.empty((n, k), np.int64)
+    sp = faiss.swig_ptr
+    ivf.search_preassigned_c(n, sp(xq), k, sp(Iq), sp(Dq), sp(D), sp(R), False, params)
     return D, translate_ids(R, shard.ids)
 
 

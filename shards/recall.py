@@ -130,10 +130,12 @@ class Joiner:
         return _figures(first, SERVICE, plan, query_recall(D, I, De, Ie), now)
 
     def _expire(self, now: float) -> None:
-        old = [s for s, t in self.first_seen.items() if now - t > self.ttl_s]
-        for s in old:
+        while self.first_seen:  # oldest first (insertion order): stop at a fresh one
+            s, t = next(iter(self.first_seen.items()))
+            if now - t <= self.ttl_s:
+                break
             del self.waiting[s], self.first_seen[s]
-        self.expired += len(old)
+            self.expired += 1
 
 
 class RecallWindow:

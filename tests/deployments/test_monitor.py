@@ -115,14 +115,15 @@ def _monitor(**opts):
         return True
 
     m = RecallMonitor(RecallOptions(min_samples=20, margin=0.02, **opts), 1, False)
+    m.check_every_s = 0.0  # every check compares (the coordinator's run once a second)
     return m, started, retune
 
 
-def _feed(m, rng, n, miss, version="v1"):
+def _feed(m, rng, n, miss, version="v1", plan=UNFILTERED):
     for _ in range(n):
         D, I, De, Ie = _answers(rng, nq=1, k=10, groups=1, miss=miss)[0]
         xq = rng.standard_normal((1, 4)).astype(np.float32)
-        m.add([part(rng.integers(2**40), 0, D, I, De, Ie, version=version, xq=xq)])
+        m.add([part(rng.integers(2**40), 0, D, I, De, Ie, version=version, xq=xq, plan=plan)])
 
 
 def test_drift_below_the_target_asks_for_one_retune_on_live_queries():
@@ -147,6 +148,32 @@ def test_drift_below_the_target_asks_for_one_retune_on_live_queries():
     assert len(started) == 1  # one re-tune per version and cooldown
     assert m.summary("v1")["retune"]["state"] == "started"
     assert m.summary("v1")["retune"]["from"] == "v1"
+
+
+def test_a_retune_is_not_asked_for_when_it_cannot_help_and_retried_when_it_failed():
+    rng = np.random.default_rng(6)
+    m, started, retune = _monitor(auto_retune=True, retune_queries=60, retune_cooldown_s=0)
+    _feed(m, rng, 100, miss=0.0)
+    _feed(m, rng, 200, miss=0.4, plan="ann")  # only filtered answers drift
+    assert m.check("v1", 0.95, retune) is not None
+    _feed(m, rng, 100, miss=0.0)
+    m.check("v1", 0.95, retune)
+    assert not started and m.retune["state"] == "not_needed"
+
+    _feed(m, rng, 200, miss=0.3, version="v2")  # unfiltered drift on v2: re-tuned
+    m.check("v2", 0.95, retune)
+    _feed(m, rng, 60, miss=0.3, version="v2")
+    m.check("v2", 0.95, retune)
+    assert len(started) == 1 and m.retune["from"] == "v2"
+    m.retune["state"] = "failed"  # the task failed: tried again for the same version
+    m.check("v2", 0.95, retune)
+    assert len(started) == 2
+    m.retune["state"] = "active"  # it made v3, which is no better: no third re-tune
+    _feed(m, rng, 200, miss=0.35, version="v3")
+    m.check("v3", 0.95, retune)
+    _feed(m, rng, 60, miss=0.35, version="v3")
+    m.check("v3", 0.95, retune)
+    assert len(started) == 2 and m.retune["state"] == "no_gain"
 
 
 def test_drift_is_reported_but_not_acted_on_by_default_nor_under_min_samples():
@@ -262,8 +289,13 @@ def test_the_budget_earns_from_search_cpu_not_from_waiting():
     """A search that waits (for the cores, behind concurrent ones) earns nothing for it:
     the budget counted wall time once, and re-runs took 10% of the CPU instead of 2%."""
     import time
+    from types import SimpleNamespace
 
     from deployments.shard import _timed
+
+    def loaded(search):  # what _timed reads of LoadedShards
+        applied = SimpleNamespace(states=lambda: [])
+        return SimpleNamespace(index=SimpleNamespace(applied=applied), search=search)
 
     def waits(*args):
         time.sleep(0.2)
@@ -275,5 +307,5 @@ def test_the_budget_earns_from_search_cpu_not_from_waiting():
             pass
         return None, None, {}
 
-    assert _timed(waits)[3] < 0.05
-    assert _timed(works)[3] >= 0.1
+    assert _timed(loaded(waits), None, None, None)[4] < 0.05
+    assert _timed(loaded(works), None, None, None)[4] >= 0.1

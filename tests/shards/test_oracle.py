@@ -21,6 +21,7 @@ N, D = 6000, 16
 KINDS = {
     "flat": "Flat",
     "ivf": "IVF32,Flat",
+    "ivf-hnsw-quantizer": "IVF32_HNSW8,Flat",
     "hnsw": "HNSW16",
     "fastscan-refined": "IVF32,PQ8x4fs,RFlat",
 }
