@@ -219,8 +219,10 @@ class ShardedIndex:
                     D, I, plans[number] = shard.search_filtered(xq, k, ov, filt, st)
                     parts.append((D, I))
                 return *merge_results(parts, self.metric.keep_max), plans
-            first = shards[0][1].index
-            coarse = coarse_assign(first, xq, ov) if self.shared_coarse else None
+            first = shards[0][1]
+            coarse = (
+                coarse_assign(first.index, xq, ov, first.layout) if self.shared_coarse else None
+            )
             parts = [
                 shard.search(xq, k, ov, coarse, st)
                 for (_, shard), st in zip(shards, states, strict=True)

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 from shards._faiss import faiss
 from shards.anatomy import Anatomy
 from shards.artefact import ShardData
-from shards.coarse import search_preassigned, tune_fastscan
+from shards.coarse import ivf_layout, search_preassigned, tune_fastscan
 from shards.errors import UnknownId, UnsupportedOperation
 from shards.filtered import search_filtered
 from shards.filters import Filter
@@ -28,6 +28,7 @@ class Shard:
     def __init__(self, data: ShardData, metric_keep_max: bool, base_sequence: int = 0) -> None:
         self.index = data.index
         tune_fastscan(self.index)  # before any search: not a per-request knob
+        self.layout = ivf_layout(self.index)  # found once: each search would walk it again
         self.ids = data.ids
         self.metadata = _aligned(data.metadata, self.ids)
         self.keep_max = metric_keep_max
@@ -78,7 +79,9 @@ class Shard:
         if self.placed.placement.on_gpu:
             D, I = self.placed.search(xq, k, ov, st.selector)
         elif coarse is not None:
-            D, I = search_preassigned(self.index, xq, k, ov, st.selector, coarse)
+            D, I = search_preassigned(
+                self.index, xq, k, ov, st.selector, coarse, self.layout, st.params
+            )
         else:
             made = self._cpu_params(ov, k, st)  # held until the search returns
             D, I = self.index.search(xq, k, params=made[0])

@@ -96,3 +96,18 @@ def test_delete_after_searching_with_the_same_params_filters(tmp_path, data, fac
     _, again = index.search(xb[:1], 10, params)
     assert 50_000 in again[0]
     assert not np.isin(again, first).any()
+
+
+def test_shared_coarse_search_after_a_delete_uses_the_new_states_parameters(tmp_path):
+    """The preassigned path keeps its parameter object in the shard state: a delete makes
+    a new state, so a deleted row is never returned by a cached object of the old one."""
+    xb = clustered(4000, 16, seed=3)
+    index = build(tmp_path, xb, index="IVF32,Flat", num_shards=2, tune=False)
+    assert index.shared_coarse
+    xq = xb[:20] + 0.001
+    _, before = index.search(xq, 5, {"nprobe": 4})
+    _, again = index.search(xq, 5, {"nprobe": 4})  # from the cached parameters
+    assert (before == again).all()
+    index.delete(before[:, 0])
+    _, after = index.search(xq, 5, {"nprobe": 4})
+    assert not np.isin(before[:, 0], after).any()
