@@ -113,3 +113,17 @@ def test_tuning_rows_are_indexed_with_metadata(tmp_path, data):
     assert lookup_metadata(index, ids)["tag"].to_pylist() == ids.astype(str).tolist()
     _, I = index.search(xb[:50], 1, {"nprobe": 32})
     np.testing.assert_array_equal(I[:, 0], ids[:50])
+
+
+def test_resolve_takes_a_runs_first_point_that_reaches_the_target_whatever_its_timing():
+    """Within a run cost grows with the knob: a later point timed faster is noise (under
+    load the choice between nprobe 2 and 3 flipped from run to run)."""
+    from shards.autotune import resolve
+
+    curve = [
+        {"params": {"nprobe": 2}, "recall": 0.984, "ms_per_query": 0.020},
+        {"params": {"nprobe": 3}, "recall": 0.996, "ms_per_query": 0.018},  # noise
+        {"params": {"nprobe": 1, "k_factor": 4}, "recall": 0.99, "ms_per_query": 0.030},
+    ]
+    assert resolve(curve, 0.95) == {"nprobe": 2}
+    assert resolve(curve, 0.985) == {"nprobe": 3}
