@@ -11,7 +11,7 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from shards.cli import add_build_arguments, build_inputs, describe_build, run
+from shards.cli import add_build_arguments, build_inputs, describe_build, run, why_chosen
 from shards.errors import InvalidInput
 
 
@@ -61,4 +61,5 @@ def _build(args) -> int:
         f"{describe_build(m)}; on {dist['nodes']} node(s), "
         f"{len(dist['shard_tasks_run'])} shard task(s) run"
     )
+    print(f"chosen: {why_chosen(m)}")
     return 0

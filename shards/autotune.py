@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from shards import memory
-from shards._faiss import faiss
+from shards._faiss import faiss, one_omp_thread
 from shards.errors import TargetUnreachable
 from shards.merge import exclude_ids
 from shards.params import EF_SEARCH_MAX, Knobs, SearchOverrides
@@ -102,8 +102,13 @@ def measure(
     gt: np.ndarray,
     knobs: Knobs,
     show_progress: bool = True,
+    lone: int = 0,
 ) -> list[dict[str, Any]]:
-    """Recall@k and batched ms/query for each grid point; ``gt`` is (nq, k+1) with self."""
+    """Recall@k and ms/query for each grid point; ``gt`` is (nq, k+1) with self.
+
+    The time is the batched search's per query, or with ``lone`` > 0 the mean time of the
+    first ``lone`` queries searched one at a time (an index chosen for single queries is
+    tuned for what they cost: the cheapest point batched need not be the cheapest alone)."""
     k = gt.shape[1] - 1
     truth = drop_self(gt, self_ids, k)
     curve: list[dict[str, Any]] = []
@@ -114,6 +119,8 @@ def measure(
             t0 = time.perf_counter()
             _, I = search(xq, k + 1, ov)
             ms = 1000 * (time.perf_counter() - t0) / len(xq)
+            if lone:
+                ms = lone_ms(search, xq[:lone], k + 1, ov)
             recall = recall_at_k(drop_self(I, self_ids, k), truth)
             curve.append(
                 {"params": ov.to_dict(), "recall": round(recall, 5), "ms_per_query": round(ms, 5)}
@@ -125,6 +132,15 @@ def measure(
             if recall >= STOP_RECALL or ms > bound or _flat(curve, i + 1):
                 break
     return curve
+
+
+def lone_ms(search: SearchFn, xq: np.ndarray, k: int, ov: SearchOverrides) -> float:
+    """Mean milliseconds of ``xq``'s queries searched one at a time, one OpenMP thread."""
+    with one_omp_thread():
+        t0 = time.perf_counter()
+        for i in range(len(xq)):
+            search(xq[i : i + 1], k, ov)
+        return 1000 * (time.perf_counter() - t0) / len(xq)
 
 
 def _flat(curve: list[dict[str, Any]], run_length: int) -> bool:

@@ -18,8 +18,15 @@ import pyarrow as pa
 
 from shards import autotune, cagra, memory
 from shards._faiss import BLAS_MIN_QUERIES, faiss, faiss_ext, use_blas_from
+from shards.anatomy import Anatomy
 from shards.artefact import ShardData, new_version_name, write_version
-from shards.choice import choose_index, estimate_bytes, template_index
+from shards.choice import (
+    HNSW_EF_CONSTRUCTION,
+    TRAFFIC,
+    choose_index,
+    estimate_bytes,
+    template_index,
+)
 from shards.cuda import gpu_count, graph_device, has_cuvs, parse_device, resources
 from shards.errors import GpuUnavailable, InvalidInput, TargetUnreachable
 from shards.index import ShardedIndex
@@ -34,6 +41,7 @@ from shards.source import VectorSource
 log = logging.getLogger("shards")
 TUNE_QUERIES = 2000
 TUNE_K = 10
+LONE_QUERIES = 200  # timed alone per tuning point when the traffic is single queries
 HELD_OUT = "a sample of the input, searched before it was added to the index"
 
 
@@ -54,6 +62,11 @@ class BuildOptions:
     progress: bool = True
     target: str = "cpu"  # "gpu": the automatic choice picks indexes a GPU serves
     graph_device: str = "auto"  # builds CAGRA graphs: "cuda:N", "cpu", or "auto" (GPU 0 if any)
+    # the expected queries, for the automatic choice and its tuning: "mixed", "single" (lone
+    # queries and small batches: latency) or "batch" (large batches: throughput)
+    traffic: str = "mixed"
+    # HNSW graphs: candidates kept while inserting (None: the automatic choice's, else faiss's)
+    ef_construction: int | None = None
 
 
 def build_index(source: VectorSource, out_uri: str, opts: BuildOptions) -> Manifest:
@@ -94,7 +107,20 @@ def check_options(opts: BuildOptions) -> Metric:
         raise InvalidInput(f"--shards must be >= 1, got {opts.num_shards}")
     if opts.partition not in SCHEMES:
         raise InvalidInput(f"unknown partition {opts.partition!r}; expected one of {SCHEMES}")
+    if opts.traffic not in TRAFFIC:
+        raise InvalidInput(f"unknown traffic {opts.traffic!r}; expected one of {TRAFFIC}")
+    ef = opts.ef_construction
+    if ef is not None and (isinstance(ef, bool) or not isinstance(ef, int) or not 1 <= ef <= 4096):
+        raise InvalidInput(f"--ef-construction must be an integer in [1, 4096], got {ef!r}")
     return Metric.parse(opts.metric)
+
+
+def ef_construction_of(opts: BuildOptions) -> int | None:
+    """efConstruction for HNSW graphs: the option, else the automatic choice's (None: faiss's
+    default, for an explicit factory string)."""
+    if opts.ef_construction is not None:
+        return opts.ef_construction
+    return HNSW_EF_CONSTRUCTION if opts.index in ("auto", "hnsw") else None
 
 
 def new_manifest(
@@ -120,6 +146,9 @@ def new_manifest(
             "source": source.path,
             "n": source.n,
             "choice": reason,
+            "traffic": opts.traffic,
+            "memory_budget": opts.memory_budget,
+            "ef_construction": ef_construction_of(opts) if "HNSW" in factory else None,
             "seed": opts.seed,
             "train_seconds": round(t_train, 3),
             "add_seconds": round(t_add, 3),
@@ -153,6 +182,7 @@ def choose_factory(n: int, d: int, opts: BuildOptions, metric: Metric) -> tuple[
         num_shards=opts.num_shards,
         memory_budget=opts.memory_budget,
         prefer_hnsw=opts.index == "hnsw",
+        traffic=opts.traffic,
         target=opts.target,
         gpu_build=opts.target == "gpu" and graph_device_of(opts) is not None,
     )
@@ -209,6 +239,10 @@ def train_template(
         template.train(prepare_vectors(xt, source.d, metric, what="training vectors"))
         if kmeans_on is not None:
             kmeans_on.clustering_index = None  # type: ignore[assignment]  # not with the template
+    ef = ef_construction_of(opts)
+    core = Anatomy.of(template).core
+    if ef is not None and isinstance(core, faiss.IndexHNSW):
+        core.hnsw.efConstruction = ef  # read by every add; saved with the index
     return template
 
 
@@ -334,6 +368,7 @@ def tune_manifest(
         opts.default_recall,
         HELD_OUT,
         opts.progress,
+        lone=LONE_QUERIES if opts.traffic == "single" else 0,
     )
 
 
@@ -347,9 +382,11 @@ def with_tuning(
     target: float,
     method: str,
     show_progress: bool = True,
+    lone: int = 0,
 ) -> Manifest:
-    """``manifest`` with the measured curve and the defaults resolved for ``target``."""
-    curve = autotune.measure(search, xq, qids, gt, knobs, show_progress)
+    """``manifest`` with the measured curve and the defaults resolved for ``target``;
+    ``lone``: time that many queries searched alone (``autotune.measure``)."""
+    curve = autotune.measure(search, xq, qids, gt, knobs, show_progress, lone)
     try:
         defaults = autotune.resolve(curve, target)
         note = f"cheapest measured parameters with recall@{TUNE_K} >= {target}"
@@ -362,6 +399,7 @@ def with_tuning(
         "target": target,
         "note": note,
         "method": method,
+        "timed": f"{lone} single queries" if lone else "batches",
         "curve": curve,
     }
     manifest.build["tune_threads"] = faiss.omp_get_max_threads()

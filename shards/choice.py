@@ -18,6 +18,8 @@ from shards.sizing import index_bytes
 # at recall@10 0.95 (batched and single queries) and is chosen (docs/INDEX_CHOICE.md).
 FLAT_MAX = 20_000
 HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 200  # candidates kept while inserting, for the graphs chosen here
+TRAFFIC = ("mixed", "single", "batch")  # the query shapes a build can be chosen for
 # On a GPU, exact search stays the choice up to this many vectors per shard: a Flat scan of
 # 250,000 x 96 floats is under 0.1 GB per query batch (docs/GPU.md has the measurements).
 GPU_FLAT_MAX = 250_000
@@ -81,6 +83,7 @@ def choose_index(
     prefer_hnsw: bool = False,
     target: str = "cpu",
     gpu_build: bool = False,
+    traffic: str = "mixed",
 ) -> Choice:
     """Pick a factory string for shards of ``n_per_shard`` vectors of dimension ``d``.
 
@@ -101,6 +104,8 @@ def choose_index(
     m = pq_m_for(d)
     if target not in ("cpu", "gpu"):
         raise InvalidInput(f"target must be 'cpu' or 'gpu', got {target!r}")
+    if traffic not in TRAFFIC:
+        raise InvalidInput(f"traffic must be one of {TRAFFIC}, got {traffic!r}")
     if target == "gpu":
         return _choose_gpu(n_per_shard, d, quantizer, memory_budget, gpu_build)
     if prefer_hnsw:

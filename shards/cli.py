@@ -149,6 +149,19 @@ def add_build_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--metadata-columns", default="", help="comma-separated columns to keep")
     b.add_argument("--memory-budget", type=int, help="bytes per shard for the automatic choice")
     b.add_argument(
+        "--traffic",
+        default="mixed",
+        choices=["mixed", "single", "batch"],
+        help="expected queries, for the automatic choice and its tuning: mixed (default), "
+        "single (lone queries, small batches: latency) or batch (large batches: throughput)",
+    )
+    b.add_argument(
+        "--ef-construction",
+        type=int,
+        help="HNSW graphs: candidates kept while inserting (default: 200 for the automatic "
+        "choice and --index hnsw, faiss's 40 for a factory string)",
+    )
+    b.add_argument(
         "--default-recall",
         type=float,
         default=0.95,
@@ -183,6 +196,8 @@ def build_inputs(args):
         seed=args.seed,
         target=args.target,
         graph_device=args.graph_device,
+        traffic=args.traffic,
+        ef_construction=args.ef_construction,
     )
     return source, opts
 
@@ -193,6 +208,7 @@ def _build(args) -> int:
     source, opts = build_inputs(args)
     m = build_index(source, args.out, opts)
     print(describe_build(m))
+    print(f"chosen: {why_chosen(m)}")
     return 0
 
 
@@ -275,12 +291,36 @@ def _inspect(args) -> int:
     print(
         f"shards    {m.num_shards} ({m.partition}): " + ", ".join(f"{s.ntotal:,}" for s in m.shards)
     )
+    print(f"chosen    {why_chosen(m)}")
     print(f"defaults  {json.dumps(m.default_params)}")
     print(f"log       writes up to sequence {m.base_sequence} included in this version")
     if m.tuning:
         print(f"tuning    {len(m.tuning['curve'])} points, {m.tuning['note']}")
     print(f"build     {json.dumps({k: v for k, v in m.build.items() if k != 'source'})}")
     return 0
+
+
+def why_chosen(m) -> str:
+    """Why this version has its index: the choice's reason, for what traffic and budget."""
+    b = m.build
+    per_shard = -(-m.ntotal // max(1, m.num_shards))
+    parts = [f"{m.factory} for {per_shard:,} vectors per shard x {m.dim}: {b.get('choice', '?')}"]
+    if "traffic" in b:
+        budget = b.get("memory_budget")
+        parts.append(
+            f"traffic {b['traffic']}, memory budget "
+            + ("none" if budget is None else f"{budget:,} bytes per shard")
+        )
+    if b.get("estimated_bytes_per_shard"):
+        parts.append(f"about {b['estimated_bytes_per_shard'] / 2**20:,.1f} MiB per shard")
+    if b.get("ef_construction"):
+        parts.append(f"efConstruction {b['ef_construction']}")
+    if m.tuning:
+        parts.append(
+            f"defaults tuned for recall@{m.tuning['k']} {m.tuning['target']}, timed on "
+            f"{m.tuning.get('timed', 'batches')}"
+        )
+    return "; ".join(parts)
 
 
 def _verify(args) -> int:

@@ -42,6 +42,13 @@ logger = logging.getLogger(__name__)
 WRITE_ATTEMPTS = 8  # appends lost to another writer of the same log before giving up
 
 
+# From this many queries one coarse assignment serves every shard; fewer are searched by each
+# shard whole, in faiss: for a lone query the preassigned path's set-up and re-sort in Python
+# cost more than the quantizer searches they save (GloVe 390k, 4 shards, one thread, same run:
+# 493 us alone against 696 us shared; 439 against 390 at 4 queries; bench/single_query.py).
+COARSE_MIN_QUERIES = 4
+
+
 class ShardedIndex:
     """One index version in memory (all shards, or the subset a replica serves)."""
 
@@ -220,9 +227,8 @@ class ShardedIndex:
                     parts.append((D, I))
                 return *merge_results(parts, self.metric.keep_max), plans
             first = shards[0][1]
-            coarse = (
-                coarse_assign(first.index, xq, ov, first.layout) if self.shared_coarse else None
-            )
+            shared = self.shared_coarse and len(xq) >= COARSE_MIN_QUERIES
+            coarse = coarse_assign(first.index, xq, ov, first.layout) if shared else None
             parts = [
                 shard.search(xq, k, ov, coarse, st)
                 for (_, shard), st in zip(shards, states, strict=True)

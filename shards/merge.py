@@ -26,7 +26,10 @@ def translate_ids(I: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Map row numbers ``I`` (-1 padded) to external ids through ``ids[row]``."""
     if len(ids) == 0:
         return np.full_like(I, -1)
-    return np.where(I >= 0, ids[np.maximum(I, 0)], -1)
+    out = ids.take(I)  # -1 takes the last id: put back below (per query: fewer numpy calls)
+    if I.size and I.min() < 0:
+        out[I < 0] = -1
+    return out
 
 
 def exclude_ids(

@@ -60,7 +60,7 @@ def prepare_vectors(
         raise error(f"{what} have dimension {x.shape[1]}, the index has dimension {d}")
     if x.shape[0] == 0:
         raise error(f"{what} are empty: expected at least one vector")
-    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+    if x.dtype.kind not in "fiu":  # floating or integer (np.issubdtype is slow per call)
         raise error(f"{what} must be numeric, got dtype {x.dtype}")
     copy = metric is Metric.COSINE
     out = np.array(x, dtype=np.float32, order="C", copy=copy or None)
@@ -68,9 +68,9 @@ def prepare_vectors(
         bad = int(np.flatnonzero(~np.isfinite(out).all(axis=1))[0])
         raise error(f"{what} contain NaN or Inf (first at row {bad})")
     if metric is Metric.COSINE:
-        norms = np.linalg.norm(out, axis=1)
-        if (norms == 0).any():
-            bad = int(np.flatnonzero(norms == 0)[0])
+        squares = np.einsum("ij,ij->i", out, out)  # as the normalisation computes them
+        if not squares.all():
+            bad = int(np.flatnonzero(squares == 0)[0])
             raise error(f"{what} row {bad} is a zero vector: cosine is undefined")
         faiss.normalize_L2(out)
     return out

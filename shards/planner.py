@@ -45,6 +45,7 @@ class QueryPlanner:
         self.knobs = Knobs.of(template)
         self.defaults = SearchOverrides.parse(manifest.default_params)
         self._resolved: dict[float, dict[str, Any]] = {}
+        self._effective: dict[float | None, SearchOverrides] = {}  # target -> resolved
         tuning = manifest.tuning or {}
         # the recall the defaults were tuned for (None: exact, or not tuned)
         self.tuned_for: float | None = (
@@ -97,6 +98,11 @@ class QueryPlanner:
         self, params: Any = None, target_recall: float | None = None, k: int = 10
     ) -> SearchOverrides:
         """Effective overrides: explicit ``params`` over ``target_recall``'s over the defaults."""
+        plain = params is None and type(target_recall) in (float, int, type(None))
+        if plain:  # the common request: no explicit knobs; resolved once per target
+            hit = self._effective.get(target_recall)
+            if hit is not None:
+                return hit
         ov = SearchOverrides.parse(params)
         if target_recall is not None:
             ok = isinstance(target_recall, int | float) and not isinstance(target_recall, bool)
@@ -105,6 +111,10 @@ class QueryPlanner:
             ov = ov.over(SearchOverrides(**self._tuned(float(target_recall))))
         eff = ov.over(self.defaults)
         self.knobs.check(eff, k)
+        if plain:
+            if len(self._effective) > 1024:
+                self._effective.clear()
+            self._effective[target_recall] = eff
         return eff
 
     def _tuned(self, target: float) -> dict[str, Any]:

@@ -136,6 +136,21 @@ def test_shared_coarse_assignment_equals_per_shard_search(tmp_path, data, factor
     assert_same_knn(D2, I2, D1, I1, float_tolerance(xb, xq, "l2"))
 
 
+def test_lone_queries_search_each_shard_and_equal_the_shared_batch(tmp_path, data):
+    """Below COARSE_MIN_QUERIES queries each shard searches whole (its own quantizer): the
+    same answers as the shared assignment a batch takes."""
+    from shards.index import COARSE_MIN_QUERIES
+
+    xb, xq = data
+    index = build(tmp_path, xb, index="IVF64,PQ16x4fs,RFlat", num_shards=3, tune=False)
+    assert index.shared_coarse and COARSE_MIN_QUERIES > 1
+    params = {"nprobe": 8, "k_factor": 3}
+    D1, I1 = index.search(xq[:20], 10, params)
+    lone = [index.search(xq[i : i + 1], 10, params) for i in range(20)]
+    D2, I2 = np.vstack([d for d, _ in lone]), np.vstack([i for _, i in lone])
+    assert_same_knn(D2, I2, D1, I1, float_tolerance(xb, xq, "l2"))
+
+
 def test_shards_with_different_quantizers_do_not_share(tmp_path, data):
     from shards import ShardedIndex
 
