@@ -60,3 +60,26 @@ def test_estimate_matches_built_index(data, factory):
     index.add(xb)
     real = faiss.serialize_index(index).nbytes
     assert estimate_bytes(factory, len(xb), 32) == pytest.approx(real, rel=0.02)
+
+
+def test_build_options_ef_construction_and_traffic(tmp_path, data):
+    """efConstruction reaches the saved graph and the manifest; traffic "single" tunes on
+    lone-query timings and says so; bad values are clear errors."""
+    from shards.anatomy import Anatomy
+    from tests.shards.helpers import build
+
+    xb = data[0][:3000]
+    index = build(tmp_path, xb, index="HNSW16,Flat", ef_construction=77, traffic="single")
+    assert Anatomy.of(index.shards[0].index).core.hnsw.efConstruction == 77
+    m = index.manifest
+    assert m.build["ef_construction"] == 77 and m.build["traffic"] == "single"
+    assert m.tuning["timed"] == "200 single queries"
+    plain = build(tmp_path, xb, "plain", index="HNSW16,Flat")  # a factory string: faiss's 40
+    assert Anatomy.of(plain.shards[0].index).core.hnsw.efConstruction == 40
+    assert plain.manifest.tuning["timed"] == "batches"
+    for bad, match in (
+        ({"traffic": "bursty"}, "unknown traffic"),
+        ({"ef_construction": 0}, "ef-construction"),
+    ):
+        with pytest.raises(InvalidInput, match=match):
+            build(tmp_path, xb, "bad", index="HNSW16,Flat", **bad)

@@ -89,6 +89,9 @@ def test_target_recall_search(cli_index):
 def test_inspect_and_verify(cli_index):
     summary = cli("inspect", cli_index / "idx").stdout
     assert "6,000 x 32" in summary and "IVF32,Flat" in summary
+    chosen = next(line for line in summary.splitlines() if line.startswith("chosen"))
+    assert "IVF32,Flat for 2,000 vectors per shard x 32: explicit factory string" in chosen
+    assert "traffic mixed, memory budget none" in chosen and "timed on batches" in chosen
     manifest = json.loads(cli("inspect", cli_index / "idx", "--json").stdout)
     assert manifest["num_shards"] == 3
     assert cli("verify", cli_index / "idx").stdout.startswith("ok:")
