@@ -39,18 +39,25 @@ SINGLES_MAX_S = 20.0  # the single-query phase of one setting stops after this l
 class VsearchInProcess(System):
     name = "vsearch in-process"
 
-    def __init__(self, workdir: str, metric: str = "ip", index: str = "auto") -> None:
+    def __init__(
+        self, workdir: str, metric: str = "ip", index: str = "auto", traffic: str = "mixed"
+    ) -> None:
         self.workdir, self.metric, self.index_kind = workdir, metric, index
+        self.traffic = traffic
         if index != "auto":  # a chosen index instead of the automatic choice
             self.name = f"vsearch in-process ({index})"
+        elif traffic != "mixed":  # the automatic choice for another traffic shape
+            self.name = f"vsearch in-process (traffic {traffic})"
 
     def build(self, xb):
         from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 
         src = os.path.join(self.workdir, "compare-db.npy")
         np.save(src, xb)
-        self.root = os.path.join(self.workdir, f"compare-vsearch-{self.index_kind}")
-        opts = BuildOptions(metric=self.metric, index=self.index_kind, progress=False)
+        self.root = os.path.join(self.workdir, f"compare-vsearch-{self.index_kind}-{self.traffic}")
+        opts = BuildOptions(
+            metric=self.metric, index=self.index_kind, traffic=self.traffic, progress=False
+        )
         build_index(VectorSource(src), self.root, opts)
         self.index = ShardedIndex.open(self.root)
 
@@ -171,8 +178,8 @@ def measure(system: System, xq: np.ndarray, gt: np.ndarray, setting: dict, singl
     }
 
 
-def run(args) -> dict:
-    if args.dataset == "minilm":
+def run(args, dataset: str) -> dict:
+    if dataset == "minilm":
         from bench import minilm
 
         ds, metric = minilm.load(), "l2"  # normalised: L2, cosine and inner product rank alike
@@ -184,12 +191,14 @@ def run(args) -> dict:
     os.makedirs(args.workdir, exist_ok=True)
     local = VsearchInProcess(args.workdir, metric)
     handle = VsearchHandle(local)
+    shapes = [
+        VsearchInProcess(args.workdir, metric, traffic=t) for t in args.traffic if t != "mixed"
+    ]
     systems: list[System] = [
         local,
+        *shapes,
         *([VsearchInProcess(args.workdir, metric, "hnsw")] if args.also_hnsw else []),
-        handle,
-        VsearchHttp(handle),
-        VsearchHttpDirect(handle),
+        *([] if args.no_service else [handle, VsearchHttp(handle), VsearchHttpDirect(handle)]),
         *peers(1024),
     ]
     wanted = set(args.systems.split(",")) if args.systems else None
@@ -228,9 +237,10 @@ def run(args) -> dict:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     for system in built:
         system.close()
-    import ray
+    if not args.no_service:
+        import ray
 
-    ray.shutdown()
+        ray.shutdown()
     return {
         "command": "python -m bench.compare " + " ".join(sys.argv[1:]),
         "dataset": ds.name,
@@ -372,8 +382,18 @@ def main() -> int:
     ap = parser(__doc__, workdir="compare")
     ap.add_argument("--queries", type=int, default=2_000, help="held-out queries to use")
     ap.add_argument(
-        "--dataset", default="glove", choices=["glove", "minilm"], help="see bench/minilm.py"
+        "--dataset",
+        default="glove",
+        help="glove, minilm (bench/minilm.py), or both comma-separated: one run, one results "
+        "file each (NAME-DATASET) and NAME-summary.md with vsearch's ratios to hnswlib",
     )
+    ap.add_argument(
+        "--traffic",
+        default="mixed",
+        type=lambda v: v.split(","),
+        help="also vsearch in process built for these traffic shapes (single, batch)",
+    )
+    ap.add_argument("--no-service", action="store_true", help="vsearch in process only (no Ray)")
     ap.add_argument(
         "--systems", help="only these peers (substrings of their names; vsearch always)"
     )
@@ -382,11 +402,67 @@ def main() -> int:
     )
     ap.add_argument("--name", default="compare", help="results file name (without extension)")
     args = ap.parse_args()
-    result = run(args)
-    result["plot"] = f"{args.name}.png"
-    print(write(args.out, args.name, result, markdown))
-    plots(result, os.path.join(args.out, args.name))
+    datasets = args.dataset.split(",")
+    results = []
+    for dataset in datasets:
+        name = args.name if len(datasets) == 1 else f"{args.name}-{dataset}"
+        result = run(args, dataset)
+        result["plot"] = f"{name}.png"
+        print(write(args.out, name, result, markdown))
+        plots(result, os.path.join(args.out, name))
+        results.append(result)
+    if len(datasets) > 1:
+        print(write(args.out, f"{args.name}-summary", {"results": results}, summary))
     return 0
+
+
+PEER = ("hnswlib", "hnswlib M32")
+
+
+def ratios(r: dict) -> list[dict]:
+    """vsearch in process (each traffic shape) against the best hnswlib, at recall >= 0.95."""
+    out = []
+    for key in ("qps_batch", "qps_single_c8"):
+        peer = [b for p in PEER if (b := best_at(r["rows"], p, key))]
+        top = max(peer, key=lambda b: b[key]) if peer else None
+        for name in dict.fromkeys(x["system"] for x in r["rows"]):
+            if not name.startswith("vsearch in-process"):
+                continue
+            mine = best_at(r["rows"], name, key)
+            if mine and top:
+                out.append(
+                    {
+                        "shape": "batched" if key == "qps_batch" else "single (8 callers)",
+                        "system": name,
+                        "qps": mine[key],
+                        "recall": mine["recall"],
+                        "peer": top["system"],
+                        "peer_qps": top[key],
+                        "peer_recall": top["recall"],
+                        "ratio": mine[key] / top[key],
+                    }
+                )
+    return out
+
+
+def summary(s: dict) -> str:
+    lines = [
+        f"# vsearch in process against hnswlib: `{s['results'][0]['command']}`",
+        "",
+        "One run, 2 CPUs; best QPS of each system's settings at recall@10 >= 0.95; the peer is "
+        "the faster of hnswlib M 16 and M 32 (ef_construction 200) for each shape.",
+        "",
+        "| dataset | shape | vsearch | QPS | recall | peer | peer QPS | peer recall | ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in s["results"]:
+        for x in ratios(r):
+            lines.append(
+                f"| {r['dataset']} | {x['shape']} | {x['system']} | {x['qps']:,.0f} | "
+                f"{x['recall']:.3f} | {x['peer']} | {x['peer_qps']:,.0f} | "
+                f"{x['peer_recall']:.3f} | {x['ratio']:.2f}x |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -62,13 +62,17 @@ class FaissIndex(System):
 
 
 class Hnswlib(System):
-    name = "hnswlib"
+    """hnswlib at its README's settings (M 16, ef_construction 200), or another ``M``."""
+
+    def __init__(self, m: int = 16) -> None:
+        self.m = m
+        self.name = "hnswlib" if m == 16 else f"hnswlib M{m}"
 
     def build(self, xb):
         import hnswlib
 
         self.index = hnswlib.Index(space="ip", dim=xb.shape[1])
-        self.index.init_index(max_elements=len(xb), M=16, ef_construction=200, random_seed=0)
+        self.index.init_index(max_elements=len(xb), M=self.m, ef_construction=200, random_seed=0)
         self.index.add_items(xb, np.arange(len(xb)))
 
     def settings(self):
@@ -221,6 +225,7 @@ def peers(nlist: int) -> list[System]:
         FaissIndex(f"IVF{nlist},Flat", "nprobe", (8, 16, 32, 64, 128, 256)),
         FaissIndex("HNSW32,Flat", "efSearch", (16, 32, 64, 128, 256)),
         Hnswlib(),
+        Hnswlib(32),
         Usearch(),
         QdrantLocal(),
         MilvusLite(),

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from shards._faiss import BLAS_MIN_QUERIES, one_omp_thread, use_blas_from
+from shards._faiss import BLAS_MIN_QUERIES, faiss, one_omp_thread, use_blas_from
 from shards.applied import Applied
 from shards.artefact import open_version, read_shard
 from shards.coarse import coarse_assign, quantizer_digest
@@ -180,6 +180,10 @@ class ShardedIndex:
         Raises:
             InvalidQuery: bad shape, dimension, NaN/Inf, k, an override, or the filter.
         """
+        if params is None and filter is None and score_threshold is None:
+            lone = self._lone(xq, k, target_recall)  # the common lone query, in fewer steps
+            if lone is not None:
+                return lone
         k = self.planner.check_k(k)
         ov = self.resolve(params, target_recall, k)
         filt = self.parse_filter(filter)
@@ -190,6 +194,30 @@ class ShardedIndex:
         if threshold is not None:
             D, I = within(D, I, threshold, self.metric.keep_max)
         return D, I
+
+    def _lone(self, xq: Any, k: Any, target_recall: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """``search`` of one float32 query with plain options, or None to take the full path
+        (which also raises every error: this path only takes queries that pass its checks).
+
+        A lone query's checks and fan-out hold Python's lock; with more callers than cores
+        that time queues them all (8 callers on 2 cores: 1.4 cores busy), so it is kept short.
+        """
+        ov = self.planner.resolved(target_recall)
+        ok = ov is not None and type(xq) is np.ndarray and type(k) is int
+        if not (ok and xq.shape == (1, self.planner.dim) and xq.dtype == np.float32):
+            return None
+        if not 1 <= k <= self.planner.max_k or not np.isfinite(xq).all():
+            return None
+        if self.metric is Metric.COSINE:
+            if not xq.any():
+                return None  # a zero vector: the full path says why
+            xq = xq.copy()
+            faiss.normalize_L2(xq)
+        elif not xq.flags.c_contiguous:
+            return None
+        assert ov is not None
+        with one_omp_thread():
+            return self._unfiltered(xq, k, ov, self.applied.states())
 
     def parse_filter(self, raw: Any) -> Filter | None:
         """``raw`` checked against this index's metadata columns (None: no filter)."""
@@ -216,24 +244,28 @@ class ShardedIndex:
 
         A single query runs with one OpenMP thread (``_faiss.one_omp_thread``)."""
         with one_omp_thread() if len(xq) == 1 else nullcontext():
-            shards = list(self.shards.items())
             if states is None:
                 states = self.applied.states()  # no mutation half applied
+            if filt is None:
+                return *self._unfiltered(xq, k, ov, states), {}
             plans: dict[int, str] = {}
-            if filt is not None:  # each shard widens its own search: no shared assignment
-                parts = []
-                for (number, shard), st in zip(shards, states, strict=True):
-                    D, I, plans[number] = shard.search_filtered(xq, k, ov, filt, st)
-                    parts.append((D, I))
-                return *merge_results(parts, self.metric.keep_max), plans
-            first = shards[0][1]
-            shared = self.shared_coarse and len(xq) >= COARSE_MIN_QUERIES
-            coarse = coarse_assign(first.index, xq, ov, first.layout) if shared else None
-            parts = [
-                shard.search(xq, k, ov, coarse, st)
-                for (_, shard), st in zip(shards, states, strict=True)
-            ]
-        return *merge_results(parts, self.metric.keep_max), plans
+            parts = []  # each shard widens its own search: no shared assignment
+            for (number, shard), st in zip(self.shards.items(), states, strict=True):
+                D, I, plans[number] = shard.search_filtered(xq, k, ov, filt, st)
+                parts.append((D, I))
+            return *merge_results(parts, self.metric.keep_max), plans
+
+    def _unfiltered(
+        self, xq: np.ndarray, k: int, ov: SearchOverrides, states: list[LiveState]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        shards = list(self.shards.values())
+        shared = self.shared_coarse and len(xq) >= COARSE_MIN_QUERIES
+        first = shards[0]
+        coarse = coarse_assign(first.index, xq, ov, first.layout) if shared else None
+        parts = [
+            shard.search(xq, k, ov, coarse, st) for shard, st in zip(shards, states, strict=True)
+        ]
+        return merge_results(parts, self.metric.keep_max)
 
     def search_by_id(
         self,

@@ -23,6 +23,7 @@ MAX_QUERIES = 65536
 # I), plus the output nq * k. 2**24 is 200 MB per shard at most; 1024 queries x k 1024 x
 # k_factor 64 would be 64 times that.
 MAX_CANDIDATES = 2**24
+_PLAIN = (float, int, type(None))  # target_recall types whose resolved overrides are kept
 
 
 class QueryPlanner:
@@ -98,7 +99,7 @@ class QueryPlanner:
         self, params: Any = None, target_recall: float | None = None, k: int = 10
     ) -> SearchOverrides:
         """Effective overrides: explicit ``params`` over ``target_recall``'s over the defaults."""
-        plain = params is None and type(target_recall) in (float, int, type(None))
+        plain = params is None and type(target_recall) in _PLAIN
         if plain:  # the common request: no explicit knobs; resolved once per target
             hit = self._effective.get(target_recall)
             if hit is not None:
@@ -116,6 +117,10 @@ class QueryPlanner:
                 self._effective.clear()
             self._effective[target_recall] = eff
         return eff
+
+    def resolved(self, target_recall: Any) -> SearchOverrides | None:
+        """The overrides ``resolve(None, target_recall)`` returned before, if it did."""
+        return self._effective.get(target_recall) if type(target_recall) in _PLAIN else None
 
     def _tuned(self, target: float) -> dict[str, Any]:
         if not self.knobs.names():

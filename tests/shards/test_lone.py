@@ -1,0 +1,68 @@
+"""The lone-query path of ShardedIndex.search: the same answers and errors as the full path."""
+
+import numpy as np
+import pytest
+
+from shards import InvalidQuery
+from tests.conftest import clustered
+from tests.shards.helpers import brute_force, build
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+@pytest.mark.parametrize(
+    ("factory", "shards"), [("Flat", 2), ("IVF32,PQ8x4fs,RFlat", 3), ("HNSW16,Flat", 1)]
+)
+def test_lone_queries_equal_the_full_path(tmp_path, metric, factory, shards):
+    xb, xq = clustered(3000, 16, seed=4), clustered(40, 16, seed=5)
+    index = build(tmp_path, xb, index=factory, metric=metric, num_shards=shards)
+    answers = {}
+    for path in ("lone", "full"):
+        if path == "full":
+            index._lone = lambda *args: None  # every query takes the full path
+        for target in (None, 0.9):
+            for i in range(len(xq)):
+                answers[path, target, i] = index.search(xq[i : i + 1], 7, target_recall=target)
+    for (path, target, i), (D, I) in answers.items():
+        if path == "lone":
+            D2, I2 = answers["full", target, i]
+            np.testing.assert_array_equal(I, I2)
+            np.testing.assert_allclose(D, D2, rtol=1e-5, atol=1e-6)
+    if factory == "Flat":  # exact: also the brute-force answer
+        lone = np.vstack([answers["lone", None, i][1] for i in range(len(xq))])
+        _, gt = brute_force(xb, xq, 7, metric)
+        assert (lone == gt).mean() > 0.99  # ties may order differently
+
+
+def test_lone_path_refuses_what_the_full_path_refuses(tmp_path):
+    xb = clustered(2000, 8, seed=6)
+    index = build(tmp_path, xb, index="Flat", metric="cosine")
+    q = xb[:1].copy()
+    index.search(q, 5)  # the defaults are resolved: the lone path is taken from now on
+    for bad, match in (
+        (np.full((1, 8), np.nan, np.float32), "NaN"),
+        (np.zeros((1, 8), np.float32), "zero vector"),
+        (np.ones((1, 9), np.float32), "dimension"),
+    ):
+        with pytest.raises(InvalidQuery, match=match):
+            index.search(bad, 5)
+    for k in (0, 5000, 2.5, True):
+        with pytest.raises(InvalidQuery, match="k must be"):
+            index.search(q, k)
+    # float64 and non-contiguous queries take the full path and get the same answer
+    wide = q.astype(np.float64)
+    strided = np.repeat(q, 2, axis=1)[:, ::2]
+    for other in (wide, strided):
+        np.testing.assert_array_equal(index.search(other, 5)[1], index.search(q, 5)[1])
+    assert q[0, 0] == xb[0, 0]  # a cosine query is normalised on a copy
+
+
+def test_lone_queries_see_writes_at_once(tmp_path):
+    xb = clustered(2000, 8, seed=7)
+    index = build(tmp_path, xb, index="IVF16,Flat", num_shards=2, tune=False)
+    q = xb[10:11] + 0.0001
+    index.search(q, 3, {"nprobe": 16})
+    first = index.search(q, 3)[1][0, 0]
+    index.delete([first])
+    assert first not in index.search(q, 3)[1]
+    index.upsert(q, [77_777])
+    assert index.search(q, 3)[1][0, 0] == 77_777
