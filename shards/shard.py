@@ -242,7 +242,7 @@ def search_c(index: faiss.Index, xq: np.ndarray, k: int, params) -> tuple[np.nda
     D = np.empty((n, k), dtype=np.float32)
     I = np.empty((n, k), dtype=np.int64)
     sp = faiss.swig_ptr
-    index.search_c(n, sp(xq), k, sp(D), sp(I), params)
+    index.search_c(n, sp(xq), k, sp(D), sp(I), params)  # type: ignore[attr-defined]
     return D, I
 
 
