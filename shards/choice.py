@@ -20,6 +20,8 @@ FLAT_MAX = 20_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200  # candidates kept while inserting, for the graphs chosen here
 TRAFFIC = ("mixed", "single", "batch")  # the query shapes a build can be chosen for
+# For single queries an HNSW graph is chosen from this dimension up (docs/INDEX_CHOICE.md)
+HNSW_SINGLE_MIN_D = 128
 # On a GPU, exact search stays the choice up to this many vectors per shard: a Flat scan of
 # 250,000 x 96 floats is under 0.1 GB per query batch (docs/GPU.md has the measurements).
 GPU_FLAT_MAX = 250_000
@@ -108,19 +110,37 @@ def choose_index(
         raise InvalidInput(f"traffic must be one of {TRAFFIC}, got {traffic!r}")
     if target == "gpu":
         return _choose_gpu(n_per_shard, d, quantizer, memory_budget, gpu_build)
+    hnsw = (f"HNSW{HNSW_M},Flat", f"HNSW{HNSW_M} graph, efConstruction {HNSW_EF_CONSTRUCTION}")
+    fast_scan = (f"{quantizer},PQ{m}x4fs,RFlat", "IVF fast-scan PQ + exact refine")
     if prefer_hnsw:
-        candidates = [(f"HNSW{HNSW_M},Flat", "HNSW asked for")]
+        candidates = [(hnsw[0], "HNSW asked for")]
     elif n_per_shard <= FLAT_MAX:
-        candidates = [("Flat", f"n <= {FLAT_MAX:,}: exact search is within 2x of ANN")]
+        candidates = [("Flat", f"n <= {FLAT_MAX:,} per shard: exact search")]
+    elif traffic == "single" and d >= HNSW_SINGLE_MIN_D:
+        # the graph answers lone queries faster from this dimension; the IVF index is half
+        # its size, so it comes next under a memory budget
+        why = f"traffic single, d >= {HNSW_SINGLE_MIN_D}: fastest for lone queries"
+        candidates = [(hnsw[0], f"{hnsw[1]}: {why}"), _budget(fast_scan)]
     else:
-        # the fastest at recall 0.95 at every measured size; IVF-Flat is the smaller fallback
-        candidates = [
-            (f"{quantizer},PQ{m}x4fs,RFlat", f"n > {FLAT_MAX:,}: fast-scan PQ + exact refine"),
-            (f"{quantizer},Flat", "memory budget: IVF-Flat (no PQ codes)"),
-        ]
+        why = (
+            "the fastest batched at every size and dimension swept"
+            if traffic == "batch"
+            else f"traffic {traffic}: the fastest batched and for lone queries below "
+            f"d {HNSW_SINGLE_MIN_D}"
+            if traffic == "single"
+            else "traffic mixed: the fastest batched everywhere swept, and the best "
+            "balance of batched and lone-query speed"
+        )
+        candidates = [(fast_scan[0], f"{fast_scan[1]}: {why}")]
+    if not prefer_hnsw and n_per_shard > FLAT_MAX:
+        candidates.append((f"{quantizer},Flat", "memory budget: IVF-Flat (no PQ codes)"))
     # Under a tight memory budget, fall back to the compressed codes alone (lossy).
     candidates.append((f"{quantizer},PQ{m}x4fs", "memory budget: PQ codes without refinement"))
     return _first_fitting(candidates, n_per_shard, d, memory_budget)
+
+
+def _budget(candidate: tuple[str, str]) -> tuple[str, str]:
+    return candidate[0], f"memory budget: {candidate[1]}"
 
 
 def _choose_gpu(

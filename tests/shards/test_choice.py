@@ -20,6 +20,23 @@ from shards.choice import FLAT_MAX, nlist_for
         (10_000_000, 128, 10, {}, "IVF16384_HNSW32,PQ64x4fs,RFlat"),
         (100_000, 50, 1, {"prefer_hnsw": True}, "HNSW32,Flat"),
         (100_000, 384, 4, {"memory_budget": 50_000_000}, "IVF1024,PQ192x4fs"),
+        # traffic: lone queries get a graph from HNSW_SINGLE_MIN_D dimensions up
+        (100_000, 384, 1, {"traffic": "single"}, "HNSW32,Flat"),
+        (100_000, 128, 1, {"traffic": "single"}, "HNSW32,Flat"),
+        (100_000, 96, 1, {"traffic": "single"}, "IVF512,PQ48x4fs,RFlat"),
+        (100_000, 50, 1, {"traffic": "single"}, "IVF512,PQ50x4fs,RFlat"),
+        (FLAT_MAX, 384, 1, {"traffic": "single"}, "Flat"),
+        (100_000, 384, 1, {"traffic": "batch"}, "IVF512,PQ192x4fs,RFlat"),
+        (100_000, 384, 1, {"traffic": "mixed"}, "IVF512,PQ192x4fs,RFlat"),
+        # under a budget the single-query graph (181 MB) gives way to the IVF index (166 MB)
+        (
+            100_000,
+            384,
+            1,
+            {"traffic": "single", "memory_budget": 170_000_000},
+            "IVF512,PQ192x4fs,RFlat",
+        ),
+        (100_000, 384, 1, {"traffic": "single", "memory_budget": 160_000_000}, "IVF512,Flat"),
     ],
 )
 def test_choice_table(n_per_shard, d, shards, kwargs, expected):
@@ -30,11 +47,20 @@ def test_choice_table(n_per_shard, d, shards, kwargs, expected):
         assert choice.estimated_bytes <= kwargs["memory_budget"]
 
 
+@pytest.mark.parametrize("traffic", ["mixed", "single", "batch"])
+def test_every_choice_says_why_for_its_traffic(traffic):
+    for n, d in ((5_000, 50), (100_000, 50), (100_000, 384), (2_000_000, 768)):
+        reason = choose_index(n, d, traffic=traffic).reason
+        assert reason and (n <= FLAT_MAX or f"traffic {traffic}" in reason or traffic == "batch")
+
+
 def test_budget_too_small_and_bad_sizes():
     with pytest.raises(InvalidInput, match="memory budget"):
         choose_index(1_000_000, 128, memory_budget=1_000)
     with pytest.raises(InvalidInput, match="positive"):
         choose_index(0, 128)
+    with pytest.raises(InvalidInput, match="traffic must be one of"):
+        choose_index(100_000, 128, traffic="bursty")
     with pytest.raises(InvalidInput, match="factory"):
         estimate_bytes("IVF,Nonsense", 10, 8)
 
