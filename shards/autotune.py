@@ -103,13 +103,17 @@ def measure(
     knobs: Knobs,
     show_progress: bool = True,
     lone: int = 0,
+    blend: bool = False,
 ) -> list[dict[str, Any]]:
     """Recall@k and ms/query for each grid point; ``gt`` is (nq, k+1) with self.
 
     The time is the batched search's per query, or with ``lone`` > 0 the mean time of the
     first ``lone`` queries searched one at a time (an index chosen for single queries is
-    tuned for what they cost: the cheapest point batched need not be the cheapest alone)."""
+    tuned for what they cost: the cheapest point batched need not be the cheapest alone), or
+    with ``blend`` the geometric mean of both (a mix of batches and single queries). Timing
+    only orders the runs (``resolve``): with a single run no query is timed alone."""
     k = gt.shape[1] - 1
+    lone = lone if len(grid(knobs)) > 1 else 0
     truth = drop_self(gt, self_ids, k)
     curve: list[dict[str, Any]] = []
     bound = float("inf")  # cost of the cheapest point with recall >= STOP_RECALL so far
@@ -119,11 +123,19 @@ def measure(
             t0 = time.perf_counter()
             _, I = search(xq, k + 1, ov)
             ms = 1000 * (time.perf_counter() - t0) / len(xq)
+            extra = {}
             if lone:
-                ms = lone_ms(search, xq[:lone], k + 1, ov)
+                alone = lone_ms(search, xq[:lone], k + 1, ov)
+                extra = {"batch_ms": round(ms, 5), "lone_ms": round(alone, 5)}
+                ms = (ms * alone) ** 0.5 if blend else alone
             recall = recall_at_k(drop_self(I, self_ids, k), truth)
             curve.append(
-                {"params": ov.to_dict(), "recall": round(recall, 5), "ms_per_query": round(ms, 5)}
+                {
+                    "params": ov.to_dict(),
+                    "recall": round(recall, 5),
+                    "ms_per_query": round(ms, 5),
+                    **extra,
+                }
             )
             memory.release(collect=False)  # each setting's buffers differ: do not pile them
             if recall >= STOP_RECALL:
@@ -132,6 +144,15 @@ def measure(
             if recall >= STOP_RECALL or ms > bound or _flat(curve, i + 1):
                 break
     return curve
+
+
+def timed_on(knobs: Knobs, lone: int, blend: bool) -> str:
+    """What ``measure`` times for these arguments, in words (the manifest's ``tuning.timed``)."""
+    if not lone or len(grid(knobs)) <= 1:
+        return "batches"
+    return (
+        f"batches and {lone} single queries (geometric mean)" if blend else f"{lone} single queries"
+    )
 
 
 def lone_ms(search: SearchFn, xq: np.ndarray, k: int, ov: SearchOverrides) -> float:

@@ -342,6 +342,17 @@ def untuned(manifest: Manifest, knobs: Knobs) -> Manifest:
     return replace(manifest, default_params=defaults)
 
 
+def timing_of(traffic: str) -> dict[str, Any]:
+    """How the tuning curve is timed for ``traffic``: batches for "batch", lone queries for
+    "single", the geometric mean of both for "mixed" (a point cheap batched can be dear
+    alone: GloVe, nprobe 80 / k_factor 4 against 64 / 16)."""
+    if traffic == "batch":
+        return {}
+    if traffic == "single":
+        return {"lone": LONE_QUERIES}
+    return {"lone": LONE_QUERIES // 2, "blend": True}
+
+
 def tune_manifest(
     manifest: Manifest, datas: list[ShardData], source: VectorSource, opts: BuildOptions, held
 ) -> Manifest:
@@ -368,7 +379,7 @@ def tune_manifest(
         opts.default_recall,
         HELD_OUT,
         opts.progress,
-        lone=LONE_QUERIES if opts.traffic == "single" else 0,
+        **timing_of(opts.traffic),
     )
 
 
@@ -383,10 +394,11 @@ def with_tuning(
     method: str,
     show_progress: bool = True,
     lone: int = 0,
+    blend: bool = False,
 ) -> Manifest:
     """``manifest`` with the measured curve and the defaults resolved for ``target``;
-    ``lone``: time that many queries searched alone (``autotune.measure``)."""
-    curve = autotune.measure(search, xq, qids, gt, knobs, show_progress, lone)
+    ``lone``, ``blend``: how points are timed (``autotune.measure``)."""
+    curve = autotune.measure(search, xq, qids, gt, knobs, show_progress, lone, blend)
     try:
         defaults = autotune.resolve(curve, target)
         note = f"cheapest measured parameters with recall@{TUNE_K} >= {target}"
@@ -399,7 +411,7 @@ def with_tuning(
         "target": target,
         "note": note,
         "method": method,
-        "timed": f"{lone} single queries" if lone else "batches",
+        "timed": autotune.timed_on(knobs, lone, blend),
         "curve": curve,
     }
     manifest.build["tune_threads"] = faiss.omp_get_max_threads()

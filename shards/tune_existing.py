@@ -9,7 +9,7 @@ import numpy as np
 
 from shards import autotune
 from shards.artefact import ShardData, new_version_name, write_version
-from shards.build import TUNE_K, TUNE_QUERIES, with_tuning
+from shards.build import TUNE_K, TUNE_QUERIES, timing_of, with_tuning
 from shards.errors import UnsupportedOperation
 from shards.index import ShardedIndex
 from shards.manifest import Manifest
@@ -48,8 +48,17 @@ def autotune_index(
             if queries is not None
             else "leave-one-out on stored vectors (optimistic for HNSW: pass --queries)"
         )
+    traffic = index.manifest.build.get("traffic", "batch")  # built before traffic: batches
     tuned = with_tuning(
-        index.manifest, index.search_prepared, index.knobs, xq, qids, gt, target, method
+        index.manifest,
+        index.search_prepared,
+        index.knobs,
+        xq,
+        qids,
+        gt,
+        target,
+        method,
+        **timing_of(traffic),
     )
     manifest = replace(
         tuned,

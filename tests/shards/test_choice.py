@@ -99,10 +99,22 @@ def test_build_options_ef_construction_and_traffic(tmp_path, data):
     assert Anatomy.of(index.shards[0].index).core.hnsw.efConstruction == 77
     m = index.manifest
     assert m.build["ef_construction"] == 77 and m.build["traffic"] == "single"
-    assert m.tuning["timed"] == "200 single queries"
+    assert m.tuning["timed"] == "batches"  # one run of efSearch: timing orders nothing
     plain = build(tmp_path, xb, "plain", index="HNSW16,Flat")  # a factory string: faiss's 40
     assert Anatomy.of(plain.shards[0].index).core.hnsw.efConstruction == 40
-    assert plain.manifest.tuning["timed"] == "batches"
+    # runs of k_factor are ordered by what the traffic pays: lone queries, batches, or both
+    for traffic, timed in (
+        ("single", "200 single queries"),
+        ("mixed", "batches and 100 single queries (geometric mean)"),
+        ("batch", "batches"),
+    ):
+        ivf = build(tmp_path, xb, traffic, index="IVF16,PQ8x4fs,RFlat", traffic=traffic)
+        assert ivf.manifest.tuning["timed"] == timed
+        point = ivf.manifest.tuning["curve"][0]
+        assert ("lone_ms" in point) == (traffic != "batch")
+        if traffic == "mixed":
+            blended = (point["batch_ms"] * point["lone_ms"]) ** 0.5
+            assert point["ms_per_query"] == pytest.approx(blended, rel=1e-3, abs=1e-5)
     for bad, match in (
         ({"traffic": "bursty"}, "unknown traffic"),
         ({"ef_construction": 0}, "ef-construction"),
