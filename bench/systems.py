@@ -76,7 +76,7 @@ class Hnswlib(System):
         self.index.add_items(xb, np.arange(len(xb)))
 
     def settings(self):
-        return [{"ef": ef} for ef in (16, 32, 64, 128, 256)]
+        return [{"ef": ef} for ef in (16, 24, 32, 48, 64, 96, 128, 192, 256)]
 
     def search(self, xq, k, setting):
         self.index.set_ef(max(setting["ef"], k))
