@@ -216,6 +216,8 @@ class ShardedIndex:
         elif not xq.flags.c_contiguous:
             return None
         assert ov is not None
+        if faiss.omp_get_max_threads() == 1:  # the caller's thread runs one already
+            return self._unfiltered(xq, k, ov, self.applied.states())
         with one_omp_thread():
             return self._unfiltered(xq, k, ov, self.applied.states())
 

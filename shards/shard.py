@@ -32,6 +32,8 @@ class Shard:
         self.ids = data.ids
         self.metadata = _aligned(data.metadata, self.ids)
         self.keep_max = metric_keep_max
+        # ids 0..n-1 in row order (one shard built from an array): rows need no translation
+        self._rows_are_ids = bool(np.array_equal(self.ids, np.arange(len(self.ids))))
         order = np.argsort(self.ids, kind="stable")
         self._sorted_ids, self._sorted_rows = self.ids[order], order
         self._lock = threading.Lock()
@@ -85,7 +87,7 @@ class Shard:
         else:
             made = self._cpu_params(ov, k, st)  # held until the search returns
             D, I = search_c(self.index, xq, k, made[0])
-        result = (D, translate_ids(I, self.ids))
+        result = (D, I if self._rows_are_ids else translate_ids(I, self.ids))
         if len(st.delta):
             delta = st.delta.search(xq, k, self.index.metric_type)
             result = merge_results([result, delta], self.keep_max)
