@@ -373,7 +373,18 @@ def main() -> int:
     ap.add_argument("--sizes", help="comma-separated sizes (default: each dataset's)")
     ap.add_argument("--kinds", help="only these candidates (comma-separated names)")
     ap.add_argument("--docs", action="store_true", help="rewrite docs/INDEX_CHOICE.md's table")
+    ap.add_argument(
+        "--redraw", action="store_true", help="no measurement: the .md, plot and docs from .json"
+    )
     args = ap.parse_args()
+    if args.redraw:
+        with open(os.path.join(args.out, "choice_sweep.json")) as f:
+            result = json.load(f)
+        result["winners"] = winners(result["rows"])
+        print(write(args.out, "choice_sweep", result, markdown))
+        plot(result, os.path.join(args.out, "choice_sweep.png"))
+        write_docs(result)
+        return 0
     if args.out == RESULTS and args.quick:
         args.out = os.path.join(args.workdir, "results")  # a smoke run keeps the results
     result = run(args)
