@@ -209,8 +209,8 @@ class ShardedIndex:
         if not 1 <= k <= self.planner.max_k or not np.isfinite(xq).all():
             return None
         if self.metric is Metric.COSINE:
-            if not xq.any():
-                return None  # a zero vector: the full path says why
+            if not np.einsum("ij,ij->i", xq, xq).all():
+                return None  # a zero norm (or one that underflows): the full path says why
             xq = xq.copy()
             faiss.normalize_L2(xq)
         elif not xq.flags.c_contiguous:

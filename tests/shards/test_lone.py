@@ -41,6 +41,7 @@ def test_lone_path_refuses_what_the_full_path_refuses(tmp_path):
     for bad, match in (
         (np.full((1, 8), np.nan, np.float32), "NaN"),
         (np.zeros((1, 8), np.float32), "zero vector"),
+        (np.full((1, 8), 1e-30, np.float32), "zero vector"),  # its squares underflow
         (np.ones((1, 9), np.float32), "dimension"),
     ):
         with pytest.raises(InvalidQuery, match=match):
