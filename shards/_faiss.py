@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -55,4 +56,28 @@ def one_omp_thread() -> Iterator[None]:
         faiss.omp_set_num_threads(before)
 
 
-__all__ = ["BLAS_MIN_QUERIES", "faiss", "faiss_ext", "one_omp_thread", "use_blas_from"]
+_one_thread = threading.local()  # set in threads seen running one OpenMP thread
+
+
+def runs_one_omp_thread() -> bool:
+    """Whether the calling thread runs faiss with one OpenMP thread, asked of OpenMP until it
+    says so, then remembered for the thread. Each faiss call lets go of Python's lock, and
+    with more callers than cores every extra let-go queues them (8 lone-query callers on 2
+    cores); a thread that raises its count later only runs its lone queries with more
+    threads, which changes their speed, not their answers."""
+    if getattr(_one_thread, "seen", False):
+        return True
+    if faiss.omp_get_max_threads() == 1:
+        _one_thread.seen = True
+        return True
+    return False
+
+
+__all__ = [
+    "BLAS_MIN_QUERIES",
+    "faiss",
+    "faiss_ext",
+    "one_omp_thread",
+    "runs_one_omp_thread",
+    "use_blas_from",
+]

@@ -8,7 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from shards._faiss import BLAS_MIN_QUERIES, faiss, one_omp_thread, use_blas_from
+from shards._faiss import (
+    BLAS_MIN_QUERIES,
+    faiss,
+    one_omp_thread,
+    runs_one_omp_thread,
+    use_blas_from,
+)
 from shards.applied import Applied
 from shards.artefact import open_version, read_shard
 from shards.coarse import coarse_assign, quantizer_digest
@@ -72,6 +78,7 @@ class ShardedIndex:
         self.log = MutationLog(root_uri, manifest.dim, schema) if log and root_uri else None
         self.log_error: str | None = None  # a corrupt segment stopped the replay here
         self.applied = Applied(shards, manifest.index_version)  # all shards at once
+        self._only = first if len(shards) == 1 else None
 
     @classmethod
     def open(
@@ -216,10 +223,17 @@ class ShardedIndex:
         elif not xq.flags.c_contiguous:
             return None
         assert ov is not None
-        if faiss.omp_get_max_threads() == 1:  # the caller's thread runs one already
-            return self._unfiltered(xq, k, ov, self.applied.states())
+        if runs_one_omp_thread():
+            return self._lone_fan_out(xq, k, ov)
         with one_omp_thread():
-            return self._unfiltered(xq, k, ov, self.applied.states())
+            return self._lone_fan_out(xq, k, ov)
+
+    def _lone_fan_out(
+        self, xq: np.ndarray, k: int, ov: SearchOverrides
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self._only is not None:  # one shard: its state alone is the consistent snapshot
+            return self._only.search_lone(xq, k, ov)
+        return self._unfiltered(xq, k, ov, self.applied.states())
 
     def parse_filter(self, raw: Any) -> Filter | None:
         """``raw`` checked against this index's metadata columns (None: no filter)."""

@@ -1,9 +1,11 @@
 """The lone-query path of ShardedIndex.search: the same answers and errors as the full path."""
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from shards import InvalidQuery
+from shards import BuildOptions, InvalidQuery, ShardedIndex, VectorSource, build_index
 from tests.conftest import clustered
 from tests.shards.helpers import brute_force, build
 
@@ -57,13 +59,39 @@ def test_lone_path_refuses_what_the_full_path_refuses(tmp_path):
     assert q[0, 0] == xb[0, 0]  # a cosine query is normalised on a copy
 
 
-def test_lone_queries_see_writes_at_once(tmp_path):
+@pytest.mark.parametrize("shards", [1, 2])  # one shard: Shard.search_lone
+def test_lone_queries_see_writes_at_once(tmp_path, shards):
     xb = clustered(2000, 8, seed=7)
-    index = build(tmp_path, xb, index="IVF16,Flat", num_shards=2, tune=False)
+    index = build(tmp_path, xb, index="IVF16,Flat", num_shards=shards, tune=False)
     q = xb[10:11] + 0.0001
     index.search(q, 3, {"nprobe": 16})
     first = index.search(q, 3)[1][0, 0]
     index.delete([first])
-    assert first not in index.search(q, 3)[1]
+    for _ in range(2):  # the first search after a write makes the new state's parameters
+        assert first not in index.search(q, 3)[1]
     index.upsert(q, [77_777])
-    assert index.search(q, 3)[1][0, 0] == 77_777
+    for _ in range(2):
+        assert index.search(q, 3)[1][0, 0] == 77_777
+    index.delete([77_777])
+    index.upsert(q * 0 + 50, [88_888])  # far away: the delta holds a row, not this answer
+    for _ in range(2):
+        I = index.search(q, 3)[1]
+        assert 77_777 not in I and 88_888 not in I
+        I2 = index.search(q.astype(np.float64), 3)[1]  # the full path
+        np.testing.assert_array_equal(I, I2)
+
+
+def test_lone_query_translates_ids_of_one_shard(tmp_path):
+    xb = clustered(1500, 8, seed=8)
+    ids = np.arange(len(xb), dtype=np.int64)[::-1] * 3 + 10  # not the rows
+    src = tmp_path / "in.parquet"
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(xb.ravel()), 8)
+    pq.write_table(pa.table({"id": ids, "vector": vectors}), src)
+    opts = BuildOptions(index="HNSW16,Flat", tune=False, progress=False)
+    build_index(VectorSource(str(src), id_column="id"), str(tmp_path / "idx"), opts)
+    index = ShardedIndex.open(str(tmp_path / "idx"))
+    _, gt = brute_force(xb, xb[:20], 1, "l2")
+    for i in range(20):
+        for _ in range(2):
+            assert index.search(xb[i : i + 1], 1, {"ef_search": 64})[1][0, 0] == ids[gt[i, 0]]
+            assert index.search(xb[i : i + 1], 1)[1][0, 0] == ids[gt[i, 0]]
