@@ -66,6 +66,11 @@ class VsearchInProcess(System):
     def search(self, xq, k, setting):
         return self.index.search(xq, k, target_recall=setting["target_recall"])[1]
 
+    def describe(self, setting):
+        ov = self.index.resolve(None, setting["target_recall"], K)
+        knobs = {f: v for f, v in vars(ov).items() if v is not None}
+        return f"{self.index.manifest.factory} {knobs}"
+
 
 class VsearchHandle(System):
     name = "vsearch handle"
@@ -230,6 +235,7 @@ def run(args, dataset: str) -> dict:
                     "setting": setting,
                     "build_s": build_s,
                     "build_rss_mib": mem,
+                    "resolved": system.describe(setting),
                     **stats,
                 }
             )

@@ -45,6 +45,15 @@ def markdown(r: dict) -> str:
             f"{s['qps_single_c8']:,.0f} | {s['recall']:.3f} | {s['p50_ms']:.2f} | "
             f"{s['p99_ms']:.2f} | {b['build_s']:.1f} | {b['build_rss_mib']:,.0f} |"
         )
+    resolved = []
+    for name in systems:
+        b = best_at(r["rows"], name, "qps_batch")
+        s = best_at(r["rows"], name, "qps_single_c8")
+        if b and s and b.get("resolved"):
+            resolved.append(f"- {name}: batched {b['resolved']}, single {s['resolved']}")
+    if resolved:
+        lines += ["", "What vsearch's best settings resolved to (index, search parameters):"]
+        lines += ["", *resolved]
     png = r.get("plot", "compare.png")
     if r["dataset"].startswith("minilm"):
         lines += [

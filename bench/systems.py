@@ -34,6 +34,10 @@ class System:
     def search(self, xq: np.ndarray, k: int, setting: dict[str, Any]) -> np.ndarray:
         raise NotImplementedError
 
+    def describe(self, setting: dict[str, Any]) -> str | None:
+        """What ``setting`` resolves to, for the results (None: the setting says it all)."""
+        return None
+
     def close(self) -> None:
         return None
 
