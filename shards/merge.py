@@ -22,6 +22,12 @@ def merge_results(
     return faiss.merge_knn_results(Dall, Iall, keep_max=keep_max)
 
 
+def id_lookup(ids: np.ndarray) -> np.ndarray:
+    """``ids`` with -1 appended: ``id_lookup(ids).take(I)`` maps rows to ids in one step, the
+    -1 padding taking the appended -1 (the same answer as ``translate_ids``)."""
+    return np.append(np.asarray(ids, dtype=np.int64), np.int64(-1))
+
+
 def translate_ids(I: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Map row numbers ``I`` (-1 padded) to external ids through ``ids[row]``."""
     if len(ids) == 0:

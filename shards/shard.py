@@ -18,7 +18,7 @@ from shards.filters import Filter
 from shards.gpu import GpuOptions, Placed, Placement, place
 from shards.live import LiveState
 from shards.log import Mutation
-from shards.merge import merge_results, translate_ids
+from shards.merge import id_lookup, merge_results
 from shards.params import SearchOverrides, make_params
 
 
@@ -34,6 +34,7 @@ class Shard:
         self.keep_max = metric_keep_max
         # ids 0..n-1 in row order (one shard built from an array): rows need no translation
         self._rows_are_ids = bool(np.array_equal(self.ids, np.arange(len(self.ids))))
+        self._id_of_row = id_lookup(self.ids)  # .take(rows): ids, -1 padding kept
         order = np.argsort(self.ids, kind="stable")
         self._sorted_ids, self._sorted_rows = self.ids[order], order
         self._lock = threading.Lock()
@@ -87,7 +88,7 @@ class Shard:
         else:
             made = self._cpu_params(ov, k, st)  # held until the search returns
             D, I = search_c(self.index, xq, k, made[0])
-        result = (D, I if self._rows_are_ids else translate_ids(I, self.ids))
+        result = (D, I if self._rows_are_ids else self._id_of_row.take(I))
         if len(st.delta):
             delta = st.delta.search(xq, k, self.index.metric_type)
             result = merge_results([result, delta], self.keep_max)
@@ -104,7 +105,7 @@ class Shard:
         if made is None or len(st.delta) or self.placed.placement.on_gpu:
             return self.search(xq, k, ov, None, st)
         D, I = search_c(self.index, xq, k, made[0])
-        return D, I if self._rows_are_ids else translate_ids(I, self.ids)
+        return D, I if self._rows_are_ids else self._id_of_row.take(I)
 
     def search_filtered(
         self, xq: np.ndarray, k: int, ov: SearchOverrides, filt: Filter, st: LiveState

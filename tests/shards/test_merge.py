@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from shards import merge_results
+from shards.merge import id_lookup, translate_ids
 
 
 @pytest.mark.parametrize("keep_max", [False, True])
@@ -48,3 +49,15 @@ def test_drop_repeats_keeps_each_ids_best_occurrence():
     assert I2.tolist() == [[5, 7, -1, -1], [1, 2, 3, 4]]
     assert D2[0, :2].tolist() == pytest.approx([0.1, 0.2]) and np.isinf(D2[0, 3])
     assert drop_repeats(D[1:], I[1:], np.inf)[1].tolist() == [[1, 2, 3, 4]]
+
+
+@pytest.mark.parametrize("n", [0, 1, 50])
+def test_id_lookup_takes_ids_and_keeps_padding(n):
+    rng = np.random.default_rng(n)
+    ids = rng.choice(10**12, n, replace=False).astype(np.int64)
+    rows = rng.integers(-1, n, size=(6, 5)) if n else np.full((6, 5), -1)
+    rows[:, -2:] = -1  # padding at the end of each row, as faiss leaves it
+    rows[0, 0] = -1  # and anywhere else
+    expect = np.where(rows >= 0, ids[np.maximum(rows, 0)] if n else -1, -1)
+    np.testing.assert_array_equal(id_lookup(ids).take(rows), expect)
+    np.testing.assert_array_equal(translate_ids(rows, ids), expect)
