@@ -22,7 +22,9 @@ from shards.progress import progress
 
 SearchFn = Callable[[np.ndarray, int, SearchOverrides], tuple[np.ndarray, np.ndarray]]
 K_FACTORS = (4, 8, 2, 16, 3, 6, 1.5, 1)  # likely-good runs first: they set the pruning bound
-EF_SEARCHES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+# about four steps an octave up to 64, where recall climbs fastest: with only 16, 24, 32 a
+# target of 0.95 took 32 on MiniLM 100k (HNSW32: 0.9546 at 24, 0.969 at 32), 1.26x the work
+EF_SEARCHES = (16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1024)
 ITOPK_SIZES = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 STOP_RECALL = 0.995  # runs stop here: the curve serves targets up to about 0.99
 MARGIN = 0.005  # resolved points must beat the target by this much (sampling error of the curve)

@@ -1,6 +1,7 @@
 """Automatic index choice and the memory estimate of an index before it is built.
 
-The thresholds come from ``bench/choice_sweep.py`` on the GloVe vectors (see docs/INDEX_CHOICE.md).
+The rules come from ``bench/choice_sweep.py`` (GloVe, MiniLM, synthetic sets) and the side-by-side
+runs of ``bench/compare.py`` (docs/INDEX_CHOICE.md has both).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ FLAT_MAX = 20_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200  # candidates kept while inserting, for the graphs chosen here
 TRAFFIC = ("mixed", "single", "batch")  # the query shapes a build can be chosen for
-# For single queries an HNSW graph is chosen from this dimension up (docs/INDEX_CHOICE.md)
-HNSW_SINGLE_MIN_D = 128
 # On a GPU, exact search stays the choice up to this many vectors per shard: a Flat scan of
 # 250,000 x 96 floats is under 0.1 GB per query batch (docs/GPU.md has the measurements).
 GPU_FLAT_MAX = 250_000
@@ -116,21 +115,17 @@ def choose_index(
         candidates = [(hnsw[0], "HNSW asked for")]
     elif n_per_shard <= FLAT_MAX:
         candidates = [("Flat", f"n <= {FLAT_MAX:,} per shard: exact search")]
-    elif traffic == "single" and d >= HNSW_SINGLE_MIN_D:
-        # the graph answers lone queries faster from this dimension; the IVF index is half
-        # its size, so it comes next under a memory budget
-        why = f"traffic single, d >= {HNSW_SINGLE_MIN_D}: fastest for lone queries"
-        candidates = [(hnsw[0], f"{hnsw[1]}: {why}"), _budget(fast_scan)]
     else:
-        why = (
-            "the fastest batched at every size and dimension swept"
-            if traffic == "batch"
-            else f"traffic {traffic}: the fastest batched and for lone queries below "
-            f"d {HNSW_SINGLE_MIN_D}"
-            if traffic == "single"
-            else "traffic mixed: the fastest batched everywhere swept, and the best "
-            "balance of batched and lone-query speed"
-        )
+        # one index for every traffic shape: the shape decides how it is tuned (lone queries,
+        # batches, or their geometric mean), not which index it is (docs/INDEX_CHOICE.md)
+        why = {
+            "batch": "traffic batch: the fastest batched at every size and dimension swept, "
+            "tuned on batches",
+            "single": "traffic single: the fastest for lone queries in the side-by-side runs, "
+            "tuned on lone queries",
+            "mixed": "traffic mixed: the fastest batched everywhere swept and for lone queries "
+            "in the side-by-side runs, tuned on both",
+        }[traffic]
         candidates = [(fast_scan[0], f"{fast_scan[1]}: {why}")]
     if not prefer_hnsw and n_per_shard > FLAT_MAX:
         candidates.append((f"{quantizer},Flat", "memory budget: IVF-Flat (no PQ codes)"))

@@ -20,22 +20,13 @@ from shards.choice import FLAT_MAX, nlist_for
         (10_000_000, 128, 10, {}, "IVF16384_HNSW32,PQ64x4fs,RFlat"),
         (100_000, 50, 1, {"prefer_hnsw": True}, "HNSW32,Flat"),
         (100_000, 384, 4, {"memory_budget": 50_000_000}, "IVF1024,PQ192x4fs"),
-        # traffic: lone queries get a graph from HNSW_SINGLE_MIN_D dimensions up
-        (100_000, 384, 1, {"traffic": "single"}, "HNSW32,Flat"),
-        (100_000, 128, 1, {"traffic": "single"}, "HNSW32,Flat"),
-        (100_000, 96, 1, {"traffic": "single"}, "IVF512,PQ48x4fs,RFlat"),
+        # traffic: one index for every shape (it decides the tuning, not the index)
+        (100_000, 384, 1, {"traffic": "single"}, "IVF512,PQ192x4fs,RFlat"),
+        (100_000, 768, 1, {"traffic": "single"}, "IVF512,PQ384x4fs,RFlat"),
         (100_000, 50, 1, {"traffic": "single"}, "IVF512,PQ50x4fs,RFlat"),
         (FLAT_MAX, 384, 1, {"traffic": "single"}, "Flat"),
         (100_000, 384, 1, {"traffic": "batch"}, "IVF512,PQ192x4fs,RFlat"),
         (100_000, 384, 1, {"traffic": "mixed"}, "IVF512,PQ192x4fs,RFlat"),
-        # under a budget the single-query graph (181 MB) gives way to the IVF index (166 MB)
-        (
-            100_000,
-            384,
-            1,
-            {"traffic": "single", "memory_budget": 170_000_000},
-            "IVF512,PQ192x4fs,RFlat",
-        ),
         (100_000, 384, 1, {"traffic": "single", "memory_budget": 160_000_000}, "IVF512,Flat"),
     ],
 )
@@ -51,7 +42,7 @@ def test_choice_table(n_per_shard, d, shards, kwargs, expected):
 def test_every_choice_says_why_for_its_traffic(traffic):
     for n, d in ((5_000, 50), (100_000, 50), (100_000, 384), (2_000_000, 768)):
         reason = choose_index(n, d, traffic=traffic).reason
-        assert reason and (n <= FLAT_MAX or f"traffic {traffic}" in reason or traffic == "batch")
+        assert reason and (n <= FLAT_MAX or f"traffic {traffic}" in reason)
 
 
 def test_budget_too_small_and_bad_sizes():
