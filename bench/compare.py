@@ -150,11 +150,40 @@ def rss_mib() -> float:
     return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
 
 
-def measure(system: System, xq: np.ndarray, gt: np.ndarray, setting: dict, singles: int):
+def measure(
+    system: System, xq: np.ndarray, gt: np.ndarray, setting: dict, singles: int, passes: int = 1
+):
+    """Recall, batched QPS and 8-caller single-query QPS of one setting: the best of
+    ``passes`` passes of each (a noisy shared machine only ever slows a pass down)."""
     system.search(xq[:BATCH], K, setting)  # warm-up
-    t0 = time.perf_counter()
-    I = np.vstack([system.search(xq[i : i + BATCH], K, setting) for i in range(0, len(xq), BATCH)])
-    t_batch = time.perf_counter() - t0
+    t_batch = float("inf")
+    for _ in range(passes):
+        t0 = time.perf_counter()
+        I = np.vstack(
+            [system.search(xq[i : i + BATCH], K, setting) for i in range(0, len(xq), BATCH)]
+        )
+        t_batch = min(t_batch, time.perf_counter() - t0)
+    best: tuple[float, list[float]] = (0.0, [])
+    for _ in range(passes):
+        qps, lat = singles_pass(system, xq, setting, singles)
+        best = max(best, (qps, lat), key=lambda b: b[0])
+        if len(lat) < singles:
+            break  # a time-capped pass: one is enough for a slow system
+    qps, lat = best
+    return {
+        "recall": float((I[:, :K, None] == gt[:, None, :K]).any(axis=2).mean()),
+        "qps_batch": len(xq) / t_batch,
+        "qps_single_c8": qps,
+        "singles": len(lat),
+        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
+        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
+    }
+
+
+def singles_pass(
+    system: System, xq: np.ndarray, setting: dict, singles: int
+) -> tuple[float, list[float]]:
+    """``singles`` lone queries from CONCURRENCY callers: queries/s and each latency."""
     lat: list[float] = []
     next_query = iter(range(singles))  # shared by the callers; next() is atomic under the GIL
     t0 = time.perf_counter()
@@ -171,15 +200,7 @@ def measure(system: System, xq: np.ndarray, gt: np.ndarray, setting: dict, singl
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         for f in [pool.submit(caller) for _ in range(CONCURRENCY)]:
             f.result()
-    t_single = time.perf_counter() - t0
-    return {
-        "recall": float((I[:, :K, None] == gt[:, None, :K]).any(axis=2).mean()),
-        "qps_batch": len(xq) / t_batch,
-        "qps_single_c8": len(lat) / t_single,
-        "singles": len(lat),
-        "p50_ms": 1e3 * float(np.percentile(lat, 50)),
-        "p99_ms": 1e3 * float(np.percentile(lat, 99)),
-    }
+    return len(lat) / (time.perf_counter() - t0), lat
 
 
 def run(args, dataset: str) -> dict:
@@ -225,7 +246,7 @@ def run(args, dataset: str) -> dict:
         built.append(system)
         for setting in system.settings():
             try:
-                stats = measure(system, xq, gt, setting, singles)
+                stats = measure(system, xq, gt, setting, singles, args.passes)
             except Exception as exc:
                 stats = {"error": f"search failed: {exc!r}"[:300]}
             rows.append(
@@ -252,6 +273,7 @@ def run(args, dataset: str) -> dict:
         "metric": metric,
         "queries": nq,
         "singles": singles,
+        "passes": args.passes,
         "cpus": os.cpu_count(),
         "http_front": http_front(),
         "rows": rows,
@@ -268,6 +290,9 @@ def main() -> int:
     ap = parser(__doc__, workdir="compare")
     ap.add_argument("--queries", type=int, default=2_000, help="held-out queries to use")
     ap.add_argument("--singles", type=int, default=500, help="single queries per setting")
+    ap.add_argument(
+        "--passes", type=int, default=1, help="passes of each shape per setting; the best counts"
+    )
     ap.add_argument(
         "--dataset",
         default="glove",

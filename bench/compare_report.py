@@ -24,7 +24,7 @@ def markdown(r: dict) -> str:
         f"{r['dataset']} (normalised vectors, {r.get('metric', 'ip')} for vsearch), "
         f"{r['queries']:,} held-out queries (batches of {BATCH}), "
         f"{r['singles']} single queries from {CONCURRENCY} concurrent callers; {r['cpus']} CPUs, "
-        "every system in the same run. Best QPS among each system's settings with "
+        f"every system in the same run{_passes(r)}. Best QPS among each system's settings with "
         "recall@10 >= 0.95. `vsearch HTTP` is the main port, served by "
         f"{r.get('http_front', 'Serve proxy')}; `HTTP direct` is the router replica's own port:",
         "",
@@ -65,12 +65,6 @@ def markdown(r: dict) -> str:
     lines += ["", f"![recall against QPS]({png})", ""]
     lines += [f"![latency by system]({png[: -len('.png')]}-latency.png)", ""]
     return "\n".join(lines) + "\n"
-
-
-def _met(goal: float | None, ratio: float) -> str:
-    if goal is None:
-        return "-"
-    return f">= {goal:.1f}x: {'met' if ratio >= goal else 'not met'}"
 
 
 def plot(r: dict, path: str) -> None:
@@ -187,7 +181,8 @@ def summary(s: dict) -> str:
     lines = [
         f"# vsearch in process against hnswlib: `{s['results'][0]['command']}`",
         "",
-        "One run, 2 CPUs; best QPS of each system's settings at recall@10 >= 0.95; the peer is "
+        f"One run, 2 CPUs{_passes(s['results'][0])}; best QPS of each system's settings at "
+        "recall@10 >= 0.95; the peer is "
         "the faster of hnswlib M 16 and M 32 (ef_construction 200) for each shape. `goal`: the "
         "ratio vsearch built for that traffic shape aims at (`--traffic batch` for batches, "
         "`single` for single queries); the default build (mixed) serves both.",
@@ -204,6 +199,11 @@ def summary(s: dict) -> str:
                 f"{x['peer_recall']:.3f} | {x['ratio']:.2f}x | {_met(x.get('goal'), x['ratio'])} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _passes(r: dict) -> str:
+    n = r.get("passes", 1)
+    return f", each figure the best of {n} passes" if n > 1 else ""
 
 
 def _met(goal: float | None, ratio: float) -> str:

@@ -34,8 +34,6 @@ from shards import cagra, memory, parts
 from shards._faiss import faiss
 from shards.artefact import new_version_name, publish_version, write_shard
 from shards.build import (
-    HELD_OUT,
-    TUNE_K,
     BuildOptions,
     cagra_graph,
     check_options,
@@ -46,8 +44,6 @@ from shards.build import (
     new_manifest,
     train_template,
     tuning_queries,
-    untuned,
-    with_tuning,
 )
 from shards.errors import VsearchError
 from shards.manifest import Manifest, ShardEntry
@@ -55,6 +51,7 @@ from shards.metric import Metric
 from shards.progress import progress
 from shards.source import VectorSource
 from shards.storage import Store
+from shards.tuning import HELD_OUT, TUNE_K, untuned, with_tuning
 
 log = logging.getLogger("jobs")
 

@@ -9,15 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from shards import autotune, cagra, memory
-from shards._faiss import BLAS_MIN_QUERIES, faiss, faiss_ext, use_blas_from
+from shards import cagra, memory
+from shards._faiss import faiss, faiss_ext
 from shards.anatomy import Anatomy
 from shards.artefact import ShardData, new_version_name, write_version
 from shards.choice import (
@@ -28,21 +27,16 @@ from shards.choice import (
     template_index,
 )
 from shards.cuda import gpu_count, graph_device, has_cuvs, parse_device, resources
-from shards.errors import GpuUnavailable, InvalidInput, TargetUnreachable
-from shards.index import ShardedIndex
+from shards.errors import GpuUnavailable, InvalidInput
 from shards.manifest import Manifest
 from shards.metric import Metric, prepare_vectors
-from shards.params import Knobs, SearchOverrides, static_defaults
+from shards.params import Knobs
 from shards.partition import SCHEMES, assign_shards
 from shards.progress import progress
-from shards.shard import Shard
 from shards.source import VectorSource
+from shards.tuning import TUNE_QUERIES, tune_manifest, untuned
 
 log = logging.getLogger("shards")
-TUNE_QUERIES = 2000
-TUNE_K = 10
-LONE_QUERIES = 200  # timed alone per tuning point when the traffic is single queries
-HELD_OUT = "a sample of the input, searched before it was added to the index"
 
 
 @dataclass
@@ -328,91 +322,3 @@ def check_unique(ids: Iterable[np.ndarray]) -> None:
     uniq, counts = np.unique(all_ids, return_counts=True)
     if (counts > 1).any():
         raise InvalidInput(f"duplicate id {int(uniq[counts > 1][0])} in the input")
-
-
-def untuned(manifest: Manifest, knobs: Knobs) -> Manifest:
-    """An ANN index built without tuning gets stated static defaults, and says so loudly."""
-    defaults = static_defaults(knobs)
-    note = (
-        f"not tuned: static defaults {defaults}, recall unmeasured; run "
-        "`python -m shards autotune` to measure the curve and enable target_recall"
-    )
-    log.warning("%s", note)
-    manifest.build["untuned"] = note
-    return replace(manifest, default_params=defaults)
-
-
-def timing_of(traffic: str) -> dict[str, Any]:
-    """How the tuning curve is timed for ``traffic``: batches for "batch", lone queries for
-    "single", the geometric mean of both for "mixed" (a point cheap batched can be dear
-    alone: GloVe, nprobe 80 / k_factor 4 against 64 / 16)."""
-    if traffic == "batch":
-        return {}
-    if traffic == "single":
-        return {"lone": LONE_QUERIES}
-    return {"lone": LONE_QUERIES // 2, "blend": True}
-
-
-def tune_manifest(
-    manifest: Manifest, datas: list[ShardData], source: VectorSource, opts: BuildOptions, held
-) -> Manifest:
-    """Measure the recall/speed curve with the held-out rows as queries; store it and the
-    tuned defaults in the manifest."""
-    metric = Metric.parse(manifest.metric)
-    use_blas_from(BLAS_MIN_QUERIES, source.d)
-    xq, qids = held
-    blocks = (
-        (prepare_vectors(c.vectors, source.d, metric)[keep], c.ids[keep])
-        for c in source.chunks()
-        for keep in [~np.isin(c.ids, qids)]
-    )
-    gt = autotune.ground_truth(xq, blocks, TUNE_K + 1, metric.faiss_metric)
-    index = ShardedIndex(manifest, {i: Shard(d, metric.keep_max) for i, d in enumerate(datas)}, "")
-    no_self = np.full(len(xq), -1, dtype=np.int64)  # the queries are not in the index
-    return with_tuning(
-        manifest,
-        index.search_prepared,
-        index.knobs,
-        xq,
-        no_self,
-        gt,
-        opts.default_recall,
-        HELD_OUT,
-        opts.progress,
-        **timing_of(opts.traffic),
-    )
-
-
-def with_tuning(
-    manifest: Manifest,
-    search: autotune.SearchFn,
-    knobs: Knobs,
-    xq,
-    qids,
-    gt,
-    target: float,
-    method: str,
-    show_progress: bool = True,
-    lone: int = 0,
-    blend: bool = False,
-) -> Manifest:
-    """``manifest`` with the measured curve and the defaults resolved for ``target``;
-    ``lone``, ``blend``: how points are timed (``autotune.measure``)."""
-    curve = autotune.measure(search, xq, qids, gt, knobs, show_progress, lone, blend)
-    try:
-        defaults = autotune.resolve(curve, target)
-        note = f"cheapest measured parameters with recall@{TUNE_K} >= {target}"
-    except TargetUnreachable:
-        best = max(curve, key=lambda p: p["recall"])
-        defaults, note = dict(best["params"]), f"no point reached {target}; highest recall"
-    tuning: dict[str, Any] = {
-        "k": TUNE_K,
-        "queries": len(xq),
-        "target": target,
-        "note": note,
-        "method": method,
-        "timed": autotune.timed_on(knobs, lone, blend),
-        "curve": curve,
-    }
-    manifest.build["tune_threads"] = faiss.omp_get_max_threads()
-    return replace(manifest, tuning=tuning, default_params=SearchOverrides(**defaults).to_dict())

@@ -9,11 +9,11 @@ import numpy as np
 
 from shards import autotune
 from shards.artefact import ShardData, new_version_name, write_version
-from shards.build import TUNE_K, TUNE_QUERIES, timing_of, with_tuning
 from shards.errors import UnsupportedOperation
 from shards.index import ShardedIndex
 from shards.manifest import Manifest
 from shards.metric import prepare_vectors
+from shards.tuning import TUNE_K, TUNE_QUERIES, timing_of, with_tuning
 
 
 def autotune_index(

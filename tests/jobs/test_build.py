@@ -23,9 +23,10 @@ import pytest
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 from shards._faiss import faiss
 from shards.artefact import open_version, read_shard, verify_version
-from shards.build import _add_all, append_rows, tune_manifest, tuning_queries
+from shards.build import _add_all, append_rows, tuning_queries
 from shards.errors import MissingFile
 from shards.metric import Metric
+from shards.tuning import tune_manifest
 from tests.conftest import clustered
 from tests.shards.helpers import assert_same_knn
 
