@@ -127,3 +127,19 @@ def test_resolve_takes_a_runs_first_point_that_reaches_the_target_whatever_its_t
     ]
     assert resolve(curve, 0.95) == {"nprobe": 2}
     assert resolve(curve, 0.985) == {"nprobe": 3}
+
+
+def test_resolve_never_takes_a_point_that_asks_more_of_every_knob():
+    """Across runs (k_factors), a point with no smaller knob than another reaching the target
+    does at least its work: a faster timing is noise (MiniLM, batched tuning, under load)."""
+    from shards.autotune import resolve
+
+    curve = [
+        {"params": {"nprobe": 64, "k_factor": 4}, "recall": 0.949, "ms_per_query": 0.030},
+        {"params": {"nprobe": 80, "k_factor": 4}, "recall": 0.957, "ms_per_query": 0.040},
+        {"params": {"nprobe": 80, "k_factor": 6}, "recall": 0.960, "ms_per_query": 0.035},
+        {"params": {"nprobe": 48, "k_factor": 8}, "recall": 0.956, "ms_per_query": 0.045},
+    ]
+    assert resolve(curve, 0.95) == {"nprobe": 80, "k_factor": 4}
+    curve[3]["ms_per_query"] = 0.038  # a trade-off (fewer lists, more refine): timing decides
+    assert resolve(curve, 0.95) == {"nprobe": 48, "k_factor": 8}
