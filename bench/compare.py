@@ -141,6 +141,15 @@ class VsearchHttpDirect(VsearchHttp):
         self.http = httpx.Client(base_url=base, timeout=60, limits=httpx.Limits(max_connections=64))
 
 
+def describe(system: System, setting: dict) -> str | None:
+    """``system.describe(setting)``, or None when it cannot say (e.g. a target no tuned
+    point reaches: the search's own error is in the row)."""
+    try:
+        return system.describe(setting)
+    except Exception:
+        return None
+
+
 def rss_mib() -> float:
     """Resident memory of this process and its children (engines that run a server)."""
     import psutil
@@ -256,7 +265,7 @@ def run(args, dataset: str) -> dict:
                     "setting": setting,
                     "build_s": build_s,
                     "build_rss_mib": mem,
-                    "resolved": system.describe(setting),
+                    "resolved": describe(system, setting),
                     **stats,
                 }
             )

@@ -85,6 +85,9 @@ def _build(source: VectorSource, out_uri: str, opts: BuildOptions, job: JobOptio
     state = work.read_json("state.json")
     if state is None:
         factory, reason = choose_factory(source.n, source.d, opts, metric)
+        if opts.traffic != "batch":  # lone queries timed through Ray would time Ray
+            reason += "; the distributed build times its tuning on batches"
+            log.warning("traffic %s: the distributed build tunes on batches", opts.traffic)
         state = {"version": new_version_name(), "factory": factory, "reason": reason}
         work.write_json("state.json", state)
     else:

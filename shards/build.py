@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 import numpy as np
 import pyarrow as pa
 
-from shards import cagra, memory
-from shards._faiss import faiss, faiss_ext
+from shards import autotune, cagra, memory
+from shards._faiss import BLAS_MIN_QUERIES, faiss, faiss_ext, use_blas_from
 from shards.anatomy import Anatomy
 from shards.artefact import ShardData, new_version_name, write_version
 from shards.choice import (
@@ -28,13 +28,15 @@ from shards.choice import (
 )
 from shards.cuda import gpu_count, graph_device, has_cuvs, parse_device, resources
 from shards.errors import GpuUnavailable, InvalidInput
+from shards.index import ShardedIndex
 from shards.manifest import Manifest
 from shards.metric import Metric, prepare_vectors
 from shards.params import Knobs
 from shards.partition import SCHEMES, assign_shards
 from shards.progress import progress
+from shards.shard import Shard
 from shards.source import VectorSource
-from shards.tuning import TUNE_QUERIES, tune_manifest, untuned
+from shards.tuning import HELD_OUT, TUNE_K, TUNE_QUERIES, timing_of, untuned, with_tuning
 
 log = logging.getLogger("shards")
 
@@ -322,3 +324,33 @@ def check_unique(ids: Iterable[np.ndarray]) -> None:
     uniq, counts = np.unique(all_ids, return_counts=True)
     if (counts > 1).any():
         raise InvalidInput(f"duplicate id {int(uniq[counts > 1][0])} in the input")
+
+
+def tune_manifest(
+    manifest: Manifest, datas: list[ShardData], source: VectorSource, opts: BuildOptions, held
+) -> Manifest:
+    """Measure the recall/speed curve with the held-out rows as queries; store it and the
+    tuned defaults in the manifest."""
+    metric = Metric.parse(manifest.metric)
+    use_blas_from(BLAS_MIN_QUERIES, source.d)
+    xq, qids = held
+    blocks = (
+        (prepare_vectors(c.vectors, source.d, metric)[keep], c.ids[keep])
+        for c in source.chunks()
+        for keep in [~np.isin(c.ids, qids)]
+    )
+    gt = autotune.ground_truth(xq, blocks, TUNE_K + 1, metric.faiss_metric)
+    index = ShardedIndex(manifest, {i: Shard(d, metric.keep_max) for i, d in enumerate(datas)}, "")
+    no_self = np.full(len(xq), -1, dtype=np.int64)  # the queries are not in the index
+    return with_tuning(
+        manifest,
+        index.search_prepared,
+        index.knobs,
+        xq,
+        no_self,
+        gt,
+        opts.default_recall,
+        HELD_OUT,
+        opts.progress,
+        **timing_of(opts.traffic),
+    )

@@ -134,10 +134,6 @@ def choose_index(
     return _first_fitting(candidates, n_per_shard, d, memory_budget)
 
 
-def _budget(candidate: tuple[str, str]) -> tuple[str, str]:
-    return candidate[0], f"memory budget: {candidate[1]}"
-
-
 def _choose_gpu(
     n: int, d: int, quantizer: str, memory_budget: int | None, gpu_build: bool
 ) -> Choice:

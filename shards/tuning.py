@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import Any
 
 from shards import autotune
-from shards._faiss import BLAS_MIN_QUERIES, faiss, use_blas_from
-from shards.artefact import ShardData
+from shards._faiss import faiss
 from shards.errors import TargetUnreachable
-from shards.index import ShardedIndex
 from shards.manifest import Manifest
-from shards.metric import Metric, prepare_vectors
 from shards.params import Knobs, SearchOverrides, static_defaults
-from shards.shard import Shard
-from shards.source import VectorSource
-
-if TYPE_CHECKING:
-    from shards.build import BuildOptions
 
 log = logging.getLogger("shards")
 TUNE_QUERIES = 2000
@@ -51,36 +41,6 @@ def timing_of(traffic: str) -> dict[str, Any]:
     if traffic == "single":
         return {"lone": LONE_QUERIES}
     return {"lone": LONE_QUERIES // 2, "blend": True}
-
-
-def tune_manifest(
-    manifest: Manifest, datas: list[ShardData], source: VectorSource, opts: BuildOptions, held
-) -> Manifest:
-    """Measure the recall/speed curve with the held-out rows as queries; store it and the
-    tuned defaults in the manifest."""
-    metric = Metric.parse(manifest.metric)
-    use_blas_from(BLAS_MIN_QUERIES, source.d)
-    xq, qids = held
-    blocks = (
-        (prepare_vectors(c.vectors, source.d, metric)[keep], c.ids[keep])
-        for c in source.chunks()
-        for keep in [~np.isin(c.ids, qids)]
-    )
-    gt = autotune.ground_truth(xq, blocks, TUNE_K + 1, metric.faiss_metric)
-    index = ShardedIndex(manifest, {i: Shard(d, metric.keep_max) for i, d in enumerate(datas)}, "")
-    no_self = np.full(len(xq), -1, dtype=np.int64)  # the queries are not in the index
-    return with_tuning(
-        manifest,
-        index.search_prepared,
-        index.knobs,
-        xq,
-        no_self,
-        gt,
-        opts.default_recall,
-        HELD_OUT,
-        opts.progress,
-        **timing_of(opts.traffic),
-    )
 
 
 def with_tuning(

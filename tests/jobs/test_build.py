@@ -23,10 +23,9 @@ import pytest
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 from shards._faiss import faiss
 from shards.artefact import open_version, read_shard, verify_version
-from shards.build import _add_all, append_rows, tuning_queries
+from shards.build import _add_all, append_rows, tune_manifest, tuning_queries
 from shards.errors import MissingFile
 from shards.metric import Metric
-from shards.tuning import tune_manifest
 from tests.conftest import clustered
 from tests.shards.helpers import assert_same_knn
 
@@ -108,6 +107,8 @@ def test_flat_equals_single_process_flat(cluster, glove, tmp_path):
     built = dist.manifest.build["distributed"]
     assert built["nodes"] == 3 and built["resumed"] is False
     assert not os.path.exists(tmp_path / "dist" / ".build"), "the work folder is left"
+    # traffic mixed (the default): the reason says the tuning is timed on batches here
+    assert "times its tuning on batches" in dist.manifest.build["choice"]
 
 
 def _parquet(path, n: int = 20_000, d: int = 32) -> None:
