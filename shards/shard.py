@@ -88,7 +88,7 @@ class Shard:
         else:
             made = self._cpu_params(ov, k, st)  # held until the search returns
             D, I = search_c(self.index, xq, k, made[0])
-        result = (D, I if self._rows_are_ids else self._id_of_row.take(I))
+        result = (D, self._ids_of(I))
         if len(st.delta):
             delta = st.delta.search(xq, k, self.index.metric_type)
             result = merge_results([result, delta], self.keep_max)
@@ -105,7 +105,11 @@ class Shard:
         if made is None or len(st.delta) or self.placed.placement.on_gpu:
             return self.search(xq, k, ov, None, st)
         D, I = search_c(self.index, xq, k, made[0])
-        return D, I if self._rows_are_ids else self._id_of_row.take(I)
+        return D, self._ids_of(I)
+
+    def _ids_of(self, rows: np.ndarray) -> np.ndarray:
+        """External ids of main-index ``rows`` (-1 padding kept)."""
+        return rows if self._rows_are_ids else self._id_of_row.take(rows)
 
     def search_filtered(
         self, xq: np.ndarray, k: int, ov: SearchOverrides, filt: Filter, st: LiveState
