@@ -66,6 +66,7 @@ class HttpApi:
     upsert: Callable[..., Awaitable[dict[str, Any]]]
     delete: Callable[..., Awaitable[dict[str, Any]]]
     coordinator: Any
+    names: list[str]  # the shard deployments
     _schemas: dict[str, Any]
 
     @route(
@@ -186,9 +187,11 @@ class HttpApi:
 
     @route("get", "/v1/health")
     async def health(self) -> dict[str, Any]:
-        """Open route: ok or degraded, from state the router already holds (no fan-out,
-        no paths or messages: those are in the authenticated /v1/stats)."""
-        return {"status": "degraded" if self.versions.problems() else "ok"}
+        """Open route: ok or degraded, from the replicas' reports as the coordinator holds
+        them now (one call, no fan-out; no paths or messages: those are in the
+        authenticated /v1/stats)."""
+        problems = await self.versions.current_problems(self.names)
+        return {"status": "degraded" if problems else "ok"}
 
     @route("get", "/v1/ready", responses=error_responses(401, 503))
     async def ready(self) -> JSONResponse:
@@ -215,7 +218,7 @@ class HttpApi:
         v = self.versions
         body: dict[str, Any] = {
             "router_error": v.error,
-            "problems": v.problems(),
+            "problems": await v.current_problems(self.names),
             "swap": v.swap,
             "next_version": v.next.manifest.index_version if v.next else None,
         }

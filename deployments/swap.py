@@ -10,6 +10,7 @@ than ``REPORT_TTL_S`` are from replicas that are gone.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -62,6 +63,18 @@ def prepare_state(
     if waiting:
         return Prepare.WAITING, "replicas holding it: " + ", ".join(waiting)
     return Prepare.READY, "every running replica holds it"
+
+
+def uncovered(version: str, deployments: Iterable[str], reports: dict[str, Report]) -> list[str]:
+    """The shard deployments (of ``deployments``) no fresh report says holds ``version``:
+    their shards cannot answer from it."""
+    holding = {r.deployment for r in reports.values() if version in r.loaded}
+    return [d for d in deployments if d not in holding]
+
+
+def failures(reports: dict[str, Report]) -> list[str]:
+    """Why replicas could not load versions, each reason once, for people."""
+    return sorted({why for r in reports.values() for why in r.failed.values()})
 
 
 def retirable(

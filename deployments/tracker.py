@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from deployments.swap import Prepare, prepare_state
+from deployments.swap import Prepare, failures, prepare_state, uncovered
 from shards.errors import IndexLoadError
 from shards.planner import QueryPlanner
 
 log = logging.getLogger("ray.serve")
 SYNC_S, SWAP_SYNC_S = 5.0, 0.25  # coordinator polling, idle and during a swap
 SYNC_TIMEOUT_S = 5.0
+HEALTH_TIMEOUT_S = 2.0  # health asks the coordinator itself: a short wait, then 'degraded'
 
 # (version or None for CURRENT, default params) -> the planner of that version
 OpenPlanner = Callable[[str | None, dict[str, Any]], QueryPlanner]
@@ -65,6 +66,29 @@ class VersionTracker:
         if self.swap.get("state") in (Prepare.REFUSED, Prepare.FAILED):
             problems.append(self.swap["why"])
         return problems
+
+    async def current_problems(self, deployments: Iterable[str]) -> list[str]:
+        """``problems()`` from the replicas' reports as the coordinator holds them now, not
+        as of the last sync (up to ``SYNC_S`` old), and each shard deployment of
+        ``deployments`` that no replica reports holding the active version: health is not
+        'ok' while a shard cannot answer. One coordinator call, no fan-out."""
+        try:
+            view = await asyncio.wait_for(self.coordinator("view"), HEALTH_TIMEOUT_S)
+        except Exception as exc:  # the coordinator restarts: that is a problem too
+            return [*self.problems(), f"the coordinator did not answer: {exc!r}"]
+        reports = view["reports"]
+        self.reported = failures(reports)
+        mine = self.active.manifest.index_version if self.active is not None else None
+        version = view["active"] or mine
+        if version is None:
+            return self.problems()
+        explained = {r.deployment for r in reports.values() if r.failed}  # said why already
+        missing = [
+            f"{d}: no replica reports holding the active version {version}"
+            for d in uncovered(version, deployments, reports)
+            if d not in explained
+        ]
+        return self.problems() + missing
 
     async def configure(self, wanted: str | None, defaults: dict[str, Any]) -> None:
         """The operator wants ``wanted`` with ``defaults``: it becomes the next version.
@@ -160,7 +184,7 @@ class VersionTracker:
             self.wanted = proposed  # a compaction published it: swap to it as usual
             await self._want()
         reports = view["reports"]
-        self.reported = sorted({why for r in reports.values() for why in r.failed.values()})
+        self.reported = failures(reports)
         if self.next is None:
             return
         version = self.next.manifest.index_version

@@ -128,3 +128,36 @@ def test_a_compacted_version_is_proposed_committed_and_kept(tmp_path):
         assert t.planner.manifest.index_version == v2 and t.next is None and t.swap == {}
 
     asyncio.run(drill())
+
+
+def test_health_reads_the_reports_now_and_names_shards_without_the_version(tmp_path):
+    """Health is not 'ok' between two syncs while a replica has reported that it cannot load
+    (a corrupt file at start-up), nor while a shard has no replica holding the active
+    version; a coordinator that does not answer is a problem too."""
+    root, v1, _, _ = versions(tmp_path)
+    coord = Coordinator()
+    deployments = ["shard-0", "shard-1"]
+
+    async def drill():
+        t = tracker(root, coord, {"shard-0": 1, "shard-1": 1}, v1)
+        await t._want()
+        await coord.report("a", "shard-0", [v1], {})
+        await t.sync()
+        assert t.problems() == []  # as of this sync: nothing failed yet
+        await coord.report("b", "shard-1", [], {v1: "cannot load shard-00001: truncated"})
+        now = await t.current_problems(deployments)  # before the next sync
+        assert now == ["cannot load shard-00001: truncated"]  # says why, not only that
+        await coord.report("b", "shard-1", [], {})  # still loading (or its report is lost)
+        now = await t.current_problems(deployments)
+        assert now == [f"shard-1: no replica reports holding the active version {v1}"]
+        await coord.report("b", "shard-1", [v1], {})  # the operator fixed the file
+        assert await t.current_problems(deployments) == []
+
+        async def silent(method, *args):
+            await asyncio.sleep(10)
+
+        t.coordinator = silent
+        gone = await t.current_problems(deployments)
+        assert len(gone) == 1 and "coordinator did not answer" in gone[0]
+
+    asyncio.run(drill())
