@@ -203,7 +203,7 @@ def summary(s: dict) -> str:
 
 def _passes(r: dict) -> str:
     n = r.get("passes", 1)
-    return f", each figure the best of {n} passes" if n > 1 else ""
+    return f", each figure the best of {n} passes taken in turn over all systems" if n > 1 else ""
 
 
 def _met(goal: float | None, ratio: float) -> str:
