@@ -34,16 +34,32 @@ from deployments.http import (
     parse_search,
     queries_of,
     read_body,
+    response_frame,
     response_json,
+    wants_frame,
 )
 from deployments.ingress import route
 from deployments.scrape import scrape_cluster
+from vsearch import frames
 
 
-def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a route that reads its own body (size limit first, then the model)."""
-    content = {"application/json": {"schema": model.model_json_schema()}}
+def _body_schema(model: type[BaseModel], frame: bool = False) -> dict[str, Any]:
+    """OpenAPI for a route that reads its own body (size limit first, then the model);
+    ``frame``: a binary frame of queries too (``vsearch.frames``)."""
+    content: dict[str, Any] = {"application/json": {"schema": model.model_json_schema()}}
+    if frame:
+        content[frames.MEDIA_TYPE] = {
+            "schema": {"type": "string", "format": "binary", "description": FRAME_DOC}
+        }
     return {"requestBody": {"required": True, "content": content}}
+
+
+FRAME_DOC = (
+    'b"VSQ1", a uint32 LE header size, a JSON header (the JSON body\'s options and '
+    '"shape": [nq, d]), then nq * d float32 LE queries. With Accept: '
+    'application/octet-stream the answer is b"VSR1", a header size, a JSON header (the '
+    'answer\'s fields and "shape": [nq, k]), nq * k int64 ids, nq * k float32 scores.'
+)
 
 
 def _columns_of(schema: Any) -> dict[str, str]:
@@ -74,7 +90,7 @@ class HttpApi:
         "/v1/search",
         response_model=SearchResponse,
         responses=error_responses(400, 401, 404, 413, 415, 429, 503, 504),
-        openapi_extra=_body_schema(SearchRequest),
+        openapi_extra=_body_schema(SearchRequest, frame=True),
     )
     async def http_search(self, request: Request) -> Response:
         try:
@@ -102,6 +118,9 @@ class HttpApi:
             texts=req.texts,
         )
         pairs = int(result["I"].size)
+        if wants_frame(request.headers.get("accept", "")):
+            frame = await off_loop(response_frame, result, size=pairs, threshold=OFF_LOOP_RESULTS)
+            return Response(frame, media_type=frames.MEDIA_TYPE)
         text = await off_loop(response_json, result, size=pairs, threshold=OFF_LOOP_RESULTS)
         return Response(text, media_type="application/json")
 

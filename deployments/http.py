@@ -13,29 +13,22 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from deployments.errors import BadRequest, BodyTooLarge, UnsupportedMediaType
 from shards.errors import VsearchError
+from vsearch import frames
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 
-class SearchRequest(BaseModel):
-    """Body of POST /v1/search: exactly one of ``vectors``, ``vectors_b64``, ``ids`` or
-    ``texts``."""
+class SearchOptions(BaseModel):
+    """How to search: everything in a search body but the queries (a binary frame's header
+    holds these, ``vsearch.frames``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    vectors: list[list[float]] | None = Field(None, description="queries, one list per vector")
-    vectors_b64: str | None = Field(None, description="base64 of little-endian float32, row-major")
-    ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(
-        None, description="search with these stored vectors (ids in [0, 2**63))"
-    )
-    texts: list[str] | None = Field(
-        None, description="queries as texts, embedded by the app's model (args.embedding)"
-    )
     k: int = Field(10, description="results per query")
     params: dict[str, Any] | None = Field(
         None, description="nprobe, ef_search, quantizer_ef_search, k_factor, target_recall"
@@ -58,6 +51,22 @@ class SearchRequest(BaseModel):
         description="only results within this distance (l2) or at least this similarity "
         "(ip, cosine); the rest of the k is null",
     )
+
+
+class SearchRequest(SearchOptions):
+    """Body of POST /v1/search: exactly one of ``vectors``, ``vectors_b64``, ``ids`` or
+    ``texts``; or a binary frame of float32 queries (``application/octet-stream``,
+    ``vsearch.frames``)."""
+
+    vectors: list[list[float]] | None = Field(None, description="queries, one list per vector")
+    vectors_b64: str | None = Field(None, description="base64 of little-endian float32, row-major")
+    ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(
+        None, description="search with these stored vectors (ids in [0, 2**63))"
+    )
+    texts: list[str] | None = Field(
+        None, description="queries as texts, embedded by the app's model (args.embedding)"
+    )
+    _matrix: np.ndarray | None = PrivateAttr(None)  # the queries of a binary frame
 
     @model_validator(mode="after")
     def _one_query_form(self) -> SearchRequest:
@@ -185,7 +194,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "unknown id",
         409: "the idempotency key was used for another write",
         413: "body larger than the limit",
-        415: "body not declared as JSON",
+        415: "body neither JSON nor, for a search, a binary frame (application/octet-stream)",
         429: "overloaded (with Retry-After), when overload_status is 429",
         503: "overloaded (with Retry-After), too few shards, or index unavailable",
         504: "the deadline passed before enough shards answered",
@@ -214,15 +223,41 @@ class SearchResponse(BaseModel):
 
 
 def parse_search(body: bytes, max_bytes: int, content_type: str = "") -> SearchRequest:
-    """Parse and validate a search body (UnsupportedMediaType, BodyTooLarge, BadRequest)."""
-    return parse_body(SearchRequest, body, max_bytes, content_type)
+    """Parse and validate a search body, JSON or a binary frame (UnsupportedMediaType,
+    BodyTooLarge, BadRequest)."""
+    media = _media(content_type)
+    if media != frames.MEDIA_TYPE:
+        if media and media != "application/json" and not media.endswith("+json"):
+            raise UnsupportedMediaType(
+                "content-type must be application/json, or application/octet-stream for a "
+                f"binary frame of queries, got {media!r}"
+            )
+        return parse_body(SearchRequest, body, max_bytes, content_type)
+    if len(body) > max_bytes:
+        raise BodyTooLarge(f"request body is {len(body):,} bytes; the limit is {max_bytes:,}")
+    try:
+        header, (xq,) = frames.decode(body, frames.REQUEST, [np.float32])
+    except frames.FrameError as exc:
+        raise BadRequest(f"binary search body: {exc}") from None
+    req = SearchRequest.model_construct(**_validated(SearchOptions, header).model_dump())
+    req._matrix = xq
+    return req
+
+
+def _media(content_type: str) -> str:
+    return content_type.split(";")[0].strip().lower()
+
+
+def wants_frame(accept: str) -> bool:
+    """The client asked for a binary answer (``Accept: application/octet-stream``)."""
+    return any(_media(part) == frames.MEDIA_TYPE for part in accept.split(","))
 
 
 def parse_body(model: type[M], body: bytes, max_bytes: int, content_type: str = "") -> M:
     """Parse and validate a request body as ``model`` (UnsupportedMediaType, BodyTooLarge,
     BadRequest). A body without a content type is read as JSON; other types are refused.
     """
-    media = content_type.split(";")[0].strip().lower()
+    media = _media(content_type)
     if media and media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaType(f"content-type must be application/json, got {media!r}")
     if len(body) > max_bytes:
@@ -233,6 +268,10 @@ def parse_body(model: type[M], body: bytes, max_bytes: int, content_type: str = 
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     except RecursionError:
         raise BadRequest("body is nested too deeply") from None
+    return _validated(model, raw)
+
+
+def _validated(model: type[M], raw: Any) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -248,6 +287,10 @@ def encode_vectors_b64(xq: np.ndarray) -> str:
 
 def queries_of(req: SearchRequest | UpsertRequest, d: int) -> np.ndarray | None:
     """The (n, d) float32 vectors of a request, or None when it searches by ids."""
+    if isinstance(req, SearchRequest) and req._matrix is not None:
+        if req._matrix.shape[1] != d:
+            raise BadRequest(f"the frame's queries have dimension {req._matrix.shape[1]}, not {d}")
+        return req._matrix
     if req.vectors is not None:
         if not req.vectors:
             return np.empty((0, d), dtype=np.float32)  # the planner says why that is wrong
@@ -288,14 +331,17 @@ async def read_body(request: Any, max_bytes: int) -> bytes:
     return b"".join(parts)
 
 
-def response_body(result: dict[str, Any]) -> dict[str, Any]:
+def response_body(result: dict[str, Any], arrays: bool = True) -> dict[str, Any]:
     """JSON body of a search result: padding and non-finite scores become null, metadata
-    values of every Arrow type become JSON values (``jsonable``)."""
-    D, I = result["D"], result["I"]
-    scores = np.where((I >= 0) & np.isfinite(D), D, np.nan).tolist()
-    body = {
-        "ids": I.tolist(),
-        "scores": [[None if s != s else s for s in row] for row in scores],
+    values of every Arrow type become JSON values (``jsonable``); ``arrays=False``: without
+    ids and scores (a frame's header)."""
+    body: dict[str, Any] = {}
+    if arrays:
+        D, I = result["D"], result["I"]
+        scores = np.where((I >= 0) & np.isfinite(D), D, np.nan).tolist()
+        body["ids"] = I.tolist()
+        body["scores"] = [[None if s != s else s for s in row] for row in scores]
+    body |= {
         "coverage": result["coverage"],
         "degraded": result["degraded"],
         "index_version": result["index_version"],
@@ -308,6 +354,15 @@ def response_body(result: dict[str, Any]) -> dict[str, Any]:
     if result.get("metadata") is not None:
         body["metadata"] = jsonable(result["metadata"])
     return body
+
+
+def response_frame(result: dict[str, Any]) -> bytes:
+    """A search result as a binary frame (``vsearch.frames``): the JSON answer's fields in
+    the header, ids and scores (NaN where there is no result) as arrays."""
+    body = response_body(result, arrays=False)
+    D, I = result["D"], result["I"]
+    scores = np.where((I >= 0) & np.isfinite(D), D, np.nan).astype(np.float32)
+    return frames.encode(frames.ANSWER, body, I.astype(np.int64, copy=False), scores)
 
 
 OFF_LOOP_BYTES = 64 << 10  # bodies from this size are parsed in a thread, not on the loop

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from vsearch import frames
+
 
 @dataclass
 class SearchResult:
@@ -90,14 +92,29 @@ def search_body(
     filter: dict[str, Any] | None,
     **extra: Any,
 ) -> dict[str, Any]:
+    """The JSON body of a search (vectors as base64)."""
+    body = search_options(vectors, ids, texts, k, params, filter, **extra)
+    if vectors is not None:
+        body["vectors_b64"] = b64(matrix(vectors, "query vectors"))
+    return body
+
+
+def search_options(
+    vectors: Any,
+    ids: Any,
+    texts: Sequence[str] | None,
+    k: int,
+    params: dict[str, Any] | None,
+    filter: dict[str, Any] | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A search body without its vectors (with its ids or texts)."""
     if sum(v is not None for v in (vectors, ids, texts)) != 1:
         raise ValueError("give exactly one of vectors, ids or texts")
     body: dict[str, Any] = {"k": k}
-    if vectors is not None:
-        body["vectors_b64"] = b64(matrix(vectors, "query vectors"))
-    elif ids is not None:
+    if ids is not None:
         body["ids"] = id_list(ids)
-    else:
+    elif texts is not None:
         body["texts"] = text_list(texts)
     if params:
         body["params"] = dict(params)
@@ -107,12 +124,27 @@ def search_body(
     return body
 
 
-def search_result(body: dict[str, Any]) -> SearchResult:
-    raw = body["scores"]
-    ids = np.asarray(body["ids"], dtype=np.int64).reshape(len(raw), -1)
-    scores = np.array(
-        [[np.nan if s is None else s for s in row] for row in raw], dtype=np.float32
-    ).reshape(ids.shape)
+def search_request(vectors: Any, ids: Any, texts: Any, *args: Any, **extra: Any) -> dict[str, Any]:
+    """httpx's keyword arguments for a search: queries as a binary frame (``frames``), ids or
+    texts as JSON; either way the answer is asked for as a frame."""
+    body = search_options(vectors, ids, texts, *args, **extra)
+    accept = {"accept": f"{frames.MEDIA_TYPE}, application/json"}
+    if vectors is None:
+        return {"json": body, "headers": accept}
+    frame = frames.encode(frames.REQUEST, body, matrix(vectors, "query vectors"))
+    return {"content": frame, "headers": {**accept, "content-type": frames.MEDIA_TYPE}}
+
+
+def search_result(body: dict[str, Any] | bytes) -> SearchResult:
+    """A search answer, JSON or a binary frame."""
+    if isinstance(body, bytes):
+        body, (ids, scores) = frames.decode(body, frames.ANSWER, [np.int64, np.float32])
+    else:
+        raw = body["scores"]
+        ids = np.asarray(body["ids"], dtype=np.int64).reshape(len(raw), -1)
+        scores = np.array(
+            [[np.nan if s is None else s for s in row] for row in raw], dtype=np.float32
+        ).reshape(ids.shape)
     return SearchResult(
         ids=ids,
         scores=scores,

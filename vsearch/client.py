@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from vsearch import _wire
+from vsearch import _wire, frames
 from vsearch._wire import Rows, SearchResult, WriteResult
 from vsearch.errors import ConnectionFailed, VsearchError, from_answer
 
@@ -51,6 +51,8 @@ class _Base:
     def _outcome(self, response: httpx.Response) -> Any:
         """The decoded body of a 2xx answer; the typed error of any other."""
         if response.is_success:
+            if response.headers.get("content-type", "").startswith(frames.MEDIA_TYPE):
+                return response.content  # a binary frame (``vsearch.frames``)
             return response.json() if response.content else None
         try:
             body: Any = response.json()
@@ -113,13 +115,17 @@ class Client(_Base):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _call(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
+    def _call(
+        self, method: str, route: str, body: dict[str, Any] | None = None, **send: Any
+    ) -> Any:
+        """``method route`` with a JSON ``body`` (or httpx's ``send`` arguments), retried
+        as the class says; the decoded answer."""
         path = self._path(route)
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = self._http.request(method, path, json=body)
+                response = self._http.request(method, path, **{"json": body, **send})
                 out = self._outcome(response)
             except RETRYABLE as exc:
                 out = _failed(exc, method, self.url + path)
@@ -150,12 +156,12 @@ class Client(_Base):
         ``params``: per-request overrides (nprobe,
         ef_search, k_factor, target_recall...); ``filter``: a metadata predicate;
         ``min_sequence``: a write's sequence, to read it back."""
-        body = _wire.search_body(
+        send = _wire.search_request(
             vectors, ids, texts, k, params, filter, min_sequence=min_sequence,
             deadline_ms=deadline_ms, include_metadata=include_metadata or None,
             score_threshold=score_threshold, min_coverage=min_coverage,
         )  # fmt: skip
-        return _wire.search_result(self._call("POST", "/v1/search", body))
+        return _wire.search_result(self._call("POST", "/v1/search", **send))
 
     def upsert(
         self,
@@ -256,13 +262,17 @@ class AsyncClient(_Base):
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
 
-    async def _call(self, method: str, route: str, body: dict[str, Any] | None = None) -> Any:
+    async def _call(
+        self, method: str, route: str, body: dict[str, Any] | None = None, **send: Any
+    ) -> Any:
+        """``method route`` with a JSON ``body`` (or httpx's ``send`` arguments), retried
+        as the class says; the decoded answer."""
         path = self._path(route)
         attempt = 0
         while True:
             attempt += 1
             try:
-                response = await self._http.request(method, path, json=body)
+                response = await self._http.request(method, path, **{"json": body, **send})
                 out = self._outcome(response)
             except RETRYABLE as exc:
                 out = _failed(exc, method, self.url + path)
@@ -289,12 +299,12 @@ class AsyncClient(_Base):
         min_coverage: float | None = None,
     ) -> SearchResult:
         """``Client.search``."""
-        body = _wire.search_body(
+        send = _wire.search_request(
             vectors, ids, texts, k, params, filter, min_sequence=min_sequence,
             deadline_ms=deadline_ms, include_metadata=include_metadata or None,
             score_threshold=score_threshold, min_coverage=min_coverage,
         )  # fmt: skip
-        return _wire.search_result(await self._call("POST", "/v1/search", body))
+        return _wire.search_result(await self._call("POST", "/v1/search", **send))
 
     async def upsert(
         self,
