@@ -1,4 +1,5 @@
-"""Serving overhead: in-process `shards` vs the handle path vs HTTP (JSON and base64).
+"""Serving overhead: in-process `shards` vs the handle path vs HTTP (JSON, base64 and the
+binary frames of `vsearch.frames`; `-decoded`: the answer decoded as the client does).
 
     python -m bench.serving [--quick]
 
@@ -27,8 +28,9 @@ from bench.results import parser, write
 from deployments.http import encode_vectors_b64
 from shards import ShardedIndex
 from shards._faiss import faiss
+from vsearch import _wire
 
-PATHS = ("in-process", "handle", "http-json", "http-b64")
+PATHS = ("in-process", "handle", "http-json", "http-b64", "http-b64-decoded", "http-frame")
 
 
 def drive(call, payloads: list, concurrency: int, faiss_threads: int | None = None) -> dict:
@@ -78,11 +80,24 @@ def paths(index: ShardedIndex, url: str):
         r = http.post("/v1/search", json={"vectors_b64": b64, "k": 10})
         assert r.status_code == 200, r.text
 
+    def http_frame(xq):  # both ways binary, decoded as the vsearch client does
+        send = _wire.search_request(xq, None, None, 10, None, None)
+        r = http.post("/v1/search", **send)
+        assert r.status_code == 200, r.text
+        _wire.search_result(r.content)
+
+    def http_b64_decoded(xq):  # the JSON answer decoded as the vsearch client does
+        r = http.post("/v1/search", json={"vectors_b64": encode_vectors_b64(xq), "k": 10})
+        assert r.status_code == 200, r.text
+        _wire.search_result(r.json())
+
     return {
         "in-process": lambda xq: index.search(xq, 10),
         "handle": lambda xq: client.search(xq, 10),
         "http-json": http_json,
         "http-b64": http_b64,
+        "http-b64-decoded": http_b64_decoded,
+        "http-frame": http_frame,
     }
 
 

@@ -83,17 +83,9 @@ def id_list(ids: Any) -> list[int]:
     return [int(i) for i in a]
 
 
-def search_body(
-    vectors: Any,
-    ids: Any,
-    texts: Sequence[str] | None,
-    k: int,
-    params: dict[str, Any] | None,
-    filter: dict[str, Any] | None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The JSON body of a search (vectors as base64)."""
-    body = search_options(vectors, ids, texts, k, params, filter, **extra)
+def search_body(vectors: Any, *args: Any, **extra: Any) -> dict[str, Any]:
+    """The JSON body of a search (vectors as base64); the arguments of ``search_options``."""
+    body = search_options(vectors, *args, **extra)
     if vectors is not None:
         body["vectors_b64"] = b64(matrix(vectors, "query vectors"))
     return body
