@@ -54,6 +54,10 @@ def _body_schema(model: type[BaseModel], frame: bool = False) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": content}}
 
 
+FRAME_ANSWER = {
+    "description": "the answer; a binary frame when asked with Accept: application/octet-stream",
+    "content": {frames.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+}
 FRAME_DOC = (
     'b"VSQ1", a uint32 LE header size, a JSON header (the JSON body\'s options and '
     '"shape": [nq, d]), then nq * d float32 LE queries. With Accept: '
@@ -89,7 +93,7 @@ class HttpApi:
         "post",
         "/v1/search",
         response_model=SearchResponse,
-        responses=error_responses(400, 401, 404, 413, 415, 429, 503, 504),
+        responses={**error_responses(400, 401, 404, 413, 415, 429, 503, 504), 200: FRAME_ANSWER},
         openapi_extra=_body_schema(SearchRequest, frame=True),
     )
     async def http_search(self, request: Request) -> Response:

@@ -194,7 +194,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "unknown id",
         409: "the idempotency key was used for another write",
         413: "body larger than the limit",
-        415: "body neither JSON nor, for a search, a binary frame (application/octet-stream)",
+        415: "body not JSON (a search may also be a binary frame, application/octet-stream)",
         429: "overloaded (with Retry-After), when overload_status is 429",
         503: "overloaded (with Retry-After), too few shards, or index unavailable",
         504: "the deadline passed before enough shards answered",
@@ -249,8 +249,24 @@ def _media(content_type: str) -> str:
 
 
 def wants_frame(accept: str) -> bool:
-    """The client asked for a binary answer (``Accept: application/octet-stream``)."""
-    return any(_media(part) == frames.MEDIA_TYPE for part in accept.split(","))
+    """The client asked for a binary answer: ``application/octet-stream`` in ``Accept`` with
+    a quality above 0 and not below JSON's."""
+    q = {frames.MEDIA_TYPE: 0.0, "application/json": 0.0}
+    for part in accept.split(","):
+        media, *options = (p.strip() for p in part.split(";"))
+        media = media.lower()
+        if media not in q:
+            continue
+        quality = 1.0
+        for opt in options:
+            name, _, value = opt.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        q[media] = max(q[media], quality)
+    return q[frames.MEDIA_TYPE] > 0 and q[frames.MEDIA_TYPE] >= q["application/json"]
 
 
 def parse_body(model: type[M], body: bytes, max_bytes: int, content_type: str = "") -> M:
@@ -288,9 +304,7 @@ def encode_vectors_b64(xq: np.ndarray) -> str:
 def queries_of(req: SearchRequest | UpsertRequest, d: int) -> np.ndarray | None:
     """The (n, d) float32 vectors of a request, or None when it searches by ids."""
     if isinstance(req, SearchRequest) and req._matrix is not None:
-        if req._matrix.shape[1] != d:
-            raise BadRequest(f"the frame's queries have dimension {req._matrix.shape[1]}, not {d}")
-        return req._matrix
+        return req._matrix  # its dimension is checked with every query's (planner.prepare)
     if req.vectors is not None:
         if not req.vectors:
             return np.empty((0, d), dtype=np.float32)  # the planner says why that is wrong

@@ -1,5 +1,5 @@
 """Request bodies and answers of the HTTP contract, shared by ``Client`` and
-``AsyncClient``: numpy in (sent as base64 float32, the compact form), numpy out."""
+``AsyncClient``: numpy in (searches as binary frames, writes as base64 float32), numpy out."""
 
 from __future__ import annotations
 
@@ -116,15 +116,22 @@ def search_options(
     return body
 
 
-def search_request(vectors: Any, ids: Any, texts: Any, *args: Any, **extra: Any) -> dict[str, Any]:
-    """httpx's keyword arguments for a search: queries as a binary frame (``frames``), ids or
-    texts as JSON; either way the answer is asked for as a frame."""
+def search_requests(
+    vectors: Any, ids: Any, texts: Any, *args: Any, **extra: Any
+) -> list[dict[str, Any]]:
+    """httpx's keyword arguments for a search, in the order to try them: queries as a binary
+    frame (``frames``), then as base64 JSON for a service from before frames (it answers
+    415); ids or texts as JSON. Every form asks for the answer as a frame."""
     body = search_options(vectors, ids, texts, *args, **extra)
     accept = {"accept": f"{frames.MEDIA_TYPE}, application/json"}
     if vectors is None:
-        return {"json": body, "headers": accept}
-    frame = frames.encode(frames.REQUEST, body, matrix(vectors, "query vectors"))
-    return {"content": frame, "headers": {**accept, "content-type": frames.MEDIA_TYPE}}
+        return [{"json": body, "headers": accept}]
+    x = matrix(vectors, "query vectors")
+    frame = frames.encode(frames.REQUEST, body, x)
+    return [
+        {"content": frame, "headers": {**accept, "content-type": frames.MEDIA_TYPE}},
+        {"json": {**body, "vectors_b64": b64(x)}, "headers": accept},
+    ]
 
 
 def search_result(body: dict[str, Any] | bytes) -> SearchResult:

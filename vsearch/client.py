@@ -18,7 +18,7 @@ import httpx
 
 from vsearch import _wire, frames
 from vsearch._wire import Rows, SearchResult, WriteResult
-from vsearch.errors import ConnectionFailed, VsearchError, from_answer
+from vsearch.errors import ConnectionFailed, UnsupportedMediaType, VsearchError, from_answer
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RETRYABLE = (httpx.TransportError,)  # connect, read and write errors and timeouts
@@ -156,12 +156,17 @@ class Client(_Base):
         ``params``: per-request overrides (nprobe,
         ef_search, k_factor, target_recall...); ``filter``: a metadata predicate;
         ``min_sequence``: a write's sequence, to read it back."""
-        send = _wire.search_request(
+        forms = _wire.search_requests(
             vectors, ids, texts, k, params, filter, min_sequence=min_sequence,
             deadline_ms=deadline_ms, include_metadata=include_metadata or None,
             score_threshold=score_threshold, min_coverage=min_coverage,
         )  # fmt: skip
-        return _wire.search_result(self._call("POST", "/v1/search", **send))
+        for send in forms[:-1]:
+            try:
+                return _wire.search_result(self._call("POST", "/v1/search", **send))
+            except UnsupportedMediaType:  # a service from before binary frames
+                continue
+        return _wire.search_result(self._call("POST", "/v1/search", **forms[-1]))
 
     def upsert(
         self,
@@ -299,12 +304,17 @@ class AsyncClient(_Base):
         min_coverage: float | None = None,
     ) -> SearchResult:
         """``Client.search``."""
-        send = _wire.search_request(
+        forms = _wire.search_requests(
             vectors, ids, texts, k, params, filter, min_sequence=min_sequence,
             deadline_ms=deadline_ms, include_metadata=include_metadata or None,
             score_threshold=score_threshold, min_coverage=min_coverage,
         )  # fmt: skip
-        return _wire.search_result(await self._call("POST", "/v1/search", **send))
+        for send in forms[:-1]:
+            try:
+                return _wire.search_result(await self._call("POST", "/v1/search", **send))
+            except UnsupportedMediaType:  # a service from before binary frames
+                continue
+        return _wire.search_result(await self._call("POST", "/v1/search", **forms[-1]))
 
     async def upsert(
         self,

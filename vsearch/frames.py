@@ -72,12 +72,16 @@ def decode(
         header = json.loads(body[_PREFIX : _PREFIX + size])
     except (ValueError, UnicodeDecodeError) as exc:
         raise FrameError(f"the frame's header is not JSON: {exc}") from None
+    except RecursionError:
+        raise FrameError("the frame's header is nested too deeply") from None
     if not isinstance(header, dict):
         raise FrameError("the frame's header must be a JSON object")
     shape = header.pop("shape", None)
     ok = isinstance(shape, list) and len(shape) == 2
-    if not ok or not all(type(n) is int and n >= 0 for n in shape):
-        raise FrameError(f"the frame's header needs shape [rows, columns], got {shape!r}")
+    if not ok or not all(type(n) is int and n > 0 for n in shape):
+        raise FrameError(
+            f"the frame's header needs shape [rows, columns] of positive integers, got {shape!r}"
+        )
     rows, cols = shape
     itemsizes = [np.dtype(t).itemsize for t in dtypes]
     want = _PREFIX + size + rows * cols * sum(itemsizes)

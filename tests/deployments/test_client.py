@@ -100,7 +100,7 @@ def test_async_client_and_typed_errors(empty_app):
     with pytest.raises(vsearch.InvalidQuery) as bad:
         c.search(np.full((1, D), np.nan), k=2)
     assert bad.value.status == 400 and bad.value.code == "invalid_query"
-    with pytest.raises(vsearch.BadRequest, match="dimension 13, not 12"):  # a subclass
+    with pytest.raises(vsearch.InvalidQuery, match="dimension 13, the index has dimension 12"):
         c.search(np.ones((1, D + 1)), k=2)
     with pytest.raises(vsearch.InvalidQuery, match="unknown"):
         c.get(filter={"nope": 1})
@@ -190,7 +190,7 @@ def test_binary_frames_answer_what_json_answers(empty_app):
     plain = httpx.post(
         empty_app + "/v1/search", json={"vectors": xq.tolist(), "k": 4, "filter": filt, **opts}
     ).json()
-    send = _wire.search_request(xq, None, None, 4, None, filt, **opts)
+    send = _wire.search_requests(xq, None, None, 4, None, filt, **opts)[0]
     r = httpx.post(empty_app + "/v1/search", content=send["content"], headers=send["headers"])
     assert r.status_code == 200 and r.headers["content-type"] == frames.MEDIA_TYPE
     got = _wire.search_result(r.content)
@@ -206,4 +206,9 @@ def test_binary_frames_answer_what_json_answers(empty_app):
     headers = {"content-type": frames.MEDIA_TYPE, "accept": frames.MEDIA_TYPE}
     r = httpx.post(empty_app + "/v1/search", content=bad, headers=headers)
     assert r.status_code == 400 and "dimension 5" in r.json()["error"]["message"]
+    assert r.json()["error"]["code"] == "invalid_query"  # as for the same queries in JSON
+    del headers["accept"]  # a frame asked for no frame: a JSON answer
+    r = httpx.post(empty_app + "/v1/search", content=send["content"], headers=headers)
+    assert r.headers["content-type"] == "application/json" and r.json()["ids"] == plain["ids"]
+    assert r.json()["plan"] == plain["plan"] == "exact" and got.plan == "exact"
     c.delete(ids)
