@@ -4,10 +4,11 @@ Needs py-spy in the environment (`pip install py-spy`) for the function breakdow
 
     RAY_SERVE_THROUGHPUT_OPTIMIZED=1 python -m bench.serving_profile
 
-Same 4 GloVe shards (one replica holding all four); batches of 64 at concurrency 8 through
-the handle and through HTTP (base64). CPU seconds of every Ray process are read from /proc
-before and after; the in-process search of the same batches gives faiss's own CPU cost.
-Writes bench/results/serving_profile.md and .json.
+Same 4 GloVe shards (one replica holding all four); requests of 1, 64 and 256 queries
+(``--batches``) at concurrency 8 through the handle and through HTTP (base64 JSON, binary
+frames). CPU seconds of every Ray process are read from /proc before and after; the
+in-process search of the same requests gives faiss's and the library's own CPU cost.
+``--pyspy``: the replicas' top functions too. Writes bench/results/serving_profile.md, .json.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def cpu_by_process() -> dict[str, float]:
             out["router replica"] += cpu
         elif "ServeReplica" in cmd:
             out["shard replica"] += cpu
-        elif "ProxyActor" in cmd:
+        elif "ProxyActor" in cmd or "haproxy" in cmd:
             out["HTTP proxy"] += cpu
         elif "ray" in cmd and (
             "raylet" in cmd
@@ -98,24 +99,34 @@ def pyspy_top(pid: int, seconds: int, out: str) -> list[tuple[str, float]]:
     return [(f, c / max(1, total)) for f, c in counts.most_common(12)]
 
 
+REQUESTS = {1: 1000, 64: 240, 256: 60}  # requests per batch size: ~15k queries each
+
+
 def main() -> int:
+    import argparse
+
     import httpx
     import ray
 
     from deployments.client import VsearchClient
     from deployments.local import deploy, start_local
+    from vsearch import _wire
 
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batches", default="1,64,256", help="queries per request, comma-separated")
+    ap.add_argument("--pyspy", action="store_true", help="py-spy the replicas (batches of 64)")
+    args = ap.parse_args()
+    sizes = [int(b) for b in args.batches.split(",")]
     ds = load()
     index_path = os.path.join(os.path.dirname(__file__), "cache", "idx", f"{ds.name}-auto-4")
+    if not os.path.exists(os.path.join(index_path, "CURRENT")):
+        from bench.core import build
+
+        build(ds, index_path, "auto", 4)
     index = ShardedIndex.open(index_path)
     rng = np.random.default_rng(0)
-    batches = [ds.xq[s : s + 64] for s in rng.integers(0, len(ds.xq) - 64, 240)]
-    t0, c0 = time.perf_counter(), os.times()
-    for xq in batches:
-        index.search(xq, 10)
-    c1 = os.times()
-    inproc_cpu = (c1.user - c0.user) + (c1.system - c0.system)
-    inproc = {"seconds": time.perf_counter() - t0, "cpu_s": inproc_cpu}
+    work = {nq: [ds.xq[s : s + nq] for s in rng.integers(0, len(ds.xq) - nq, REQUESTS.get(nq, 240))]
+            for nq in sizes}  # fmt: skip
 
     base = start_local()
     deploy("bench", {"index_uri": index_path, "shard": {"shards_per_replica": 4}})
@@ -126,28 +137,52 @@ def main() -> int:
         body = {"vectors_b64": encode_vectors_b64(xq), "k": 10}
         assert http.post("/v1/search", json=body).status_code == 200
 
-    paths = {"handle": lambda xq: client.search(xq, 10), "http-b64": b64}
+    def frame(xq):
+        r = http.post("/v1/search", **_wire.search_requests(xq, None, None, 10, None, None)[0])
+        assert r.status_code == 200
+        _wire.search_result(r.content)
+
+    paths = {"handle": lambda xq: client.search(xq, 10), "http-b64": b64, "http-frame": frame}
+    cmd = "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 python -m bench.serving_profile"
     result = {
-        "command": "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 python -m bench.serving_profile",
-        "requests": len(batches),
-        "queries_per_request": 64,
+        "command": " ".join([cmd, *sys.argv[1:]]),
+        "http_front": "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy",
         "concurrency": 8,
-        "in_process": inproc,
-        "paths": {},
+        "rows": [],
     }
-    for name, call in paths.items():
-        call(batches[0])
-        before = cpu_by_process()
-        stats = drive(call, batches, 8)
-        after = cpu_by_process()
-        cpu = {k: after[k] - before.get(k, 0.0) for k in after}
-        result["paths"][name] = {
-            "wall_s": stats["seconds"],
-            "cpu_s": cpu,
-            "queries_per_s": stats["requests_per_s"] * 64,
-        }
-        print(name, json.dumps(result["paths"][name]), file=sys.stderr)
-    # py-spy on the shard replica and the router while the handle path runs
+    for nq in sizes:
+        batches = work[nq]
+        t0, c0 = time.perf_counter(), os.times()
+        for xq in batches:
+            index.search(xq, 10)
+        c1 = os.times()
+        cpu = (c1.user - c0.user) + (c1.system - c0.system)
+        row = {"nq": nq, "requests": len(batches), "path": "in-process"}
+        row |= {"wall_s": time.perf_counter() - t0, "cpu_s": {"faiss + library": cpu}}
+        row["queries_per_s"] = nq * len(batches) / row["wall_s"]
+        result["rows"].append(row)
+        for name, call in paths.items():
+            call(batches[0])
+            before = cpu_by_process()
+            stats = drive(call, batches, 8)
+            after = cpu_by_process()
+            row = {"nq": nq, "requests": len(batches), "path": name, "wall_s": stats["seconds"]}
+            row["cpu_s"] = {k: after[k] - before.get(k, 0.0) for k in after}
+            row["queries_per_s"] = stats["requests_per_s"] * nq
+            result["rows"].append(row)
+            print(json.dumps(row), file=sys.stderr)
+    if args.pyspy:
+        result["pyspy_top_self"] = profile_replicas(paths, work.get(64) or work[sizes[0]])
+    ray.shutdown()
+    write(RESULTS, "serving_profile", result, markdown)
+    print(markdown(result))
+    return 0
+
+
+def profile_replicas(paths: dict, batches: list) -> dict:
+    """py-spy on the shard replica and the router while the handle and HTTP paths run."""
+    import threading
+
     pids = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -158,9 +193,7 @@ def main() -> int:
             pids["router"] = int(pid)
         elif "ServeReplica:bench:shards" in cmd:
             pids["shard"] = int(pid)
-    import threading
-
-    tops = {}
+    tops: dict = {}
     for path_name in ("handle", "http-b64"):
         spies = [
             threading.Thread(
@@ -175,31 +208,37 @@ def main() -> int:
         drive(paths[path_name], batches * 3, 8)
         for t in spies:
             t.join()
-    result["pyspy_top_self"] = tops
-    ray.shutdown()
-    write(RESULTS, "serving_profile", result, markdown)
-    print(markdown(result))
-    return 0
+    return tops
 
 
 def markdown(r: dict) -> str:
-    ip = r["in_process"]
+    roles = sorted({k for row in r["rows"] if row["path"] != "in-process" for k in row["cpu_s"]})
     lines = [
         f"# Where serving spends its CPU: `{r['command']}`",
         "",
-        f"{r['requests']} requests of {r['queries_per_request']} GloVe queries, concurrency "
-        f"{r['concurrency']}, 4 shards in one replica. In process the same searches took "
-        f"{ip['cpu_s']:.2f} CPU s ({ip['seconds']:.2f} s wall).",
+        f"GloVe 390k, 4 shards in one replica, concurrency {r['concurrency']} (in process: one "
+        f"caller), HTTP front: {r['http_front']}. CPU milliseconds per request by process, read "
+        "from /proc before and after each run; `vs in-process`: total CPU per request over the "
+        "in-process search's.",
         "",
-        "| path | queries/s | "
-        + " | ".join(sorted(next(iter(r["paths"].values()))["cpu_s"]))
-        + " | total CPU s |",
-        "| --- | --- |" + " --- |" * (len(next(iter(r["paths"].values()))["cpu_s"]) + 1),
+        "| queries/request | path | queries/s | "
+        + " | ".join(roles)
+        + " | total CPU ms/request | vs in-process |",
+        "| --- | --- | --- |" + " --- |" * (len(roles) + 2),
     ]
-    for name, p in r["paths"].items():
-        cells = " | ".join(f"{p['cpu_s'].get(k, 0):.2f}" for k in sorted(p["cpu_s"]))
+    base = {row["nq"]: row for row in r["rows"] if row["path"] == "in-process"}
+    for row in r["rows"]:
+        per = {k: 1e3 * v / row["requests"] for k, v in row["cpu_s"].items()}
+        total = sum(per.values())
+        ref = base.get(row["nq"])
+        ref_ms = None if ref is None else 1e3 * sum(ref["cpu_s"].values()) / ref["requests"]
+        cells = " | ".join(f"{per.get(k, 0):.2f}" for k in roles)
+        if row["path"] == "in-process":
+            cells = " | ".join("-" for _ in roles)
+        ratio = f"{total / ref_ms:.1f}x" if ref_ms else "-"
         lines.append(
-            f"| {name} | {p['queries_per_s']:,.0f} | {cells} | {sum(p['cpu_s'].values()):.2f} |"
+            f"| {row['nq']} | {row['path']} | {row['queries_per_s']:,.0f} | {cells} | "
+            f"{total:.2f} | {ratio} |"
         )
     for role, top in r.get("pyspy_top_self", {}).items():
         lines += ["", f"py-spy, {role} (self time):", ""]
