@@ -28,8 +28,8 @@ from bench.compare_report import BATCH, CONCURRENCY, markdown, plots, summary
 from bench.glove import load
 from bench.results import parser, write
 from bench.systems import K, System, peers
-from deployments.http import encode_vectors_b64
 from shards._faiss import faiss
+from vsearch import _wire
 
 TARGETS = (0.9, 0.95, 0.955, 0.96, 0.97, 0.975, 0.99)  # a held-out set can fall just below
 SINGLES_MAX_S = 20.0  # the single-query phase of one setting stops after this long
@@ -108,15 +108,11 @@ class VsearchHttp(VsearchHandle):
         )
 
     def search(self, xq, k, setting):
-        body = {
-            "vectors_b64": encode_vectors_b64(xq),
-            "k": k,
-            "params": dict(setting),
-            "deadline_ms": 30_000,
-        }
-        r = self.http.post("/v1/search", json=body)
+        """As the vsearch client searches: a binary frame each way (``vsearch.frames``)."""
+        send = _wire.search_requests(xq, None, None, k, dict(setting), None, deadline_ms=30_000)
+        r = self.http.post("/v1/search", **send[0])
         r.raise_for_status()
-        return np.array(r.json()["ids"], dtype=np.int64)
+        return _wire.search_result(r.content).ids
 
 
 class VsearchHttpDirect(VsearchHttp):
@@ -296,6 +292,7 @@ def run(args, dataset: str) -> dict:
         "passes": args.passes,
         "cpus": os.cpu_count(),
         "http_front": http_front(),
+        "wire": "frames",  # vsearch HTTP's wire (results without this key sent base64 JSON)
         "rows": rows,
     }
 

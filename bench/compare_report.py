@@ -26,7 +26,8 @@ def markdown(r: dict) -> str:
         f"{r['singles']} single queries from {CONCURRENCY} concurrent callers; {r['cpus']} CPUs, "
         f"every system in the same run{_passes(r)}. Best QPS among each system's settings with "
         "recall@10 >= 0.95. `vsearch HTTP` is the main port, served by "
-        f"{r.get('http_front', 'Serve proxy')}; `HTTP direct` is the router replica's own port:",
+        f"{r.get('http_front', 'Serve proxy')}; `HTTP direct` is the router replica's own port"
+        f"{'; both send and get binary frames, as the client does' if r.get('wire') else ''}:",
         "",
         "| system | batched QPS | recall | setting | single-query QPS (c8) | recall | p50 ms | "
         "p99 ms | build s | build RSS MiB |",
