@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
+from deployments.swap import REPORT_TTL_S
 from shards.gpu import GpuOptions
 from shards.planner import MAX_CANDIDATES, MAX_K, MAX_QUERIES
 from shards.writes import MAX_WRITE_ROWS
@@ -101,6 +102,12 @@ class ShardOptions(BaseModel):
             self.num_replicas = None
         if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
             raise ValueError("num_gpus above 1 must be a whole number of GPUs")
+        if self.health_check_period_s > REPORT_TTL_S / 2:
+            raise ValueError(
+                f"health_check_period_s {self.health_check_period_s} > {REPORT_TTL_S / 2}: "
+                f"replicas report on each health check and a report is stale after "
+                f"{REPORT_TTL_S} s, so swaps could not commit and health would flap"
+            )
         batch = self.batch_size
         if batch > self.max_ongoing_requests:
             raise ValueError(

@@ -90,9 +90,10 @@ def test_shard_options_place_replicas_on_their_gpus():
             },
             "before batches can form",
         ),
+        ({"health_check_period_s": 15}, "report is stale after 20.0 s"),
     ],
 )
-def test_incoherent_batching_is_refused(options, message):
+def test_incoherent_shard_options_are_refused(options, message):
     from pydantic import ValidationError
 
     from deployments.config import ShardOptions
