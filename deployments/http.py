@@ -227,7 +227,7 @@ def parse_search(body: bytes, max_bytes: int, content_type: str = "") -> SearchR
     BodyTooLarge, BadRequest)."""
     media = _media(content_type)
     if media != frames.MEDIA_TYPE:
-        if media and media != "application/json" and not media.endswith("+json"):
+        if not _json_or_unset(media):
             raise UnsupportedMediaType(
                 "content-type must be application/json, or application/octet-stream for a "
                 f"binary frame of queries, got {media!r}"
@@ -246,6 +246,11 @@ def parse_search(body: bytes, max_bytes: int, content_type: str = "") -> SearchR
 
 def _media(content_type: str) -> str:
     return content_type.split(";")[0].strip().lower()
+
+
+def _json_or_unset(media: str) -> bool:
+    """A body declared as JSON (``+json`` suffixes too), or not declared (read as JSON)."""
+    return not media or media == "application/json" or media.endswith("+json")
 
 
 def wants_frame(accept: str) -> bool:
@@ -274,7 +279,7 @@ def parse_body(model: type[M], body: bytes, max_bytes: int, content_type: str = 
     BadRequest). A body without a content type is read as JSON; other types are refused.
     """
     media = _media(content_type)
-    if media and media != "application/json" and not media.endswith("+json"):
+    if not _json_or_unset(media):
         raise UnsupportedMediaType(f"content-type must be application/json, got {media!r}")
     if len(body) > max_bytes:
         raise BodyTooLarge(f"request body is {len(body):,} bytes; the limit is {max_bytes:,}")
@@ -351,9 +356,8 @@ def response_body(result: dict[str, Any], arrays: bool = True) -> dict[str, Any]
     ids and scores (a frame's header)."""
     body: dict[str, Any] = {}
     if arrays:
-        D, I = result["D"], result["I"]
-        scores = np.where((I >= 0) & np.isfinite(D), D, np.nan).tolist()
-        body["ids"] = I.tolist()
+        scores = padded_scores(result["D"], result["I"]).tolist()
+        body["ids"] = result["I"].tolist()
         body["scores"] = [[None if s != s else s for s in row] for row in scores]
     body |= {
         "coverage": result["coverage"],
@@ -374,9 +378,14 @@ def response_frame(result: dict[str, Any]) -> bytes:
     """A search result as a binary frame (``vsearch.frames``): the JSON answer's fields in
     the header, ids and scores (NaN where there is no result) as arrays."""
     body = response_body(result, arrays=False)
-    D, I = result["D"], result["I"]
-    scores = np.where((I >= 0) & np.isfinite(D), D, np.nan).astype(np.float32)
-    return frames.encode(frames.ANSWER, body, I.astype(np.int64, copy=False), scores)
+    I = result["I"].astype(np.int64, copy=False)
+    scores = padded_scores(result["D"], I).astype(np.float32, copy=False)
+    return frames.encode(frames.ANSWER, body, I, scores)
+
+
+def padded_scores(D: np.ndarray, I: np.ndarray) -> np.ndarray:
+    """``D`` with NaN where there is no result (id -1) or the score is not finite."""
+    return np.where((I >= 0) & np.isfinite(D), D, np.nan)
 
 
 OFF_LOOP_BYTES = 64 << 10  # bodies from this size are parsed in a thread, not on the loop

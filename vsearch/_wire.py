@@ -83,14 +83,6 @@ def id_list(ids: Any) -> list[int]:
     return [int(i) for i in a]
 
 
-def search_body(vectors: Any, *args: Any, **extra: Any) -> dict[str, Any]:
-    """The JSON body of a search (vectors as base64); the arguments of ``search_options``."""
-    body = search_options(vectors, *args, **extra)
-    if vectors is not None:
-        body["vectors_b64"] = b64(matrix(vectors, "query vectors"))
-    return body
-
-
 def search_options(
     vectors: Any,
     ids: Any,

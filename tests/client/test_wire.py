@@ -13,17 +13,21 @@ from vsearch.errors import from_answer
 
 def test_bodies_carry_every_knob_given_and_refuse_ambiguity():
     x = np.arange(6, dtype=np.float64).reshape(2, 3)
-    body = _wire.search_body(
-        x,
-        None,
-        None,
-        5,
-        {"nprobe": 4},
-        {"a": 1},
-        min_sequence=3,
-        deadline_ms=None,
-        include_metadata=True,
+    frame, body = (
+        send.get("json")
+        for send in _wire.search_requests(
+            x,
+            None,
+            None,
+            5,
+            {"nprobe": 4},
+            {"a": 1},
+            min_sequence=3,
+            deadline_ms=None,
+            include_metadata=True,
+        )
     )
+    assert frame is None  # the vectors go as a binary frame (test_frames), base64 JSON after
     assert np.frombuffer(base64.b64decode(body.pop("vectors_b64")), "<f4").tolist() == list(
         range(6)
     )
@@ -34,10 +38,11 @@ def test_bodies_carry_every_knob_given_and_refuse_ambiguity():
         "min_sequence": 3,
         "include_metadata": True,
     }
-    assert _wire.search_body(None, None, "one text", 1, None, None)["texts"] == ["one text"]
+    (by_text,) = _wire.search_requests(None, None, "one text", 1, None, None)
+    assert by_text["json"]["texts"] == ["one text"]
     for args in [(x, [1], None), (None, None, None), (x, None, ["t"])]:
         with pytest.raises(ValueError, match="exactly one"):
-            _wire.search_body(*args, 1, None, None)
+            _wire.search_requests(*args, 1, None, None)
     with pytest.raises(ValueError, match="not both"):
         _wire.upsert_body([1], x[:1], None, None, ["t"])
     keys = {_wire.upsert_body([1], x[:1], None, None)["idempotency_key"] for _ in range(3)}
