@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from contextlib import nullcontext
 from typing import Any
 
@@ -213,15 +214,17 @@ class ShardedIndex:
         ok = ov is not None and type(xq) is np.ndarray and type(k) is int
         if not (ok and xq.shape == (1, self.planner.dim) and xq.dtype == np.float32):
             return None
-        if not 1 <= k <= self.planner.max_k or not np.isfinite(xq).all():
+        if not 1 <= k <= self.planner.max_k or not xq.flags.c_contiguous:
             return None
+        # one C call checks every value: a NaN or an infinity makes the squared norm non-finite
+        # (so does a finite norm above 3.4e38, which the full path then accepts). numpy's
+        # isfinite here cost 8 callers on 2 cores 5-8% of their throughput (MiniLM, HNSW32).
+        norm = faiss.fvec_norm_L2sqr(faiss.swig_ptr(xq), self.planner.dim)
+        if not (math.isfinite(norm) and norm > 0.0):
+            return None  # the full path raises, or answers a zero query (not for cosine)
         if self.metric is Metric.COSINE:
-            if not np.einsum("ij,ij->i", xq, xq).all():
-                return None  # a zero norm (or one that underflows): the full path says why
             xq = xq.copy()
             faiss.normalize_L2(xq)
-        elif not xq.flags.c_contiguous:
-            return None
         assert ov is not None
         if runs_one_omp_thread():
             return self._lone_fan_out(xq, k, ov)

@@ -72,5 +72,8 @@ def prepare_vectors(
         if not squares.all():
             bad = int(np.flatnonzero(squares == 0)[0])
             raise error(f"{what} row {bad} is a zero vector: cosine is undefined")
+        huge = np.isinf(squares)  # finite values whose squares overflow float32: normalising
+        if huge.any():  # would divide them by inf into zero vectors; scale them down first
+            out[huge] /= np.abs(out[huge]).max(axis=1, keepdims=True)
         faiss.normalize_L2(out)
     return out

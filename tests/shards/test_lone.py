@@ -12,7 +12,8 @@ from tests.shards.helpers import brute_force, build
 
 @pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
 @pytest.mark.parametrize(
-    ("factory", "shards"), [("Flat", 2), ("IVF32,PQ8x4fs,RFlat", 3), ("HNSW16,Flat", 1)]
+    ("factory", "shards"),
+    [("Flat", 2), ("IVF32,PQ8x4fs,RFlat", 3), ("HNSW16,Flat", 1), ("PCA8,HNSW16,Flat,RFlat", 1)],
 )
 def test_lone_queries_equal_the_full_path(tmp_path, metric, factory, shards):
     xb, xq = clustered(3000, 16, seed=4), clustered(40, 16, seed=5)
@@ -56,6 +57,10 @@ def test_lone_path_refuses_what_the_full_path_refuses(tmp_path):
     strided = np.repeat(q, 2, axis=1)[:, ::2]
     for other in (wide, strided):
         np.testing.assert_array_equal(index.search(other, 5)[1], index.search(q, 5)[1])
+    # finite values whose squared norm overflows float32: the full path answers them
+    big = q * np.float32(1e25)
+    assert not np.isfinite(np.float32(np.dot(big[0], big[0])))
+    np.testing.assert_array_equal(index.search(big, 5)[1], index.search(q, 5)[1])
     assert q[0, 0] == xb[0, 0]  # a cosine query is normalised on a copy
 
 
