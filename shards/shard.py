@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shards import hugepages
 from shards._faiss import faiss
 from shards.anatomy import Anatomy
 from shards.artefact import ShardData
@@ -28,6 +29,7 @@ class Shard:
     def __init__(self, data: ShardData, metric_keep_max: bool, base_sequence: int = 0) -> None:
         self.index = data.index
         tune_fastscan(self.index)  # before any search: not a per-request knob
+        hugepages.advise(self.index)  # random reads over the vectors: fewer TLB misses
         self.layout = ivf_layout(self.index)  # found once: each search would walk it again
         self.ids = data.ids
         self.metadata = _aligned(data.metadata, self.ids)
