@@ -40,8 +40,9 @@ def nprobe_steps(nlist: int) -> list[int]:
 
 def grid(knobs: Knobs) -> list[list[SearchOverrides]]:
     """Override settings to measure, as runs of increasing cost (a run can stop early)."""
-    if knobs.hnsw:
-        return [[SearchOverrides(ef_search=ef) for ef in EF_SEARCHES]]
+    if knobs.hnsw:  # a graph under an exact refine: how many candidates it re-ranks, too
+        kfs = K_FACTORS if knobs.refine else (None,)
+        return [[SearchOverrides(ef_search=ef, k_factor=kf) for ef in EF_SEARCHES] for kf in kfs]
     if knobs.cagra:
         return [[SearchOverrides(itopk_size=size) for size in ITOPK_SIZES]]
     if knobs.nlist is None:
