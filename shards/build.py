@@ -235,11 +235,24 @@ def train_template(
         template.train(prepare_vectors(xt, source.d, metric, what="training vectors"))
         if kmeans_on is not None:
             kmeans_on.clustering_index = None  # type: ignore[assignment]  # not with the template
+    anatomy = Anatomy.of(template)
+    if metric.keep_max:
+        for transform in anatomy.transforms:
+            if isinstance(transform, faiss.PCAMatrix):
+                uncentre(transform)
     ef = ef_construction_of(opts)
-    core = Anatomy.of(template).core
+    core = anatomy.core
     if ef is not None and isinstance(core, faiss.IndexHNSW):
         core.hnsw.efConstruction = ef  # read by every add; saved with the index
     return template
+
+
+def uncentre(pca: faiss.PCAMatrix) -> None:
+    """Project without subtracting the training mean. Inner products are kept (up to the
+    dimensions dropped) only by a projection through the origin: after centring, a vector's
+    product with the mean would shift its score, and the graph would rank by that."""
+    faiss.copy_array_to_vector(np.zeros(pca.d_in, dtype=np.float32), pca.mean)
+    pca.prepare_Ab()
 
 
 def tuning_queries(source: VectorSource, metric: Metric, opts: BuildOptions):

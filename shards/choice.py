@@ -20,6 +20,16 @@ from shards.sizing import index_bytes
 FLAT_MAX = 20_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 200  # candidates kept while inserting, for the graphs chosen here
+# From this many dimensions the CPU choice is an HNSW graph over the vectors projected by PCA
+# to half their dimensions, with an exact re-rank on the full vectors: on MiniLM 100k x 384 it
+# answered 1.3x the batched queries of the IVF fast-scan index and of hnswlib, and 1.3x the
+# IVF index's lone queries (docs/INDEX_CHOICE.md); below it (GloVe, 50-d) IVF wins both. L2
+# only: under inner products (and cosine, searched as inner products of unit vectors) HNSW
+# misses neighbours a graph under L2 finds, and the projected vectors lose their unit norm.
+PCA_HNSW_MIN_D = 256
+# ... up to this many vectors per shard: a graph of 1M x 96 took 277 s to build on 2 cores,
+# where the IVF index took a fraction, and at that size the IVF index won on the synthetic set
+PCA_HNSW_MAX_N = 1_000_000
 TRAFFIC = ("mixed", "single", "batch")  # the query shapes a build can be chosen for
 # On a GPU, exact search stays the choice up to this many vectors per shard: a Flat scan of
 # 250,000 x 96 floats is under 0.1 GB per query batch (docs/GPU.md has the measurements).
@@ -99,7 +109,7 @@ def choose_index(
     """
     if n_per_shard <= 0 or d <= 0 or num_shards <= 0:
         raise InvalidInput(f"sizes must be positive (n={n_per_shard}, d={d}, shards={num_shards})")
-    Metric.parse(metric)
+    metric = Metric.parse(metric)
     nlist = nlist_for(n_per_shard * num_shards)
     quantizer = f"IVF{nlist}" if nlist <= 8192 else f"IVF{nlist}_HNSW32"
     m = pq_m_for(d)
@@ -115,16 +125,29 @@ def choose_index(
         candidates = [(hnsw[0], "HNSW asked for")]
     elif n_per_shard <= FLAT_MAX:
         candidates = [("Flat", f"n <= {FLAT_MAX:,} per shard: exact search")]
+    elif d >= PCA_HNSW_MIN_D and metric is Metric.L2 and n_per_shard <= PCA_HNSW_MAX_N:
+        # every traffic shape: the graph over half the dimensions won batches and lone
+        # queries alike; the shape decides how it is tuned (docs/INDEX_CHOICE.md)
+        candidates = [
+            (
+                f"PCA{d // 2},HNSW{HNSW_M},Flat,RFlat",
+                f"L2, d >= {PCA_HNSW_MIN_D}: HNSW{HNSW_M} graph over PCA to {d // 2} dimensions + "
+                f"exact refine, the fastest batched and for lone queries on 384-d sentence "
+                f"embeddings; traffic {traffic}: tuned on "
+                + {"batch": "batches", "single": "lone queries", "mixed": "both"}[traffic],
+            ),
+            (fast_scan[0], f"memory budget: {fast_scan[1]}"),
+        ]
     else:
         # one index for every traffic shape: the shape decides how it is tuned (lone queries,
         # batches, or their geometric mean), not which index it is (docs/INDEX_CHOICE.md)
         why = {
-            "batch": "traffic batch: the fastest batched at every size and dimension swept, "
+            "batch": "traffic batch: the fastest batched in every sweep but L2 at 384-d, "
             "tuned on batches",
             "single": "traffic single: the fastest for lone queries in the side-by-side runs, "
             "tuned on lone queries",
-            "mixed": "traffic mixed: the fastest batched everywhere swept and for lone queries "
-            "in the side-by-side runs, tuned on both",
+            "mixed": "traffic mixed: the fastest batched in every sweep but L2 at 384-d and "
+            "for lone queries in the side-by-side runs, tuned on both",
         }[traffic]
         candidates = [(fast_scan[0], f"{fast_scan[1]}: {why}")]
     if not prefer_hnsw and n_per_shard > FLAT_MAX:

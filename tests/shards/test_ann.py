@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from shards import InvalidQuery
+from shards._faiss import faiss
 from tests.shards.helpers import assert_same_knn, brute_force, build, float_tolerance, recall
 
 # (factory, params, minimum recall@10 on the seeded clustered data)
@@ -15,6 +16,7 @@ CASES = [
     ("IVF64,PQ32x4fs", {"nprobe": 16}, 0.7),
     ("HNSW16,Flat", {"ef_search": 64}, 0.95),
     ("IVF64_HNSW16,Flat", {"nprobe": 16, "quantizer_ef_search": 64}, 0.95),
+    ("PCA16,HNSW16,Flat,RFlat", {"ef_search": 64, "k_factor": 4}, 0.95),
 ]
 
 
@@ -158,3 +160,27 @@ def test_shards_with_different_quantizers_do_not_share(tmp_path, data):
     b = build(tmp_path, data[0][3000:6000], "b", index="IVF16,Flat", tune=False, seed=5)
     mixed = ShardedIndex(a.manifest, {0: a.shards[0], 1: b.shards[0]}, "")
     assert not mixed.shared_coarse
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_a_pca_graph_ranks_by_the_metric_far_from_the_origin(tmp_path, metric):
+    # vectors around a mean far from the origin: a projection that subtracts the mean ranks
+    # inner products by the product with the mean (recall 0.12 here), so for inner products
+    # the build projects through the origin (the transform has no bias); the graph over the
+    # projection then finds what a graph over the whole vectors finds (HNSW under inner
+    # products misses some neighbours either way: 0.92 here)
+    rng = np.random.default_rng(8)
+    scales = np.geomspace(1, 0.05, 32).astype(np.float32)  # most variance in a few dimensions
+    xb = (rng.standard_normal((5000, 32), np.float32) + 4) * scales
+    xq = (rng.standard_normal((200, 32), np.float32) + 4) * scales
+    index = build(tmp_path, xb, index="PCA24,HNSW16,Flat,RFlat", metric=metric, tune=False)
+    pca = faiss.downcast_VectorTransform(
+        faiss.downcast_index(faiss.downcast_index(index.shards[0].index).base_index).chain.at(0)
+    )
+    bias = faiss.vector_to_array(pca.b)
+    assert (np.abs(bias).max() > 0) == (metric == "l2")
+    whole = build(tmp_path, xb, name="whole", index="HNSW16,Flat", metric=metric, tune=False)
+    _, gt = brute_force(xb, xq, 10, metric)
+    projected = recall(index.search(xq, 10, {"ef_search": 128, "k_factor": 4})[1], gt)
+    assert projected >= recall(whole.search(xq, 10, {"ef_search": 128})[1], gt) - 0.01
+    assert projected >= (0.99 if metric == "l2" else 0.9)

@@ -16,22 +16,31 @@ from shards.choice import FLAT_MAX, nlist_for
         (100_000, 384, 4, {"memory_budget": 160_000_000}, "IVF1024,Flat"),
         (FLAT_MAX, 384, 1, {"memory_budget": 10_000_000}, "IVF256,PQ192x4fs"),
         (100_000, 50, 4, {}, "IVF1024,PQ50x4fs,RFlat"),
-        (100_000, 384, 4, {}, "IVF1024,PQ192x4fs,RFlat"),
+        (100_000, 384, 4, {}, "PCA192,HNSW32,Flat,RFlat"),
+        (100_000, 256, 1, {}, "PCA128,HNSW32,Flat,RFlat"),
+        (100_000, 255, 1, {}, "IVF512,PQ85x4fs,RFlat"),
+        (1_000_001, 384, 1, {}, "IVF2048,PQ192x4fs,RFlat"),  # graphs take long to build
+        # inner products and cosine: the IVF index (HNSW under inner products misses more)
+        (100_000, 384, 1, {"metric": "ip"}, "IVF512,PQ192x4fs,RFlat"),
+        (100_000, 384, 1, {"metric": "cosine"}, "IVF512,PQ192x4fs,RFlat"),
+        # a budget the graph does not fit: the IVF fast-scan index, then IVF-Flat
+        (100_000, 384, 4, {"memory_budget": 200_000_000}, "IVF1024,PQ192x4fs,RFlat"),
         (10_000_000, 128, 10, {}, "IVF16384_HNSW32,PQ64x4fs,RFlat"),
         (100_000, 50, 1, {"prefer_hnsw": True}, "HNSW32,Flat"),
         (100_000, 384, 4, {"memory_budget": 50_000_000}, "IVF1024,PQ192x4fs"),
         # traffic: one index for every shape (it decides the tuning, not the index)
-        (100_000, 384, 1, {"traffic": "single"}, "IVF512,PQ192x4fs,RFlat"),
-        (100_000, 768, 1, {"traffic": "single"}, "IVF512,PQ384x4fs,RFlat"),
+        (100_000, 384, 1, {"traffic": "single"}, "PCA192,HNSW32,Flat,RFlat"),
+        (100_000, 768, 1, {"traffic": "single"}, "PCA384,HNSW32,Flat,RFlat"),
         (100_000, 50, 1, {"traffic": "single"}, "IVF512,PQ50x4fs,RFlat"),
         (FLAT_MAX, 384, 1, {"traffic": "single"}, "Flat"),
-        (100_000, 384, 1, {"traffic": "batch"}, "IVF512,PQ192x4fs,RFlat"),
-        (100_000, 384, 1, {"traffic": "mixed"}, "IVF512,PQ192x4fs,RFlat"),
+        (100_000, 384, 1, {"traffic": "batch"}, "PCA192,HNSW32,Flat,RFlat"),
+        (100_000, 384, 1, {"traffic": "mixed"}, "PCA192,HNSW32,Flat,RFlat"),
         (100_000, 384, 1, {"traffic": "single", "memory_budget": 160_000_000}, "IVF512,Flat"),
     ],
 )
 def test_choice_table(n_per_shard, d, shards, kwargs, expected):
-    choice = choose_index(n_per_shard, d, "l2", num_shards=shards, **kwargs)
+    metric = kwargs.pop("metric", "l2")
+    choice = choose_index(n_per_shard, d, metric, num_shards=shards, **kwargs)
     assert choice.factory == expected
     assert choice.estimated_bytes == estimate_bytes(expected, n_per_shard, d)
     if "memory_budget" in kwargs:
@@ -68,6 +77,7 @@ def test_budget_too_small_and_bad_sizes():
         "OPQ8,IVF64,PQ8",
         "IVF64,PQ8,Refine(Flat)",
         "IVF64,SQ8",
+        "PCA16,HNSW8,Flat,RFlat",
     ],
 )
 def test_estimate_matches_built_index(data, factory):
