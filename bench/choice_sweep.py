@@ -12,7 +12,8 @@ a shape is its best setting with recall@10 >= 0.95.
 
 Candidates: Flat; IVF-Flat; IVF 4-bit fast-scan PQ + exact refine at nlist /2, x1, x2 the
 automatic one; IVF RaBitQ fast-scan + refine; HNSW-Flat at M 16/32/48 with efConstruction 200
-(and M 32 at faiss's default 40); HNSW with 8-bit scalar quantisation + exact refine.
+(and M 32 at faiss's default 40); HNSW with 8-bit scalar quantisation + exact refine; from
+128 dimensions, HNSW32 over PCA to half the dimensions + exact refine.
 Datasets: GloVe 50-d (bench/glove.py), MiniLM 384-d sentences (bench/minilm.py), synthetic
 clustered 96-d and 768-d (bench/synthetic.py). Rows merge into choice_sweep.json by (dataset,
 n, candidate), so a run of one dataset keeps the others; ``--docs`` rewrites the thresholds
@@ -100,6 +101,8 @@ def candidates(n: int, d: int) -> dict[str, tuple[str, int | None]]:
     if params:
         out["HNSW32 efC40"] = ("HNSW32,Flat", 40)
     out["HNSW32-SQ8+R"] = ("HNSW32,SQ8,RFlat", 200)
+    if d >= 128:  # the graph over the vectors projected to half their dimensions
+        out["PCA/2-HNSW32+R"] = (f"PCA{d // 2},HNSW32,Flat,RFlat", 200)
     return out
 
 

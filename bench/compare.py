@@ -31,7 +31,9 @@ from bench.systems import K, System, peers
 from shards._faiss import faiss
 from vsearch import _wire
 
-TARGETS = (0.9, 0.95, 0.955, 0.96, 0.97, 0.975, 0.99)  # a held-out set can fall just below
+# vsearch's knob, swept as the peers' are (hnswlib's ef from 16 up): the tuning sample is held
+# out of the index, and on other queries a target can land above or below what it says
+TARGETS = (0.9, 0.93, 0.94, 0.95, 0.955, 0.96, 0.97, 0.975, 0.99)
 SINGLES_MAX_S = 20.0  # the single-query phase of one setting stops after this long
 
 

@@ -20,9 +20,9 @@ from shards.choice import FLAT_MAX, nlist_for
         (100_000, 256, 1, {}, "PCA128,HNSW32,Flat,RFlat"),
         (100_000, 255, 1, {}, "IVF512,PQ85x4fs,RFlat"),
         (1_000_001, 384, 1, {}, "IVF2048,PQ192x4fs,RFlat"),  # graphs take long to build
-        # inner products and cosine: the IVF index (HNSW under inner products misses more)
+        # raw inner products: the IVF index (HNSW under inner products misses more)
         (100_000, 384, 1, {"metric": "ip"}, "IVF512,PQ192x4fs,RFlat"),
-        (100_000, 384, 1, {"metric": "cosine"}, "IVF512,PQ192x4fs,RFlat"),
+        (100_000, 384, 1, {"metric": "cosine"}, "PCA192,HNSW32,Flat,RFlat"),
         # a budget the graph does not fit: the IVF fast-scan index, then IVF-Flat
         (100_000, 384, 4, {"memory_budget": 200_000_000}, "IVF1024,PQ192x4fs,RFlat"),
         (10_000_000, 128, 10, {}, "IVF16384_HNSW32,PQ64x4fs,RFlat"),
