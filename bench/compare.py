@@ -52,12 +52,18 @@ class VsearchInProcess(System):
 
     def build(self, xb):
         from shards import BuildOptions, ShardedIndex, VectorSource, build_index
+        from shards.choice import HNSW_EF_CONSTRUCTION
 
         src = os.path.join(self.workdir, "compare-db.npy")
         np.save(src, xb)
         self.root = os.path.join(self.workdir, f"compare-vsearch-{self.index_kind}-{self.traffic}")
+        efc = HNSW_EF_CONSTRUCTION if "HNSW" in self.index_kind else None  # as auto builds
         opts = BuildOptions(
-            metric=self.metric, index=self.index_kind, traffic=self.traffic, progress=False
+            metric=self.metric,
+            index=self.index_kind,
+            traffic=self.traffic,
+            progress=False,
+            ef_construction=efc,
         )
         build_index(VectorSource(src), self.root, opts)
         self.index = ShardedIndex.open(self.root)
@@ -233,6 +239,7 @@ def run(args, dataset: str) -> dict:
         local,
         *shapes,
         *([VsearchInProcess(args.workdir, metric, "hnsw")] if args.also_hnsw else []),
+        *[VsearchInProcess(args.workdir, metric, factory) for factory in args.also_index or []],
         *([] if args.no_service else [handle, VsearchHttp(handle), VsearchHttpDirect(handle)]),
         *peers(1024),
     ]
@@ -333,6 +340,13 @@ def main() -> int:
     )
     ap.add_argument(
         "--also-hnsw", action="store_true", help="also vsearch in process with an HNSW index"
+    )
+    ap.add_argument(
+        "--also-index",
+        action="append",
+        metavar="FACTORY",
+        help="also vsearch in process built with this faiss factory string (repeatable; HNSW "
+        "graphs with efConstruction 200, as the automatic choice builds them)",
     )
     ap.add_argument("--name", default="compare", help="results file name (without extension)")
     args = ap.parse_args()
