@@ -17,7 +17,6 @@ the kernel refuses, nothing changes but speed: answers are the same bytes either
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import logging
 import sys
@@ -27,6 +26,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from shards._faiss import faiss
+from shards.anatomy import Anatomy
+from shards.memory import libc
 
 logger = logging.getLogger(__name__)
 HUGE_PAGE = 2 << 20
@@ -37,13 +38,8 @@ MIN_BYTES = 4 * HUGE_PAGE  # smaller arrays fit the TLB anyway
 
 @functools.cache
 def _madvise():
-    if not sys.platform.startswith("linux"):
-        return None
-    name = ctypes.util.find_library("c")
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).madvise if name else None
-    except (OSError, AttributeError):
-        return None
+    lib = libc() if sys.platform.startswith("linux") else None
+    fn = getattr(lib, "madvise", None)
     if fn is not None:
         fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         fn.restype = ctypes.c_int
@@ -54,23 +50,21 @@ def arrays(index: faiss.Index) -> Iterator[tuple[int, int]]:
     """(address, bytes) of the arrays a search of ``index`` reads at random: stored codes or
     vectors (Flat, scalar quantizer, the refine's vectors) and the graph's links. Empty
     arrays (no address yet) are left out."""
-    index = faiss.downcast_index(index)
+    anatomy = Anatomy.of(index)
     found: list[tuple[Any, int]] = []
-    if isinstance(index, faiss.IndexFlatCodes):
-        found.append((index.codes.data(), index.codes.size()))
-    if isinstance(index, faiss.IndexHNSW):
-        links = index.hnsw.neighbors  # type: ignore[attr-defined]  # missing in stubs
+    stores = [anatomy.core]
+    if isinstance(anatomy.core, faiss.IndexHNSW):
+        links = anatomy.core.hnsw.neighbors  # type: ignore[attr-defined]  # missing in stubs
         found.append((links.data(), links.size() * 4))  # int32 storage ids
+        stores.append(faiss.downcast_index(anatomy.core.storage))
+    if anatomy.refine is not None:
+        stores.append(faiss.downcast_index(anatomy.refine.refine_index))
+    for store in stores:
+        if isinstance(store, faiss.IndexFlatCodes):
+            found.append((store.codes.data(), store.codes.size()))
     for address, nbytes in found:
         if address is not None and nbytes > 0:
             yield int(address), nbytes
-    if isinstance(index, faiss.IndexHNSW):
-        yield from arrays(index.storage)
-    if isinstance(index, faiss.IndexRefine):
-        yield from arrays(index.base_index)
-        yield from arrays(index.refine_index)
-    if isinstance(index, (faiss.IndexPreTransform, faiss.IndexIDMap)):
-        yield from arrays(index.index)
 
 
 def advise(index: faiss.Index, *, wait: bool = False) -> int:

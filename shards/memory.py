@@ -15,13 +15,17 @@ import gc
 
 
 @functools.cache
-def _malloc_trim():
+def libc() -> ctypes.CDLL | None:
+    """The C library, or None where ctypes cannot find or load it."""
     name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name) if name else None
-        return getattr(libc, "malloc_trim", None)
+        return ctypes.CDLL(name) if name else None
     except OSError:
         return None
+
+
+def _malloc_trim():
+    return getattr(libc(), "malloc_trim", None)
 
 
 def release(collect: bool = True) -> None:
