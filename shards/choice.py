@@ -32,6 +32,7 @@ PCA_HNSW_MIN_D = 256
 # where the IVF index took a fraction, and at that size the IVF index won on the synthetic set
 PCA_HNSW_MAX_N = 1_000_000
 TRAFFIC = ("mixed", "single", "batch")  # the query shapes a build can be chosen for
+TUNED_ON = {"batch": "batches", "single": "lone queries", "mixed": "both"}  # what each times
 # On a GPU, exact search stays the choice up to this many vectors per shard: a Flat scan of
 # 250,000 x 96 floats is under 0.1 GB per query batch (docs/GPU.md has the measurements).
 GPU_FLAT_MAX = 250_000
@@ -133,10 +134,8 @@ def choose_index(
             (
                 f"PCA{d // 2},HNSW{HNSW_M},Flat,RFlat",
                 f"{metric.value}, d >= {PCA_HNSW_MIN_D}: HNSW{HNSW_M} graph over PCA to "
-                f"{d // 2} dimensions + exact refine, the fastest batched and for lone "
-                f"queries on 384-d sentence "
-                f"embeddings; traffic {traffic}: tuned on "
-                + {"batch": "batches", "single": "lone queries", "mixed": "both"}[traffic],
+                f"{d // 2} dimensions + exact refine, the fastest batched and for lone queries "
+                f"on 384-d sentence embeddings; traffic {traffic}: tuned on {TUNED_ON[traffic]}",
             ),
             (fast_scan[0], f"memory budget: {fast_scan[1]}"),
         ]
@@ -144,14 +143,17 @@ def choose_index(
         # one index for every traffic shape: the shape decides how it is tuned (lone queries,
         # batches, or their geometric mean), not which index it is (docs/INDEX_CHOICE.md)
         why = {
-            "batch": "traffic batch: the fastest batched in every sweep but L2 at 384-d, "
-            "tuned on batches",
-            "single": "traffic single: the fastest for lone queries in the side-by-side runs, "
-            "tuned on lone queries",
-            "mixed": "traffic mixed: the fastest batched in every sweep but L2 at 384-d and "
-            "for lone queries in the side-by-side runs, tuned on both",
+            "batch": "the fastest batched in every sweep but L2 at 384-d",
+            "single": "the fastest for lone queries in the side-by-side runs",
+            "mixed": "the fastest batched in every sweep but L2 at 384-d and for lone queries "
+            "in the side-by-side runs",
         }[traffic]
-        candidates = [(fast_scan[0], f"{fast_scan[1]}: {why}")]
+        candidates = [
+            (
+                fast_scan[0],
+                f"{fast_scan[1]}: traffic {traffic}: {why}, tuned on {TUNED_ON[traffic]}",
+            )
+        ]
     if not prefer_hnsw and n_per_shard > FLAT_MAX:
         candidates.append((f"{quantizer},Flat", "memory budget: IVF-Flat (no PQ codes)"))
     # Under a tight memory budget, fall back to the compressed codes alone (lossy).
