@@ -118,7 +118,7 @@ class VsearchHttp(VsearchHandle):
     def search(self, xq, k, setting):
         """As the vsearch client searches: a binary frame each way (``vsearch.frames``)."""
         send = _wire.search_requests(xq, None, None, k, dict(setting), None, deadline_ms=30_000)
-        r = self.http.post("/v1/search", **send[0])
+        r = self.http.post("/v1/search", **next(send))
         r.raise_for_status()
         return _wire.search_result(r.content).ids
 

@@ -81,7 +81,7 @@ def paths(index: ShardedIndex, url: str):
         assert r.status_code == 200, r.text
 
     def http_frame(xq):  # both ways binary, decoded as the vsearch client does
-        send = _wire.search_requests(xq, None, None, 10, None, None)[0]
+        send = next(_wire.search_requests(xq, None, None, 10, None, None))
         r = http.post("/v1/search", **send)
         assert r.status_code == 200, r.text
         _wire.search_result(r.content)

@@ -138,7 +138,7 @@ def main() -> int:
         assert http.post("/v1/search", json=body).status_code == 200
 
     def frame(xq):
-        r = http.post("/v1/search", **_wire.search_requests(xq, None, None, 10, None, None)[0])
+        r = http.post("/v1/search", **next(_wire.search_requests(xq, None, None, 10, None, None)))
         assert r.status_code == 200
         _wire.search_result(r.content)
 

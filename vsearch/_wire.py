@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,20 +110,23 @@ def search_options(
 
 def search_requests(
     vectors: Any, ids: Any, texts: Any, *args: Any, **extra: Any
-) -> list[dict[str, Any]]:
+) -> Iterator[dict[str, Any]]:
     """httpx's keyword arguments for a search, in the order to try them: queries as a binary
     frame (``frames``), then as base64 JSON for a service from before frames (it answers
-    415); ids or texts as JSON. Every form asks for the answer as a frame."""
+    415); ids or texts as JSON. Every form asks for the answer as a frame. The arguments are
+    checked now; the base64 form is encoded only when it is asked for."""
     body = search_options(vectors, ids, texts, *args, **extra)
     accept = {"accept": f"{frames.MEDIA_TYPE}, application/json"}
     if vectors is None:
-        return [{"json": body, "headers": accept}]
+        return iter([{"json": body, "headers": accept}])
     x = matrix(vectors, "query vectors")
     frame = frames.encode(frames.REQUEST, body, x)
-    return [
-        {"content": frame, "headers": {**accept, "content-type": frames.MEDIA_TYPE}},
-        {"json": {**body, "vectors_b64": b64(x)}, "headers": accept},
-    ]
+
+    def forms() -> Iterator[dict[str, Any]]:
+        yield {"content": frame, "headers": {**accept, "content-type": frames.MEDIA_TYPE}}
+        yield {"json": {**body, "vectors_b64": b64(x)}, "headers": accept}
+
+    return forms()
 
 
 def search_result(body: dict[str, Any] | bytes) -> SearchResult:

@@ -161,12 +161,14 @@ class Client(_Base):
             deadline_ms=deadline_ms, include_metadata=include_metadata or None,
             score_threshold=score_threshold, min_coverage=min_coverage,
         )  # fmt: skip
-        for send in forms[:-1]:
+        refused: UnsupportedMediaType | None = None
+        for send in forms:  # the next form is built only when one is refused
             try:
                 return _wire.search_result(self._call("POST", "/v1/search", **send))
-            except UnsupportedMediaType:  # a service from before binary frames
-                continue
-        return _wire.search_result(self._call("POST", "/v1/search", **forms[-1]))
+            except UnsupportedMediaType as exc:  # a service from before binary frames
+                refused = exc
+        assert refused is not None
+        raise refused
 
     def upsert(
         self,
@@ -309,12 +311,14 @@ class AsyncClient(_Base):
             deadline_ms=deadline_ms, include_metadata=include_metadata or None,
             score_threshold=score_threshold, min_coverage=min_coverage,
         )  # fmt: skip
-        for send in forms[:-1]:
+        refused: UnsupportedMediaType | None = None
+        for send in forms:  # the next form is built only when one is refused
             try:
                 return _wire.search_result(await self._call("POST", "/v1/search", **send))
-            except UnsupportedMediaType:  # a service from before binary frames
-                continue
-        return _wire.search_result(await self._call("POST", "/v1/search", **forms[-1]))
+            except UnsupportedMediaType as exc:  # a service from before binary frames
+                refused = exc
+        assert refused is not None
+        raise refused
 
     async def upsert(
         self,

@@ -31,6 +31,18 @@ def test_a_request_round_trips_exactly_with_its_options():
     assert wants_frame(by_ids["headers"]["accept"])
 
 
+def test_the_base64_fallback_is_encoded_only_when_asked_for(monkeypatch):
+    def refuse(x):
+        raise AssertionError("base64 encoded for a service that takes frames")
+
+    monkeypatch.setattr(_wire, "b64", refuse)
+    xq = np.ones((256, 8), np.float32)
+    forms = _wire.search_requests(xq, None, None, 5, None, None)
+    assert next(forms)["headers"]["content-type"] == frames.MEDIA_TYPE
+    with pytest.raises(AssertionError, match="base64 encoded"):
+        next(forms)
+
+
 @pytest.mark.parametrize(
     ("accept", "frame"),
     [

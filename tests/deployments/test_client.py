@@ -190,7 +190,7 @@ def test_binary_frames_answer_what_json_answers(empty_app):
     plain = httpx.post(
         empty_app + "/v1/search", json={"vectors": xq.tolist(), "k": 4, "filter": filt, **opts}
     ).json()
-    send = _wire.search_requests(xq, None, None, 4, None, filt, **opts)[0]
+    send = next(_wire.search_requests(xq, None, None, 4, None, filt, **opts))
     r = httpx.post(empty_app + "/v1/search", content=send["content"], headers=send["headers"])
     assert r.status_code == 200 and r.headers["content-type"] == frames.MEDIA_TYPE
     got = _wire.search_result(r.content)
