@@ -4,7 +4,9 @@ binary frames of `vsearch.frames`; `-decoded`: the answer decoded as the client 
     python -m bench.serving [--quick]
 
 Same 4 GloVe shards everywhere (the automatic index at its tuned defaults); single queries and
-batches of 64, concurrency 1, 8 and 32, shard-side @serve.batch on and off. Writes
+batches of 64 (``--sizes``), concurrency 1, 8 and 32 (``--concurrency``), shard-side
+@serve.batch on and off, for each layout (``--layouts``: shards per shard replica, or
+``router``: the router replica holds all four, ``shard.in_router``). Writes
 bench/results/serving.json and serving.md.
 """
 
@@ -106,7 +108,9 @@ def run(
     workdir: str,
     only: list[str] | None = None,
     batches: tuple[int, ...] = (16, 1),
-    group: int = 1,
+    layouts: tuple[str, ...] = ("1",),
+    sizes: tuple[int, ...] = (1, 64),
+    concurrency: tuple[int, ...] = (1, 8, 32),
 ) -> dict:
     import ray
 
@@ -121,19 +125,19 @@ def run(
     n_single = 50 if quick else 200
     n_batch = 8 if quick else 30
     rows = []
-    for batch in batches:
-        shard = {
-            "num_replicas": 1,
-            "max_batch_size": batch,
-            "omp_threads": 1,
-            "shards_per_replica": group,
-        }
+    for layout, batch in ((lay, b) for lay in layouts for b in batches):
+        shard: dict = {"max_batch_size": batch, "omp_threads": 1}
+        if layout == "router":
+            shard["in_router"] = True
+        else:
+            shard.update(num_replicas=1, shards_per_replica=int(layout))
         deploy("bench", {"index_uri": index_path, "shard": shard})
+        first = (layout, batch) == (layouts[0], batches[0])
         for name, call in paths(index, url).items():
-            if (name == "in-process" and batch != batches[0]) or (only and name not in only):
+            if (name == "in-process" and not first) or (only and name not in only):
                 continue
-            for nq, count in ((1, n_single), (64, n_batch)):
-                for conc in (1, 8, 32):
+            for nq, count in ((nq, n_single if nq == 1 else n_batch) for nq in sizes):
+                for conc in concurrency:
                     n = count * min(conc, 8)
                     starts = np.random.default_rng(0).integers(0, len(ds.xq) - nq, n)
                     payloads = [ds.xq[s : s + nq] for s in starts]
@@ -143,6 +147,7 @@ def run(
                     stats = drive(call, payloads, conc, threads)
                     row = {
                         "path": name,
+                        "layout": None if name == "in-process" else layout,
                         "shard_batch": batch if name != "in-process" else None,
                         "nq": nq,
                         "concurrency": conc,
@@ -160,7 +165,7 @@ def run(
     )
     return {
         "command": f"{env}python -m bench.serving {flags}".strip(),
-        "shards_per_replica": group,
+        "layouts": list(layouts),
         "dataset": ds.name,
         "factory": index.manifest.factory,
         "params": index.manifest.default_params,
@@ -182,19 +187,21 @@ def markdown(r: dict) -> str:
     lines = [
         f"# Serving benchmark: `{r['command']}`",
         "",
-        f"{r['dataset']}, 4 shards ({r['shards_per_replica']} per replica), "
+        f"{r['dataset']}, 4 shards; layout: shards per shard replica, or `router` (the "
+        "router replica holds all four: `shard.in_router`); "
         f"`{r['factory']}` at {r['params']}; "
         f"{r['machine']['cpus']} CPUs; in-process faiss threads "
         f"{r['machine']['in_process_faiss_threads']}, replicas 1 OpenMP thread each.",
         "",
-        "| path | shard batch | queries/request | concurrency | queries/s | vs in-process | "
-        "p50 ms | p99 ms |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| path | layout | shard batch | queries/request | concurrency | queries/s | "
+        "vs in-process | p50 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for x in r["rows"]:
         ref = base[(x["nq"], x["concurrency"])]
         lines.append(
-            f"| {x['path']} | {x['shard_batch'] or '-'} | {x['nq']} | {x['concurrency']} | "
+            f"| {x['path']} | {x.get('layout') or '-'} | {x['shard_batch'] or '-'} | "
+            f"{x['nq']} | {x['concurrency']} | "
             f"{x['queries_per_s']:,.0f} | {x['queries_per_s'] / ref['queries_per_s']:.0%} | "
             f"{x['p50_ms']:.2f} | {x['p99_ms']:.2f} |"
         )
@@ -205,7 +212,13 @@ def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--paths", help="comma-separated subset of " + ",".join(PATHS))
     ap.add_argument("--batches", default="1,16", help="shard @serve.batch sizes to compare")
-    ap.add_argument("--group", type=int, default=1, help="shards per replica")
+    ap.add_argument("--sizes", default="1,64", help="queries per request, comma-separated")
+    ap.add_argument("--concurrency", default="1,8,32", help="callers, comma-separated")
+    ap.add_argument(
+        "--layouts",
+        default="1",
+        help="comma-separated: shards per shard replica (1, 4), or router (shard.in_router)",
+    )
     ap.add_argument("--name", default="serving", help="results file name (without extension)")
     args = ap.parse_args()
     result = run(
@@ -213,7 +226,9 @@ def main() -> int:
         args.workdir,
         args.paths.split(",") if args.paths else None,
         tuple(int(b) for b in args.batches.split(",")),
-        args.group,
+        tuple(args.layouts.split(",")),
+        tuple(int(n) for n in args.sizes.split(",")),
+        tuple(int(c) for c in args.concurrency.split(",")),
     )
     print(write(args.out, args.name, result, markdown))
     return 0

@@ -1,4 +1,5 @@
-"""``build_app(args)``: the coordinator, one shard deployment per shard group, the router.
+"""``build_app(args)``: the coordinator, one shard deployment per shard group, the router
+(or, with ``shard.in_router``, routers that hold every shard themselves).
 
 The classes stay plain; Serve's options are applied here, per build (as Ray's own LLM
 builders do), so importing a module deploys nothing.
@@ -35,7 +36,12 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         graceful_shutdown_timeout_s=1,
         graceful_shutdown_wait_loop_s=0.2,
     )
-    groups = shard_groups(manifest.num_shards, args.shard.shards_per_replica)
+    in_router = args.shard.in_router
+    groups = (
+        [list(range(manifest.num_shards))]
+        if in_router
+        else shard_groups(manifest.num_shards, args.shard.shards_per_replica)
+    )
     state = coordinator.bind(
         args.index_uri,
         args.compact_after_changes,
@@ -48,14 +54,19 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     # versions and default params travel in user_config: changing them reconfigures the
     # running replicas in place (a two-phase live swap) instead of replacing them
     shard_config = {"index_version": manifest.index_version}
-    names = [group_name(g) for g in groups]
+    # in_router: the router replicas hold the shards (reported under the router's name)
+    names = ["router"] if in_router else [group_name(g) for g in groups]
     shard_cls: Any = serve.deployment(ShardServer, name="shard")
-    shards = [
-        shard_cls.options(
-            name=name, user_config=shard_config, **args.shard.deployment_options()
-        ).bind(args.index_uri, g, options, state, args.recall.model_dump())
-        for name, g in zip(names, groups, strict=True)
-    ]
+    shards = (
+        None
+        if in_router
+        else [
+            shard_cls.options(
+                name=name, user_config=shard_config, **args.shard.deployment_options()
+            ).bind(args.index_uri, g, options, state, args.recall.model_dump())
+            for name, g in zip(names, groups, strict=True)
+        ]
+    )
     router_config = {"index_version": manifest.index_version, "default_params": args.default_params}
     router: Any = serve.deployment(make_ingress(Router), name="router")
     replicas: dict[str, Any] = (
@@ -63,17 +74,26 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         if args.router_autoscaling is None
         else {"autoscaling_config": args.router_autoscaling.model_dump()}
     )
+    holds: dict[str, Any] = (
+        {
+            "ray_actor_options": args.shard.actor_options(args.router_resources),
+            "health_check_period_s": args.shard.health_check_period_s,  # its shards report
+        }
+        if in_router
+        else {"ray_actor_options": {"num_cpus": 0, "resources": args.router_resources}}
+    )
     router = router.options(
         user_config=router_config,
         **replicas,
+        **holds,
         max_ongoing_requests=args.router_max_ongoing_requests,
         max_queued_requests=args.router_max_queued_requests,
         backpressure_config=BackpressureConfig(
             status_code=args.overload_status, retry_after_s=args.retry_after_s
         ),
-        ray_actor_options={"num_cpus": 0, "resources": args.router_resources},
     )
-    fixed = args.model_dump(exclude={"index_version", "default_params"})
+    # unset fields stay unset: the router's own AppArgs refuses settings in_router ignores
+    fixed = args.model_dump(exclude={"index_version", "default_params"}, exclude_unset=True)
     embedder = None
     if args.embedding is not None:
         e = args.embedding

@@ -95,6 +95,12 @@ class ShardOptions(BaseModel):
         description="a replica holding no index this long fails its health check (replaced)",
     )
     faults: Faults | None = Field(None, description="fault injection (testing only)")
+    in_router: bool = Field(
+        False,
+        description="every router replica holds all the shards itself: one hop per request "
+        "and no shard deployments (router_replicas / router_autoscaling scale them); for an "
+        "index that fits one replica",
+    )
 
     @model_validator(mode="after")
     def _one_scaling(self) -> ShardOptions:
@@ -109,7 +115,7 @@ class ShardOptions(BaseModel):
                 f"{REPORT_TTL_S} s, so swaps could not commit and health would flap"
             )
         batch = self.batch_size
-        if batch > self.max_ongoing_requests:
+        if batch > self.max_ongoing_requests and not self.in_router:
             raise ValueError(
                 f"max_batch_size {batch} > max_ongoing_requests {self.max_ongoing_requests}: "
                 "a replica never holds enough requests to fill a batch"
@@ -147,17 +153,21 @@ class ShardOptions(BaseModel):
             temp_memory_mb=g.temp_memory_mb,
         )
 
+    def actor_options(self, resources: dict[str, float] | None = None) -> dict[str, Any]:
+        """``ray_actor_options`` of a replica holding shards (plus ``resources``)."""
+        return {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "resources": {**(resources or {}), **self.resources},
+            # every thread of the replica (searches run in a thread pool) starts with this
+            # many OpenMP threads; more than the cores oversubscribes them badly
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(self.omp_threads)}},
+        }
+
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options``."""
         opts: dict[str, Any] = {
-            "ray_actor_options": {
-                "num_cpus": self.num_cpus,
-                "num_gpus": self.num_gpus,
-                "resources": self.resources,
-                # every thread of the replica (searches run in a thread pool) starts with this
-                # many OpenMP threads; more than the cores oversubscribes them badly
-                "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(self.omp_threads)}},
-            },
+            "ray_actor_options": self.actor_options(),
             "max_ongoing_requests": self.max_ongoing_requests,
             "health_check_period_s": self.health_check_period_s,
         }
@@ -308,3 +318,27 @@ class AppArgs(BaseModel):
     )
     overload_status: Literal[429, 503] = Field(503, description="HTTP status when overloaded")
     retry_after_s: PositiveInt = Field(1, description="Retry-After of overload answers")
+
+    @model_validator(mode="after")
+    def _shards_in_router(self) -> AppArgs:
+        """With ``shard.in_router`` the router's replicas hold the shards: the shard
+        deployments' own replica and request settings would be silently ignored, so they
+        are refused."""
+        shard = self.shard
+        if not shard.in_router:
+            return self
+        ignored = {"num_replicas", "autoscaling", "shards_per_replica", "max_ongoing_requests"}
+        if ignored & shard.model_fields_set:
+            raise ValueError(
+                f"shard.in_router: the router's replicas hold every shard, so "
+                f"shard.{', shard.'.join(sorted(ignored & shard.model_fields_set))} would be "
+                "ignored: set router_replicas / router_autoscaling and "
+                "router_max_ongoing_requests instead"
+            )
+        if shard.batch_size > self.router_max_ongoing_requests:
+            raise ValueError(
+                f"shard.max_batch_size {shard.batch_size} > router_max_ongoing_requests "
+                f"{self.router_max_ongoing_requests}: a replica never holds enough requests "
+                "to fill a batch"
+            )
+        return self

@@ -25,9 +25,11 @@ from deployments.config import AppArgs
 from deployments.embedder import TextsIn
 from deployments.fanout import fan_out, unwrap
 from deployments.ingress import make_app
+from deployments.inrouter import InRouter
 from deployments.metrics import RouterMetrics
 from deployments.reads import RowReads
 from deployments.sampler import pick
+from deployments.shard import ShardServer
 from deployments.tracker import VersionTracker
 from deployments.versions import owner_groups
 from deployments.writes import counting, log_write
@@ -76,7 +78,7 @@ class Router(HttpApi, RowReads, TextsIn):
 
     def __init__(
         self,
-        shards: list[DeploymentHandle],
+        shards: list[DeploymentHandle] | None,
         groups: list[list[int]],
         names: list[str],
         args: dict[str, Any],
@@ -85,7 +87,13 @@ class Router(HttpApi, RowReads, TextsIn):
     ) -> None:
         self.args = AppArgs(**args)
         self.embedder = embedder
-        self.shards, self.groups, self.names = shards, groups, names
+        # shard.in_router (no shard deployments): this replica holds every shard itself
+        self.held: ShardServer | None = None
+        self.shards: list[Any] = shards or []
+        if shards is None:
+            self.held = self._hold(groups[0], coordinator)
+            self.shards = [InRouter(self.held)]
+        self.groups, self.names = groups, names
         self.group_sizes = [len(g) for g in groups]
         self.coordinator = coordinator
         self.app_name = serve.get_replica_context().app_name
@@ -105,6 +113,12 @@ class Router(HttpApi, RowReads, TextsIn):
         env = self.args.auth_token_env
         if env and not os.environ.get(env):
             raise RuntimeError(f"auth_token_env names {env}, but that variable is empty")
+
+    def _hold(self, numbers: list[int], coordinator: DeploymentHandle) -> ShardServer:
+        a = self.args
+        return ShardServer(
+            a.index_uri, numbers, a.shard.model_dump(), coordinator, a.recall.model_dump()
+        )
 
     def __serve_build_asgi_app__(self):
         """This replica's FastAPI app (Serve calls it after the constructor)."""
@@ -135,11 +149,18 @@ class Router(HttpApi, RowReads, TextsIn):
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """``{"index_version": V, "default_params": {...}}``: V becomes the next version
-        (``deployments.tracker``)."""
+        (``deployments.tracker``); shards held here load it first."""
+        if self.held is not None:
+            await self.held.reconfigure({"index_version": config.get("index_version")})
         await self.versions.configure(
             config.get("index_version") or self.args.index_version,
             config.get("default_params", self.args.default_params),
         )
+
+    async def check_health(self) -> None:
+        """Shards held here: their health check (reports, retirement, probe)."""
+        if self.held is not None:
+            await self.held.check_health()
 
     def _running(self) -> dict[str, int]:
         """Running replicas of each shard deployment, from Serve's controller."""

@@ -43,11 +43,13 @@ def swap_overrides(
     index_version: str,
     default_params: dict[str, Any] | None = None,
     shards_per_replica: int = 1,
+    in_router: bool = False,
 ) -> list[dict[str, Any]]:
-    """The ``applications[].deployments`` list that moves every replica to ``index_version``."""
+    """The ``applications[].deployments`` list that moves every replica to ``index_version``
+    (``in_router``: the router's replicas hold the shards; there are no shard deployments)."""
     shards = [
         {"name": group_name(g), "user_config": {"index_version": index_version}}
-        for g in shard_groups(num_shards, shards_per_replica)
+        for g in ([] if in_router else shard_groups(num_shards, shards_per_replica))
     ]
     router = {"index_version": index_version, "default_params": default_params or {}}
     return [*shards, {"name": "router", "user_config": router}]

@@ -1,0 +1,114 @@
+"""Routers that hold the shards themselves (``shard.in_router``) on a real local Ray: no
+shard deployment, exact answers over HTTP and the handle, writes under searches equal brute
+force, and a live swap that commits once every router replica holds the next version."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from deployments.config import AppArgs
+from deployments.versions import swap_overrides
+from shards import ShardedIndex
+from tests.conftest import clustered
+from tests.deployments.conftest import LoadThreads, deploy
+from tests.deployments.test_faults import wait_for
+from tests.deployments.test_writes import Writers, copy_flat, exact, search
+from tests.shards.helpers import assert_same_knn
+
+WRITES = 120
+
+
+@pytest.mark.parametrize(
+    "shard",
+    [
+        {"num_replicas": 2},
+        {"autoscaling": {"max_replicas": 3}},
+        {"shards_per_replica": 2},
+        {"max_ongoing_requests": 8},
+    ],
+)
+def test_settings_in_router_would_ignore_are_refused(shard):
+    with pytest.raises(ValidationError, match="in_router: the router's replicas hold"):
+        AppArgs(index_uri="x", shard={"in_router": True, **shard})
+
+
+def test_in_router_batches_are_checked_against_the_routers_limit():
+    with pytest.raises(ValidationError, match="router_max_ongoing_requests 8"):
+        AppArgs(
+            index_uri="x",
+            shard={"in_router": True, "max_batch_size": 16},
+            router_max_ongoing_requests=8,
+        )
+    # the router's own settings are what hold: a batch past the shard default is fine
+    AppArgs(index_uri="x", shard={"in_router": True, "max_batch_size": 48})
+
+
+def test_in_router_swap_overrides_name_only_the_router():
+    over = swap_overrides(3, "v2", {"nprobe": 4}, in_router=True)
+    assert [d["name"] for d in over] == ["router"]
+    assert over[0]["user_config"] == {"index_version": "v2", "default_params": {"nprobe": 4}}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_routers_holding_the_shards_answer_exactly_through_writes_and_a_swap(
+    serve_base, indexes, tmp_path
+):
+    from ray import serve
+
+    from deployments.client import VsearchClient
+
+    root, xb, ids = copy_flat(indexes, tmp_path)
+    args = {"index_uri": str(root), "shard": {"in_router": True}, "router_replicas": 2}
+    deploy("inrouter", args)
+    url = f"{serve_base}/inrouter"
+    deployments = serve.status().applications["inrouter"].deployments
+    assert set(deployments) == {"router", "coordinator"}  # no shard deployment, one hop
+    xq = clustered(40, 16, seed=31)
+    live = {int(i): v for i, v in zip(ids, xb, strict=True)}
+    (Dref, Iref), tol = exact(live, xq, 10)
+    for _ in range(4):  # both router replicas
+        assert_same_knn(Dref, Iref, *search(url, xq)[:2], tol)
+    handle = VsearchClient("inrouter")
+    res = handle.search(xq, 10)
+    assert_same_knn(Dref, Iref, res.D, res.I, tol)
+    stats = httpx.get(f"{url}/v1/stats").json()
+    assert sorted(s["shard"] for s in stats["shards"]) == [0, 1, 2]
+    assert httpx.get(f"{url}/v1/health").json() == {"status": "ok"}
+
+    # writes under searches: every answer after them equals brute force over the live set
+    failed: list[str] = []
+
+    class Searches(LoadThreads):
+        def run(self) -> None:
+            while not self.stop.is_set():
+                r = httpx.post(f"{url}/v1/search", json={"vectors": xq[:4].tolist()}, timeout=30)
+                if r.status_code != 200:
+                    failed.append(r.text)
+
+    with Searches(1), Writers(url, ids[100:], threads=3, limit=WRITES) as writers:
+        wait_for(lambda: not any(t.is_alive() for t in writers.threads), 120)
+    assert writers.failed == [] and failed == []
+    last = max(a[0] for a in writers.acked)
+    (Dref, Iref), tol = exact(writers.expected(xb, ids), xq, 10)
+    for _ in range(4):
+        D_, I_, body = search(url, xq, min_sequence=last)
+        assert body["sequence"] >= last
+        assert_same_knn(Dref, Iref, D_, I_, tol)
+
+    # a live swap: the compacted version, committed once both router replicas hold it
+    v2 = ShardedIndex.open(str(root)).compact().index_version
+    deploy("inrouter", args, swap_overrides(3, v2, in_router=True))
+    deadline = time.time() + 60
+    while time.time() < deadline and search(url, xq[:1])[2]["index_version"] != v2:
+        time.sleep(0.2)
+    D_, I_, body = search(url, xq)
+    assert body["index_version"] == v2
+    assert_same_knn(Dref, Iref, D_, I_, tol)
+    stats = httpx.get(f"{url}/v1/stats").json()
+    assert all(s["index_version"] == v2 for s in stats["shards"])
+    assert stats["problems"] == []
