@@ -39,11 +39,11 @@ def call_latencies(quick: bool, workdir: str) -> tuple[np.ndarray, str]:
     import ray
 
     from bench.core import build
-    from bench.glove import load
+    from bench.glove import QUICK, load
     from deployments.client import VsearchClient
     from deployments.local import deploy, start_local
 
-    ds = load(n_db=50_000, n_queries=2_000) if quick else load()
+    ds = load(**QUICK) if quick else load()
     path = os.path.join(workdir, f"{ds.name}-auto-1")
     if not os.path.exists(os.path.join(path, "CURRENT")):
         build(ds, path, "auto", 1)

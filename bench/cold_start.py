@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from bench.glove import load
+from bench.glove import QUICK, load
 from bench.results import parser, write
 from bench.systems import LanceDB, MilvusLite, QdrantLocal
 
@@ -132,7 +132,7 @@ def prepare(ds, workdir: str, peers: bool = True) -> dict[str, str]:
 
 
 def run(args) -> dict:
-    ds = load(n_db=50_000, n_queries=2_000) if args.quick else load()
+    ds = load(**QUICK) if args.quick else load()
     paths = prepare(ds, args.workdir, peers=not args.quick)
     queries = os.path.join(args.workdir, "q.npy")
     np.save(queries, ds.xq[:10])

@@ -25,7 +25,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from bench.compare_report import BATCH, CONCURRENCY, markdown, plots, summary
-from bench.glove import load
+from bench.glove import QUICK, load
 from bench.results import parser, write
 from bench.systems import K, System, peers
 from shards._faiss import faiss
@@ -225,7 +225,7 @@ def run(args, dataset: str) -> dict:
 
         ds, metric = minilm.load(), "l2"  # normalised: L2, cosine and inner product rank alike
     else:
-        ds, metric = (load(n_db=50_000, n_queries=2_000) if args.quick else load()), "ip"
+        ds, metric = (load(**QUICK) if args.quick else load()), "ip"
     nq = min(args.queries, len(ds.xq))
     xq, gt = ds.xq[:nq], ds.gt[:nq]
     singles = min(nq, 100 if args.quick else args.singles)

@@ -11,6 +11,9 @@ from shards._faiss import faiss
 
 CACHE = os.path.join(os.path.dirname(__file__), "cache")
 SEED = 0
+# --quick runs (the CI smoke test): a slice small enough that building, tuning and serving it
+# take seconds, large enough for IVF lists and a recall that means something
+QUICK = {"n_db": 20_000, "n_queries": 1_000}
 
 
 @dataclass

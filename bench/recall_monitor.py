@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 from bench.core import build
-from bench.glove import load
+from bench.glove import QUICK, load
 from bench.results import command, parser, write
 from bench.serving import drive
 from deployments.http import encode_vectors_b64
@@ -145,7 +145,7 @@ def run(quick: bool, workdir: str) -> dict:
 
     from deployments.local import deploy, start_local
 
-    ds = load(n_db=50_000, n_queries=2_000) if quick else load()
+    ds = load(**QUICK) if quick else load()
     root = os.path.join(workdir, f"{ds.name}-auto-4")
     if not os.path.exists(os.path.join(root, "CURRENT")):
         build(ds, root, "auto", 4)

@@ -15,7 +15,7 @@ import sys
 
 from bench.compare import measure
 from bench.core import build
-from bench.glove import load
+from bench.glove import QUICK, load
 from bench.results import line_plot, parser, write
 from bench.systems import System
 from shards import ShardedIndex
@@ -33,7 +33,7 @@ class Sharded(System):
 
 
 def run(args) -> dict:
-    ds = load(n_db=50_000, n_queries=2_000) if args.quick else load()
+    ds = load(**QUICK) if args.quick else load()
     xq, gt = ds.xq[: args.queries], ds.gt[: args.queries]
     rows = []
     for s in SHARDS:

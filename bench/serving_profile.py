@@ -115,6 +115,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batches", default="1,64,256", help="queries per request, comma-separated")
     ap.add_argument("--pyspy", action="store_true", help="py-spy the replicas (batches of 64)")
+    ap.add_argument(
+        "--in-router", action="store_true", help="the router replica holds the shards itself"
+    )
+    ap.add_argument("--name", default="serving_profile", help="results file name")
     args = ap.parse_args()
     sizes = [int(b) for b in args.batches.split(",")]
     ds = load()
@@ -129,7 +133,8 @@ def main() -> int:
             for nq in sizes}  # fmt: skip
 
     base = start_local()
-    deploy("bench", {"index_uri": index_path, "shard": {"shards_per_replica": 4}})
+    shard = {"in_router": True} if args.in_router else {"shards_per_replica": 4}
+    deploy("bench", {"index_uri": index_path, "shard": shard})
     client = VsearchClient("bench")
     http = httpx.Client(base_url=f"{base}/bench", timeout=60)
 
@@ -148,6 +153,7 @@ def main() -> int:
         "command": " ".join([cmd, *sys.argv[1:]]),
         "http_front": "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "proxy",
         "concurrency": 8,
+        "layout": "in the router replica" if args.in_router else "in one shard replica",
         "rows": [],
     }
     for nq in sizes:
@@ -174,7 +180,7 @@ def main() -> int:
     if args.pyspy:
         result["pyspy_top_self"] = profile_replicas(paths, work.get(64) or work[sizes[0]])
     ray.shutdown()
-    write(RESULTS, "serving_profile", result, markdown)
+    write(RESULTS, args.name, result, markdown)
     print(markdown(result))
     return 0
 
@@ -216,7 +222,8 @@ def markdown(r: dict) -> str:
     lines = [
         f"# Where serving spends its CPU: `{r['command']}`",
         "",
-        f"GloVe 390k, 4 shards in one replica, concurrency {r['concurrency']} (in process: one "
+        f"GloVe 390k, 4 shards {r.get('layout', 'in one shard replica')}, concurrency "
+        f"{r['concurrency']} (in process: one "
         f"caller), HTTP front: {r['http_front']}. CPU milliseconds per request by process, read "
         "from /proc before and after each run; `vs in-process`: total CPU per request over the "
         "in-process search's.",

@@ -13,6 +13,9 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# replicas' metrics exported every 2 s (Ray's default: 10 s), so tests that read /metrics do
+# not wait on the export schedule
+os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
 TOKEN = "s3cret-test-token"
 os.environ["VSEARCH_TEST_TOKEN"] = TOKEN  # before Ray starts: replicas inherit it
 

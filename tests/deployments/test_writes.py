@@ -22,7 +22,7 @@ from tests.shards.helpers import assert_same_knn, brute_force, build, float_tole
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 D = 16
-WRITES = 400  # random writes of 1-11 ids each in the first test
+WRITES = 250  # random writes of 1-11 ids each in the first test
 
 
 def copy_flat(indexes, where):
