@@ -27,7 +27,9 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """The Serve application for ``args`` (used by ``serve run serve_config.yaml``)."""
     args = args if isinstance(args, AppArgs) else AppArgs.model_validate(args)
     _, manifest = open_version(args.index_uri, args.index_version)
+    logs = {"logging_config": {"enable_access_log": args.access_log}}
     coordinator = serve.deployment(Coordinator, name="coordinator").options(
+        **logs,
         num_replicas=1,
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=1000,
@@ -62,7 +64,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         if in_router
         else [
             shard_cls.options(
-                name=name, user_config=shard_config, **args.shard.deployment_options()
+                name=name, user_config=shard_config, **logs, **args.shard.deployment_options()
             ).bind(args.index_uri, g, options, state, args.recall.model_dump())
             for name, g in zip(names, groups, strict=True)
         ]
@@ -83,6 +85,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         else {"ray_actor_options": {"num_cpus": 0, "resources": args.router_resources}}
     )
     router = router.options(
+        **logs,
         user_config=router_config,
         **replicas,
         **holds,
@@ -100,6 +103,7 @@ def build_app(args: AppArgs | dict[str, Any]) -> Application:
         embedder = (
             serve.deployment(Embedder, name="embedder")
             .options(
+                **logs,
                 num_replicas=e.num_replicas,
                 ray_actor_options={"num_cpus": e.num_cpus, "num_gpus": e.num_gpus},
                 max_ongoing_requests=256,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import httpx
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -112,3 +113,36 @@ def test_routers_holding_the_shards_answer_exactly_through_writes_and_a_swap(
     stats = httpx.get(f"{url}/v1/stats").json()
     assert all(s["index_version"] == v2 for s in stats["shards"])
     assert stats["problems"] == []
+
+
+def _deployments(args: dict) -> dict:
+    """The deployments ``build_app(args)`` makes, by name (nothing deployed)."""
+    from deployments.app import build_app
+
+    router = build_app(args)._bound_deployment
+    shards = router.init_args[0] or []
+    found = {d.name: d for d in (s._bound_deployment for s in shards)}
+    return {"router": router, **found, "coordinator": router.init_args[4]._bound_deployment}
+
+
+def test_the_app_graph_holds_shards_in_the_router_and_logs_no_access_lines(tmp_path):
+    from shards import BuildOptions, VectorSource, build_index
+
+    np.save(tmp_path / "xb.npy", clustered(300, 8, seed=3))
+    opts = BuildOptions(num_shards=3, index="Flat", progress=False)
+    build_index(VectorSource(str(tmp_path / "xb.npy")), str(tmp_path / "idx"), opts)
+    uri = str(tmp_path / "idx")
+    apart = _deployments({"index_uri": uri})
+    assert set(apart) == {"router", "shard-0", "shard-1", "shard-2", "coordinator"}
+    for d in apart.values():  # Serve's access log is off unless asked for
+        assert d._deployment_config.logging_config["enable_access_log"] is False
+    shard = {"in_router": True, "num_cpus": 0.5, "resources": {"big": 1}, "omp_threads": 2}
+    held = _deployments({"index_uri": uri, "shard": shard, "router_resources": {"edge": 1}})
+    assert set(held) == {"router", "coordinator"}
+    router = held["router"]
+    assert router.init_args[1] == [[0, 1, 2]]  # one group: every shard
+    actor = router.ray_actor_options
+    assert actor["num_cpus"] == 0.5 and actor["resources"] == {"edge": 1, "big": 1}
+    assert actor["runtime_env"]["env_vars"]["OMP_NUM_THREADS"] == "2"
+    logged = _deployments({"index_uri": uri, "access_log": True})
+    assert all(d._deployment_config.logging_config["enable_access_log"] for d in logged.values())
