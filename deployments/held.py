@@ -36,6 +36,7 @@ class LoadedShards:
         self.index = ShardedIndex.open(uri, version, shards=numbers, mmap=opts.mmap)
         self.placement = self.index.place(opts.device())
         self.probe = self._pick_probe(self.index.shards[numbers[0]])
+        self.row_s: float | None = None  # CPU seconds per query row searched, smoothed
 
     @property
     def version(self) -> str:

@@ -38,6 +38,15 @@ class Applied:
         with self._lock:
             return [shard.state for shard in self.shards.values()]
 
+    def try_states(self) -> list[LiveState] | None:
+        """``states()``, or None at once while a mutation is being applied (no wait)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return [shard.state for shard in self.shards.values()]
+        finally:
+            self._lock.release()
+
     def apply(self, m: Mutation, owner: np.ndarray | None) -> int:
         """Apply ``m`` to every shard at once (``owner``: the shard number of each upserted
         row); how many ids were live before (0 for a logged mutation applied already).
