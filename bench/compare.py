@@ -92,7 +92,9 @@ class VsearchHandle(System):
         from deployments.local import deploy, start_local
 
         self.url = start_local() + "/compare"
-        deploy("compare", {"index_uri": self.local.root, "shard": {"omp_threads": 2}})
+        # as make serve runs it on one machine: the router replicas hold the shards
+        shard = {"in_router": True, "omp_threads": 2}
+        deploy("compare", {"index_uri": self.local.root, "shard": shard})
         self.client = VsearchClient("compare")
 
     def settings(self):
