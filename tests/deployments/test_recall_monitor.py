@@ -3,6 +3,7 @@ index was tuned on, the measured recall falls with the true recall (brute force 
 same answers), the monitor re-tunes on the live queries through a versioned swap, and the
 measured recall comes back to the target, again against brute force."""
 
+import math
 import time
 
 import faiss
@@ -177,9 +178,20 @@ def test_drift_is_measured_then_retuned_back_to_the_target(served):
                 cell = (s.labels.get("shard", "all"), s.labels.get("plan", "all"))
                 if s.labels.get("application") == "recall" and cell == ("all", "all"):
                     values[s.name] = s.value
-        return values if values.get("ray_vsearch_recall_at_target_samples") == n2 else None
+        # each gauge reaches the merged export on its own schedule: a scrape can hold one
+        # gauge's new value beside another's old one, so wait until all say the same (a
+        # wrong figure never does, and the wait fails)
+        current = [
+            values.get("ray_vsearch_recall_samples") == n2,
+            values.get("ray_vsearch_recall_at_target_samples") == n2,
+            abs(values.get("ray_vsearch_recall", math.nan) - back) <= 1e-4,
+            abs(values.get("ray_vsearch_recall_at_target", math.nan) - back) <= 1e-4,
+        ]
+        seen.update(values)
+        return values if all(current) else None
 
-    values = wait("the recall gauges", scraped, timeout_s=60)
+    seen: dict = {}
+    values = wait("the recall gauges", scraped, timeout_s=60, state=lambda: (back, n2, seen))
     assert values["ray_vsearch_recall_samples"] == n2
     assert values["ray_vsearch_recall"] == pytest.approx(back, abs=1e-4)
     assert values["ray_vsearch_recall_at_target"] == pytest.approx(back, abs=1e-4)
