@@ -150,11 +150,11 @@ class Router(HttpApi, RowReads, TextsIn):
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """``{"index_version": V, "default_params": {...}}``: V becomes the next version
         (``deployments.tracker``); shards held here load it first."""
-        if self.held is not None:
-            await self.held.reconfigure({"index_version": config.get("index_version")})
+        version = config.get("index_version") or self.args.index_version
+        if self.held is not None:  # the same version the tracker is told
+            await self.held.reconfigure({"index_version": version})
         await self.versions.configure(
-            config.get("index_version") or self.args.index_version,
-            config.get("default_params", self.args.default_params),
+            version, config.get("default_params", self.args.default_params)
         )
 
     async def check_health(self) -> None:
