@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
@@ -79,9 +80,18 @@ class ShardOptions(BaseModel):
         1, description="shards each replica serves (merged in the replica); 1 on GPU clusters"
     )
     max_batch_size: PositiveInt | None = Field(
-        None, description="@serve.batch size at the shard; default 1 (off) on CPU, 32 on GPU"
+        None,
+        description="most concurrent requests merged into one search at the shard "
+        "(deployments.coalesce); default 16 on CPU, 32 on GPU; 1 turns merging off",
     )
-    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, description="hold a request that found a core free this long for company"
+    )
+    search_slots: PositiveInt | None = Field(
+        None,
+        description="searches a replica runs at once; default its cores / omp_threads on CPU, "
+        "2 on GPU",
+    )
     max_ongoing_requests: PositiveInt = 32
     mmap: bool = Field(False, description="memory-map index files (local folders)")
     reload_retry_s: PositiveFloat = Field(
@@ -114,7 +124,7 @@ class ShardOptions(BaseModel):
                 f"replicas report on each health check and a report is stale after "
                 f"{REPORT_TTL_S} s, so swaps could not commit and health would flap"
             )
-        batch = self.batch_size
+        batch = self.max_batch_size or 1
         if batch > self.max_ongoing_requests and not self.in_router:
             raise ValueError(
                 f"max_batch_size {batch} > max_ongoing_requests {self.max_ongoing_requests}: "
@@ -126,19 +136,24 @@ class ShardOptions(BaseModel):
                 f"autoscaling.target_ongoing_requests {a.target_ongoing_requests} > "
                 f"max_ongoing_requests {self.max_ongoing_requests}: the target is never reached"
             )
-        if a is not None and batch > 1 and a.target_ongoing_requests < batch / 2:
-            raise ValueError(
-                f"autoscaling.target_ongoing_requests {a.target_ongoing_requests} < half of "
-                f"max_batch_size {batch}: replicas are added before batches can form"
-            )
         return self
 
     @property
     def batch_size(self) -> int:
-        """@serve.batch size: as set, else off on CPU (measured fastest) and 32 on GPU."""
+        """Most requests merged into one search: as set, else 16 on CPU and 32 on GPU."""
         if self.max_batch_size is not None:
             return self.max_batch_size
-        return 32 if self.num_gpus > 0 else 1
+        return 32 if self.num_gpus > 0 else 16
+
+    def slots(self) -> int:
+        """Searches one replica runs at once: as set, else 2 on GPU (one on the GPU while
+        the other is in its CPU part: a GPU index searches one call at a time, split over
+        its GPUs) or the cores the replica may use over its OpenMP threads."""
+        if self.search_slots is not None:
+            return self.search_slots
+        if self.num_gpus > 0:
+            return 2
+        return max(1, len(os.sched_getaffinity(0)) // self.omp_threads)
 
     def device(self) -> str | GpuOptions:
         """Where the replica puts its shards: "cpu", or its GPUs (Ray numbers them from 0)."""
@@ -340,7 +355,7 @@ class AppArgs(BaseModel):
                 "ignored: set router_replicas / router_autoscaling and "
                 "router_max_ongoing_requests instead"
             )
-        if shard.batch_size > self.router_max_ongoing_requests:
+        if (shard.max_batch_size or 1) > self.router_max_ongoing_requests:
             raise ValueError(
                 f"shard.max_batch_size {shard.batch_size} > router_max_ongoing_requests "
                 f"{self.router_max_ongoing_requests}: a replica never holds enough requests "

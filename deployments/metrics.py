@@ -57,6 +57,12 @@ class ShardMetrics:
             boundaries=SIZES,
             tag_keys=tags,
         )
+        self.merged = Histogram(
+            "vsearch_shard_batch_requests",
+            "requests merged into one search (deployments.coalesce)",
+            boundaries=SIZES,
+            tag_keys=tags,
+        )
 
 
 class RouterMetrics:

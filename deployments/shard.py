@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray import serve
 
+from deployments.coalesce import Coalescer
 from deployments.config import RecallOptions, ShardOptions
 from deployments.follow import Follower
 from deployments.held import HeldVersions, LoadedShards
@@ -39,15 +39,8 @@ INLINE_S = 0.001
 REPORT_TIMEOUT_S = 2.0  # a health check must not wait on the coordinator (Serve's is 30 s)
 
 
-@dataclass
-class _Failed:
-    """A batched request's own error (the other requests of the batch still get answers)."""
-
-    exc: BaseException
-
-
 class ShardServer:
-    """Searches its shards; batches concurrent calls; prepares and retires index versions."""
+    """Searches its shards; merges concurrent calls; prepares and retires index versions."""
 
     def __init__(
         self,
@@ -71,8 +64,9 @@ class ShardServer:
         self.held = HeldVersions(index_uri, self.numbers, self.opts, self.metrics, self.tags)
         self.follower = Follower(self._tail, lambda: [v.index for v in self.versions.values()])
         self._following: asyncio.Task | None = None
-        self._batched.set_max_batch_size(self.opts.batch_size)
-        self._batched.set_batch_wait_timeout_s(self.opts.batch_wait_timeout_s)
+        self.coalescer = Coalescer(
+            self._run, self.opts.slots(), self.opts.batch_size, self.opts.batch_wait_timeout_s
+        )
 
     # ---- versions ----
 
@@ -171,38 +165,10 @@ class ShardServer:
         deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
         if query.min_sequence:
             await self._caught_up(self._held(query.version), query.min_sequence, deadline)
-        if self.opts.batch_size <= 1:
+        cheap = _inline_states(self._held(query.version), xq, query) is not None
+        if self.opts.batch_size <= 1 or cheap:  # a cheap one is answered on the loop at once
             return await self._run(xq, query, deadline)
-        out = await self._batched(xq, query, deadline)
-        if isinstance(out, _Failed):
-            raise out.exc
-        return out
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
-    async def _batched(self, xqs: list, queries: list, deadlines: list) -> list:
-        groups: dict[tuple, list[int]] = {}
-        for i, q in enumerate(queries):
-            groups.setdefault(q.batch_key(), []).append(i)
-        out: list = [None] * len(xqs)
-        for members in groups.values():
-            ends = [deadlines[i] for i in members]
-            deadline = None if None in ends else max(ends)
-            try:
-                xq = np.concatenate([xqs[i] for i in members])
-                batch = [(queries[i], len(xqs[i])) for i in members]
-                D, I, version, seq, plans = await self._run(
-                    xq, queries[members[0]], deadline, batch
-                )
-            except Exception as exc:  # this group's error, not the other groups'
-                for i in members:
-                    out[i] = _Failed(exc)
-                continue
-            start = 0
-            for i in members:
-                n = len(xqs[i])
-                out[i] = (D[start : start + n], I[start : start + n], version, seq, plans)
-                start += n
-        return out
+        return await self.coalescer.search(xq, query, deadline)  # merged while it queues
 
     async def _run(
         self, xq: np.ndarray, query: Query, deadline: float | None, members=None
@@ -240,6 +206,7 @@ class ShardServer:
         m.searches.inc(tags=tags)
         m.queries.inc(len(xq), tags=tags)
         m.batch.observe(len(xq), tags=tags)
+        m.merged.observe(len(members or [None]), tags=tags)
         start = 0
         for q, n in members or [(query, len(xq))]:
             if q.sample is not None:  # after the answer, never in its way

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -63,14 +64,16 @@ def test_shard_options_place_replicas_on_their_gpus():
     from shards.gpu import GpuOptions
 
     cpu = ShardOptions()
-    assert cpu.device() == "cpu" and cpu.batch_size == 1
+    assert cpu.device() == "cpu" and cpu.batch_size == 16  # merged while queued
+    assert cpu.slots() == len(os.sched_getaffinity(0))  # a search per core (1 OpenMP thread)
+    assert ShardOptions(omp_threads=2).slots() == max(1, len(os.sched_getaffinity(0)) // 2)
     two = ShardOptions(
         num_gpus=2, gpu={"multi_gpu": "shard", "float16": True, "temp_memory_mb": 512}
     )
     assert two.device() == GpuOptions(
         devices=(0, 1), multi_gpu="shard", float16=True, temp_memory_mb=512
     )
-    assert two.batch_size == 32  # batches feed the GPU (<= max_ongoing_requests)
+    assert two.batch_size == 32 and two.slots() == 2  # one on the GPUs, one in its CPU part
     assert ShardOptions(num_gpus=0.5).device() == GpuOptions(devices=(0,))
     assert ShardOptions(num_gpus=1, max_batch_size=8).batch_size == 8
     with pytest.raises(ValueError, match="whole number"):
@@ -84,14 +87,6 @@ def test_shard_options_place_replicas_on_their_gpus():
         (
             {"max_ongoing_requests": 8, "autoscaling": {"target_ongoing_requests": 16}},
             "never reached",
-        ),
-        (
-            {
-                "max_batch_size": 64,
-                "max_ongoing_requests": 64,
-                "autoscaling": {"target_ongoing_requests": 8},
-            },
-            "before batches can form",
         ),
         ({"health_check_period_s": 15}, "report is stale after 20.0 s"),
     ],

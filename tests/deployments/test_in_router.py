@@ -4,6 +4,7 @@ force, and a live swap that commits once every router replica holds the next ver
 
 from __future__ import annotations
 
+import threading
 import time
 
 import httpx
@@ -17,6 +18,7 @@ from shards import ShardedIndex
 from tests.conftest import clustered
 from tests.deployments.conftest import LoadThreads, deploy
 from tests.deployments.test_faults import wait_for
+from tests.deployments.test_metrics import samples
 from tests.deployments.test_writes import Writers, copy_flat, exact, search
 from tests.shards.helpers import assert_same_knn
 
@@ -64,7 +66,8 @@ def test_routers_holding_the_shards_answer_exactly_through_writes_and_a_swap(
     from deployments.client import VsearchClient
 
     root, xb, ids = copy_flat(indexes, tmp_path)
-    args = {"index_uri": str(root), "shard": {"in_router": True}, "router_replicas": 2}
+    shard = {"in_router": True, "search_slots": 1}  # requests queue behind one search
+    args = {"index_uri": str(root), "shard": shard, "router_replicas": 2}
     deploy("inrouter", args)
     url = f"{serve_base}/inrouter"
     deployments = serve.status().applications["inrouter"].deployments
@@ -80,6 +83,32 @@ def test_routers_holding_the_shards_answer_exactly_through_writes_and_a_swap(
     stats = httpx.get(f"{url}/v1/stats").json()
     assert sorted(s["shard"] for s in stats["shards"]) == [0, 1, 2]
     assert httpx.get(f"{url}/v1/health").json() == {"status": "ok"}
+
+    # concurrent requests that queue behind the search running are merged into one search
+    # (deployments.coalesce): each still gets exactly its own rows' answers
+    rows = 500  # too costly to be answered inline on the event loop
+    many = clustered(8 * rows, 16, seed=32)
+    (Dmany, Imany), tol_many = exact(live, many, 10)
+    for _ in range(3):
+        got: dict[int, tuple] = {}
+        callers = [
+            threading.Thread(target=lambda i=i, got=got: got.update({i: search(url, many[i::8])}))
+            for i in range(8)
+        ]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(60)
+        for i in range(8):
+            assert_same_knn(Dmany[i::8], Imany[i::8], *got[i][:2], tol_many)
+
+    def merged() -> bool:  # searches that answered several requests at once, exported
+        text = httpx.get(f"{url}/metrics", timeout=30).text
+        count = samples(text, "ray_vsearch_shard_batch_requests_count", "inrouter")
+        total = samples(text, "ray_vsearch_shard_batch_requests_sum", "inrouter")
+        return sum(s.value for s in count) < sum(s.value for s in total)
+
+    wait_for(merged, 30)
 
     # writes under searches: every answer after them equals brute force over the live set
     failed: list[str] = []

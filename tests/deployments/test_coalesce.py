@@ -1,0 +1,190 @@
+"""deployments.coalesce: requests queued behind busy slots are merged into one search, each
+gets its own rows back, and a lone request never waits (no Ray: the coalescer is asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from deployments.coalesce import Coalescer
+from deployments.errors import DeadlineExceeded
+from shards.query import Query
+
+
+class Searches:
+    """A search that answers each row with its own values and can be held until released."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.groups: list[list[int]] = []  # the rows of each request of each search
+        self.deadlines: list[float | None] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+
+    async def run(self, xq, query, deadline, members):
+        self.groups.append([rows for _, rows in members])
+        self.deadlines.append(deadline)
+        assert len(xq) == sum(rows for _, rows in members)
+        await self.gate.wait()
+        if self.fail_on is not None and self.fail_on in xq[:, 0]:
+            raise RuntimeError(f"row {self.fail_on} failed")
+        return xq * 2, xq.astype(np.int64), query.version, 7
+
+
+def rows(first: int, n: int) -> np.ndarray:
+    return np.arange(first, first + n, dtype=np.float32).reshape(n, 1)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_lone_request_starts_at_once_and_alone():
+    async def main():
+        s = Searches()
+        c = Coalescer(s.run, slots=1, max_requests=16)
+        t0 = time.monotonic()
+        D, I, version, seq = await c.search(rows(0, 3), Query(5), None)
+        return s, time.monotonic() - t0, D, I, version, seq
+
+    s, took, D, I, version, seq = run(main())
+    assert s.groups == [[3]] and took < 0.05
+    np.testing.assert_array_equal(D, rows(0, 3) * 2)
+    np.testing.assert_array_equal(I[:, 0], [0, 1, 2])
+    assert (version, seq) == (None, 7)
+
+
+def test_requests_queued_behind_a_busy_slot_share_one_search_and_get_their_own_rows():
+    async def main():
+        s = Searches()
+        s.gate.clear()
+        c = Coalescer(s.run, slots=1, max_requests=16)
+        first = asyncio.create_task(c.search(rows(0, 2), Query(5), None))
+        await asyncio.sleep(0)  # it holds the only slot
+        a = asyncio.create_task(c.search(rows(10, 3), Query(5), None))
+        other = asyncio.create_task(c.search(rows(20, 1), Query(5, version="v2"), None))
+        b = asyncio.create_task(c.search(rows(30, 4), Query(5), None))
+        await asyncio.sleep(0.01)
+        assert c.queued == 3 and s.groups == [[2]]
+        s.gate.set()
+        return s, await asyncio.gather(first, a, other, b)
+
+    s, (first, a, other, b) = run(main())
+    # the oldest queued request and the one sharing its key; then the other version's
+    assert s.groups == [[2], [3, 4], [1]]
+    for (D, I, version, _), start, n, v in [
+        (first, 0, 2, None),
+        (a, 10, 3, None),
+        (other, 20, 1, "v2"),
+        (b, 30, 4, None),
+    ]:
+        np.testing.assert_array_equal(D, rows(start, n) * 2)
+        np.testing.assert_array_equal(I[:, 0], np.arange(start, start + n))
+        assert version == v
+
+
+def test_max_requests_caps_a_merged_search_and_slots_run_side_by_side():
+    async def main():
+        s = Searches()
+        s.gate.clear()
+        c = Coalescer(s.run, slots=2, max_requests=2)
+        tasks = [asyncio.create_task(c.search(rows(i * 10, 1), Query(5), None)) for i in range(7)]
+        await asyncio.sleep(0.01)
+        running = list(s.groups)
+        s.gate.set()
+        await asyncio.gather(*tasks)
+        return s, running
+
+    s, running = run(main())
+    assert running == [[1], [1]]  # two slots: two lone searches at once
+    assert sorted(len(g) for g in s.groups) == [1, 1, 1, 2, 2]  # then at most two merged
+    assert sum(len(g) for g in s.groups) == 7
+
+
+def test_an_error_fails_the_requests_of_its_search_only():
+    async def main():
+        s = Searches(fail_on=10)
+        s.gate.clear()
+        c = Coalescer(s.run, slots=1, max_requests=16)
+        first = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
+        await asyncio.sleep(0)
+        bad = asyncio.create_task(c.search(rows(10, 1), Query(5), None))
+        mate = asyncio.create_task(c.search(rows(11, 1), Query(5), None))
+        apart = asyncio.create_task(c.search(rows(20, 1), Query(6), None))
+        await asyncio.sleep(0.01)
+        s.gate.set()
+        return await asyncio.gather(first, bad, mate, apart, return_exceptions=True)
+
+    first, bad, mate, apart = run(main())
+    assert isinstance(bad, RuntimeError) and isinstance(mate, RuntimeError)
+    assert not isinstance(first, BaseException) and not isinstance(apart, BaseException)
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_fails_without_a_search():
+    async def main():
+        s = Searches()
+        s.gate.clear()
+        c = Coalescer(s.run, slots=1, max_requests=16)
+        first = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
+        await asyncio.sleep(0)
+        late = asyncio.create_task(c.search(rows(10, 1), Query(5), time.monotonic() + 0.005))
+        later = time.monotonic() + 60
+        kept = asyncio.create_task(c.search(rows(20, 1), Query(5), later))
+        await asyncio.sleep(0.02)
+        s.gate.set()
+        out = await asyncio.gather(first, late, kept, return_exceptions=True)
+        return s, out, later
+
+    s, (first, late, kept), later = run(main())
+    assert not isinstance(first, BaseException)
+    assert isinstance(late, DeadlineExceeded)
+    assert s.groups == [[1], [1]] and s.deadlines == [None, later]
+    np.testing.assert_array_equal(kept[1][:, 0], [20])
+
+
+def test_a_cancelled_request_leaves_the_queue_unsearched():
+    async def main():
+        s = Searches()
+        s.gate.clear()
+        c = Coalescer(s.run, slots=1, max_requests=16)
+        first = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
+        await asyncio.sleep(0)
+        gone = asyncio.create_task(c.search(rows(10, 5), Query(5), None))
+        kept = asyncio.create_task(c.search(rows(20, 1), Query(5), None))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        s.gate.set()
+        await asyncio.gather(first, kept)
+        return s, c
+
+    s, c = run(main())
+    assert s.groups == [[1], [1]] and c.busy == 0 and c.queued == 0
+
+
+def test_wait_s_holds_a_request_for_company():
+    async def main():
+        s = Searches()
+        c = Coalescer(s.run, slots=1, max_requests=3, wait_s=0.05)
+        t0 = time.monotonic()
+        one = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
+        await asyncio.sleep(0.01)
+        two = asyncio.create_task(c.search(rows(10, 1), Query(5), None))
+        await asyncio.gather(one, two)
+        held = time.monotonic() - t0
+        full = [asyncio.create_task(c.search(rows(i, 1), Query(5), None)) for i in range(3)]
+        t1 = time.monotonic()
+        await asyncio.gather(*full)  # max_requests queued: no wait
+        return s, held, time.monotonic() - t1
+
+    s, held, full = run(main())
+    assert s.groups == [[1, 1], [1, 1, 1]]
+    assert held >= 0.04 and full < 0.04
+
+
+@pytest.mark.parametrize("args", [(0, 4, 0.0), (1, 0, 0.0), (1, 4, -1.0)])
+def test_impossible_settings_are_refused(args):
+    with pytest.raises(ValueError):
+        Coalescer(Searches().run, *args)
