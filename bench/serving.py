@@ -4,9 +4,11 @@ binary frames of `vsearch.frames`; `-decoded`: the answer decoded as the client 
     python -m bench.serving [--quick]
 
 Same 4 GloVe shards everywhere (the automatic index at its tuned defaults); single queries and
-batches of 64 (``--sizes``), concurrency 1, 8 and 32 (``--concurrency``), shard-side
-@serve.batch on and off, for each layout (``--layouts``: shards per shard replica, or
-``router``: the router replica holds all four, ``shard.in_router``). Writes
+batches of 64 (``--sizes``), concurrency 1, 8 and 32 (``--concurrency``), requests merged
+at the shard (``deployments.coalesce``: ``max_batch_size`` 16) and not (1), for each layout
+(``--layouts``: shards per shard replica, or ``router``: the router replica holds all four,
+``shard.in_router``). Every configuration is deployed at once and measured in turn, in
+``--rounds`` interleaved rounds (the medians are reported). Writes
 bench/results/serving.json and serving.md.
 """
 
@@ -61,12 +63,12 @@ def drive(call, payloads: list, concurrency: int, faiss_threads: int | None = No
     }
 
 
-def paths(index: ShardedIndex, url: str):
+def paths(index: ShardedIndex, url: str, app: str = "bench"):
     import httpx
 
     from deployments.client import VsearchClient
 
-    client = VsearchClient("bench")
+    client = VsearchClient(app)
     http = httpx.Client(
         base_url=url,
         timeout=60,
@@ -111,7 +113,11 @@ def run(
     layouts: tuple[str, ...] = ("1",),
     sizes: tuple[int, ...] = (1, 64),
     concurrency: tuple[int, ...] = (1, 8, 32),
+    rounds: int = 1,
 ) -> dict:
+    """Every (layout, batch) is deployed as its own app, all at once; each round measures
+    every cell of every app and in process one after the other, so a noisy spell on a shared
+    machine hits all of them alike. Rows: the median of the rounds."""
     import ray
 
     from deployments.local import deploy, start_local
@@ -121,47 +127,67 @@ def run(
     if not os.path.exists(os.path.join(index_path, "CURRENT")):
         build(ds, index_path, "auto", 4)
     index = ShardedIndex.open(index_path)
-    url = start_local() + "/bench"
+    base = start_local()
     n_single = 50 if quick else 200
     n_batch = 8 if quick else 30
-    rows = []
+    targets: list[tuple[str | None, int | None, str, object]] = []
     for layout, batch in ((lay, b) for lay in layouts for b in batches):
         shard: dict = {"max_batch_size": batch, "omp_threads": 1}
         if layout == "router":
             shard["in_router"] = True
         else:
             shard.update(num_replicas=1, shards_per_replica=int(layout))
-        deploy("bench", {"index_uri": index_path, "shard": shard})
-        first = (layout, batch) == (layouts[0], batches[0])
-        for name, call in paths(index, url).items():
-            if (name == "in-process" and not first) or (only and name not in only):
-                continue
-            for nq, count in ((nq, n_single if nq == 1 else n_batch) for nq in sizes):
-                for conc in concurrency:
-                    n = count * min(conc, 8)
-                    starts = np.random.default_rng(0).integers(0, len(ds.xq) - nq, n)
-                    payloads = [ds.xq[s : s + nq] for s in starts]
+        app = f"bench-{layout}-{batch}"
+        deploy(app, {"index_uri": index_path, "shard": shard})
+        calls = paths(index, f"{base}/{app}", app)
+        if not targets:
+            targets.append((None, None, "in-process", calls["in-process"]))
+        targets += [
+            (layout, batch, name, call)
+            for name, call in calls.items()
+            if name != "in-process" and (not only or name in only)
+        ]
+    if only and "in-process" not in only:
+        targets = targets[1:]
+    runs: dict[tuple, list[dict]] = {}
+    for r in range(rounds):
+        for nq, count in ((nq, n_single if nq == 1 else n_batch) for nq in sizes):
+            for conc in concurrency:
+                n = count * min(conc, 8)
+                starts = np.random.default_rng(r).integers(0, len(ds.xq) - nq, n)
+                payloads = [ds.xq[s : s + nq] for s in starts]
+                for layout, batch, name, call in targets:
                     call(payloads[0])  # warm-up
                     # in process: all cores for one caller, one thread each for several
                     threads = (os.cpu_count() if conc == 1 else 1) if name == "in-process" else None
                     stats = drive(call, payloads, conc, threads)
-                    row = {
-                        "path": name,
-                        "layout": None if name == "in-process" else layout,
-                        "shard_batch": batch if name != "in-process" else None,
-                        "nq": nq,
-                        "concurrency": conc,
-                        **stats,
-                        "queries_per_s": stats["requests_per_s"] * nq,
-                    }
-                    rows.append(row)
-                    print(json.dumps(row), file=sys.stderr)
+                    key = (name, layout, batch, nq, conc)
+                    runs.setdefault(key, []).append(stats)
+                    print(json.dumps({"round": r, "key": key, **stats}), file=sys.stderr)
+    rows = []
+    for (name, layout, batch, nq, conc), got in runs.items():
+        med = {f: float(np.median([g[f] for g in got])) for f in got[0] if f != "requests"}
+        rows.append(
+            {
+                "path": name,
+                "layout": layout,
+                "shard_batch": batch,
+                "nq": nq,
+                "concurrency": conc,
+                "requests": got[0]["requests"],
+                "rounds": len(got),
+                **med,
+                "queries_per_s": med["requests_per_s"] * nq,
+                "queries_per_s_rounds": [g["requests_per_s"] * nq for g in got],
+            }
+        )
+    rows.sort(key=lambda x: (x["path"] != "in-process", str(x["layout"]), x["shard_batch"] or 0))
     ray.shutdown()
     flags = " ".join(sys.argv[1:])
-    env = (
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED=1 "
-        if os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED")
-        else ""
+    env = "".join(
+        f"{k}={os.environ[k]} "
+        for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY")
+        if os.environ.get(k)
     )
     return {
         "command": f"{env}python -m bench.serving {flags}".strip(),
@@ -191,9 +217,13 @@ def markdown(r: dict) -> str:
         "router replica holds all four: `shard.in_router`); "
         f"`{r['factory']}` at {r['params']}; "
         f"{r['machine']['cpus']} CPUs; in-process faiss threads "
-        f"{r['machine']['in_process_faiss_threads']}, replicas 1 OpenMP thread each.",
+        f"{r['machine']['in_process_faiss_threads']}, replicas 1 OpenMP thread each. "
+        "merged: the shard's `max_batch_size` (the most requests that queue behind the "
+        "searches running and are merged into one, `deployments.coalesce`; 1: none). "
+        f"Each figure: the median of {r['rows'][0].get('rounds', 1)} interleaved rounds "
+        "(every round measures every row; each round's figure is in the .json).",
         "",
-        "| path | layout | shard batch | queries/request | concurrency | queries/s | "
+        "| path | layout | merged | queries/request | concurrency | queries/s | "
         "vs in-process | p50 ms | p99 ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -211,7 +241,9 @@ def markdown(r: dict) -> str:
 def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--paths", help="comma-separated subset of " + ",".join(PATHS))
-    ap.add_argument("--batches", default="1,16", help="shard @serve.batch sizes to compare")
+    ap.add_argument(
+        "--batches", default="1,16", help="shard max_batch_size values to compare (1: no merging)"
+    )
     ap.add_argument("--sizes", default="1,64", help="queries per request, comma-separated")
     ap.add_argument("--concurrency", default="1,8,32", help="callers, comma-separated")
     ap.add_argument(
@@ -219,6 +251,7 @@ def main() -> int:
         default="1",
         help="comma-separated: shards per shard replica (1, 4), or router (shard.in_router)",
     )
+    ap.add_argument("--rounds", type=int, default=1, help="interleaved rounds (medians)")
     ap.add_argument("--name", default="serving", help="results file name (without extension)")
     args = ap.parse_args()
     result = run(
@@ -229,6 +262,7 @@ def main() -> int:
         tuple(args.layouts.split(",")),
         tuple(int(n) for n in args.sizes.split(",")),
         tuple(int(c) for c in args.concurrency.split(",")),
+        args.rounds,
     )
     print(write(args.out, args.name, result, markdown))
     return 0

@@ -4,10 +4,12 @@ A replica runs at most ``slots`` searches at once (its cores' worth on CPU, one 
 clone). A request that finds a slot free starts at once, so a lone request never waits
 for company. Requests that arrive while every slot is busy queue; the next slot to free
 takes the oldest one and every queued request that can share its search (the same
-``Query.batch_key``), up to ``max_requests``, as one search of their rows stacked. Under
-load the batches grow by themselves (a faiss call over 256 rows costs less per row than
-four over 64), and a request waits at most for the searches running ahead of it, which it
-would have shared the cores with anyway.
+``Query.batch_key``), up to ``max_requests`` and ``max_rows`` rows, as one search of their
+rows stacked. Under load the batches grow by themselves (a faiss call over 256 rows costs
+less per row than four over 64), and a request waits at most for the searches running
+ahead of it, which it would have shared the cores with anyway. ``max_rows`` stops merging
+where it stops paying: requests that are large batches already go alone, so they do not
+add each other's time to their latency.
 
 ``wait_s`` > 0 holds a request that found a slot free for up to that long while fewer than
 ``max_requests`` are queued (a fuller GPU batch for a little latency); 0, the default,
@@ -45,10 +47,20 @@ class _Waiting:
 class Coalescer:
     """Searches of one replica: at most ``slots`` at a time, queued ones merged."""
 
-    def __init__(self, run: Run, slots: int, max_requests: int, wait_s: float = 0.0) -> None:
-        if slots < 1 or max_requests < 1 or wait_s < 0:
-            raise ValueError(f"slots {slots}, max_requests {max_requests}, wait_s {wait_s}")
+    def __init__(
+        self,
+        run: Run,
+        slots: int,
+        max_requests: int,
+        wait_s: float = 0.0,
+        max_rows: int | None = None,
+    ) -> None:
+        if slots < 1 or max_requests < 1 or wait_s < 0 or (max_rows or 1) < 1:
+            raise ValueError(
+                f"slots {slots}, max_requests {max_requests}, wait_s {wait_s}, max_rows {max_rows}"
+            )
         self._run, self.slots, self.max_requests, self.wait_s = run, slots, max_requests, wait_s
+        self.max_rows = max_rows
         self.busy = 0
         self._queue: deque[_Waiting] = deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -82,7 +94,8 @@ class Coalescer:
     def _take(self) -> list[_Waiting]:
         """The oldest live request and the queued ones that share its search; requests that
         were cancelled or whose deadline passed leave the queue on the way."""
-        now, key = time.monotonic(), None
+        now, key, rows = time.monotonic(), None, 0
+        limit = self.max_rows
         group: list[_Waiting] = []
         rest: deque[_Waiting] = deque()
         while self._queue:
@@ -94,8 +107,10 @@ class Coalescer:
                 continue
             if key is None:
                 key = w.query.batch_key()
-            if len(group) < self.max_requests and w.query.batch_key() == key:
+            fits = not group or limit is None or rows + len(w.xq) <= limit
+            if fits and len(group) < self.max_requests and w.query.batch_key() == key:
                 group.append(w)
+                rows += len(w.xq)
             else:
                 rest.append(w)
         self._queue = rest

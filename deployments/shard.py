@@ -20,7 +20,7 @@ from ray import serve
 from deployments.coalesce import Coalescer
 from deployments.config import RecallOptions, ShardOptions
 from deployments.follow import Follower
-from deployments.held import HeldVersions, LoadedShards
+from deployments.held import SUB_BATCH, HeldVersions, LoadedShards
 from deployments.metrics import ShardMetrics
 from deployments.sampler import ShardSampler
 from shards import ShardedIndex
@@ -64,8 +64,9 @@ class ShardServer:
         self.held = HeldVersions(index_uri, self.numbers, self.opts, self.metrics, self.tags)
         self.follower = Follower(self._tail, lambda: [v.index for v in self.versions.values()])
         self._following: asyncio.Task | None = None
+        opts = self.opts  # merged searches stop at a sub-batch: beyond, merging gains nothing
         self.coalescer = Coalescer(
-            self._run, self.opts.slots(), self.opts.batch_size, self.opts.batch_wait_timeout_s
+            self._run, opts.slots(), opts.batch_size, opts.batch_wait_timeout_s, SUB_BATCH
         )
 
     # ---- versions ----

@@ -188,3 +188,26 @@ def test_wait_s_holds_a_request_for_company():
 def test_impossible_settings_are_refused(args):
     with pytest.raises(ValueError):
         Coalescer(Searches().run, *args)
+
+
+def test_max_rows_leaves_requests_that_are_large_batches_alone():
+    async def main():
+        s = Searches()
+        s.gate.clear()
+        c = Coalescer(s.run, slots=1, max_requests=16, max_rows=8)
+        first = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
+        await asyncio.sleep(0)
+        sizes = [3, 4, 2, 9, 1]  # 3 + 4 + 1 fit in 8; then 2 (9 does not fit beside it); 9
+        tasks = [
+            asyncio.create_task(c.search(rows(10 * (i + 1), n), Query(5), None))
+            for i, n in enumerate(sizes)
+        ]
+        await asyncio.sleep(0.01)
+        s.gate.set()
+        out = await asyncio.gather(first, *tasks)
+        return s, out, sizes
+
+    s, out, sizes = run(main())
+    assert s.groups == [[1], [3, 4, 1], [2], [9]]
+    for (D, _, _, _), i, n in zip(out[1:], range(len(sizes)), sizes, strict=True):
+        np.testing.assert_array_equal(D, rows(10 * (i + 1), n) * 2)
