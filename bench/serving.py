@@ -109,7 +109,7 @@ def run(
     quick: bool,
     workdir: str,
     only: list[str] | None = None,
-    batches: tuple[int, ...] = (16, 1),
+    batches: tuple[str, ...] = ("16", "1"),
     layouts: tuple[str, ...] = ("1",),
     sizes: tuple[int, ...] = (1, 64),
     concurrency: tuple[int, ...] = (1, 8, 32),
@@ -130,14 +130,17 @@ def run(
     base = start_local()
     n_single = 50 if quick else 200
     n_batch = 8 if quick else 30
-    targets: list[tuple[str | None, int | None, str, object]] = []
+    targets: list[tuple[str | None, str | None, str, object]] = []
     for layout, batch in ((lay, b) for lay in layouts for b in batches):
-        shard: dict = {"max_batch_size": batch, "omp_threads": 1}
+        size, _, wait = batch.partition(":")  # max_batch_size[:batch_wait_timeout_s]
+        shard: dict = {"max_batch_size": int(size), "omp_threads": 1}
+        if wait:
+            shard["batch_wait_timeout_s"] = float(wait)
         if layout == "router":
             shard["in_router"] = True
         else:
             shard.update(num_replicas=1, shards_per_replica=int(layout))
-        app = f"bench-{layout}-{batch}"
+        app = f"bench-{layout}-{batch}".replace(":", "-w").replace(".", "_")
         deploy(app, {"index_uri": index_path, "shard": shard})
         calls = paths(index, f"{base}/{app}", app)
         if not targets:
@@ -181,7 +184,7 @@ def run(
                 "queries_per_s_rounds": [g["requests_per_s"] * nq for g in got],
             }
         )
-    rows.sort(key=lambda x: (x["path"] != "in-process", str(x["layout"]), x["shard_batch"] or 0))
+    rows.sort(key=lambda x: (x["path"] != "in-process", str(x["layout"]), x["shard_batch"] or ""))
     ray.shutdown()
     flags = " ".join(sys.argv[1:])
     env = "".join(
@@ -242,7 +245,9 @@ def main() -> int:
     ap = parser(__doc__)
     ap.add_argument("--paths", help="comma-separated subset of " + ",".join(PATHS))
     ap.add_argument(
-        "--batches", default="1,16", help="shard max_batch_size values to compare (1: no merging)"
+        "--batches",
+        default="1,16",
+        help="shard max_batch_size[:batch_wait_timeout_s] values to compare (1: no merging)",
     )
     ap.add_argument("--sizes", default="1,64", help="queries per request, comma-separated")
     ap.add_argument("--concurrency", default="1,8,32", help="callers, comma-separated")
@@ -258,7 +263,7 @@ def main() -> int:
         args.quick,
         args.workdir,
         args.paths.split(",") if args.paths else None,
-        tuple(int(b) for b in args.batches.split(",")),
+        tuple(args.batches.split(",")),
         tuple(args.layouts.split(",")),
         tuple(int(n) for n in args.sizes.split(",")),
         tuple(int(c) for c in args.concurrency.split(",")),

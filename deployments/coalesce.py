@@ -11,11 +11,12 @@ ahead of it, which it would have shared the cores with anyway. ``max_rows`` stop
 where it stops paying: requests that are large batches already go alone, so they do not
 add each other's time to their latency.
 
-``wait_s`` > 0 holds a request that found a slot free for up to that long while fewer than
-``max_requests`` are queued (a fuller GPU batch for a little latency); 0, the default,
-never holds one. A request whose deadline passes while it queues fails without a search; a
-merged search stops at the latest deadline of its requests; an error fails every request of
-that search and no other.
+``wait_s`` > 0 holds a request that found a slot free, while another search runs and fewer
+than ``max_requests`` are queued, for up to that long (a fuller GPU batch for a little
+latency under load; an idle replica never holds one); 0, the default, never holds one.
+A request whose deadline passes while it queues fails without a search; a merged search
+stops at the latest deadline of its requests; an error fails every request of that search
+and no other.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class Coalescer:
         """This request's part of the search it joins: ``run``'s answer, its rows only."""
         future = asyncio.get_running_loop().create_future()
         self._queue.append(_Waiting(xq, query, deadline, future))
-        if self.wait_s > 0 and self.busy < self.slots and len(self._queue) < self.max_requests:
+        busy, few = self.busy, len(self._queue) < self.max_requests
+        if self.wait_s > 0 and 0 < busy < self.slots and few:
             if self._timer is None:  # hold it a little for company
                 self._timer = asyncio.get_running_loop().call_later(self.wait_s, self._held)
         else:
@@ -90,6 +92,9 @@ class Coalescer:
             if group:
                 self.busy += 1
                 asyncio.get_running_loop().create_task(self._search(group))
+        if not self._queue and self._timer is not None:  # nobody left to hold
+            self._timer.cancel()
+            self._timer = None
 
     def _take(self) -> list[_Waiting]:
         """The oldest live request and the queued ones that share its search; requests that

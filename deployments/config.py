@@ -85,7 +85,10 @@ class ShardOptions(BaseModel):
         "(deployments.coalesce); default 16 on CPU, 32 on GPU; 1 turns merging off",
     )
     batch_wait_timeout_s: float = Field(
-        0.0, ge=0, description="hold a request that found a core free this long for company"
+        0.0,
+        ge=0,
+        description="hold a request that found a slot free this long for company while "
+        "another search runs (never on an idle replica)",
     )
     search_slots: PositiveInt | None = Field(
         None,

@@ -164,24 +164,41 @@ def test_a_cancelled_request_leaves_the_queue_unsearched():
     assert s.groups == [[1], [1]] and c.busy == 0 and c.queued == 0
 
 
-def test_wait_s_holds_a_request_for_company():
+def test_wait_s_holds_a_request_for_company_only_while_another_search_runs():
     async def main():
         s = Searches()
-        c = Coalescer(s.run, slots=1, max_requests=3, wait_s=0.05)
+        c = Coalescer(s.run, slots=2, max_requests=2, wait_s=0.05)
         t0 = time.monotonic()
-        one = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
-        await asyncio.sleep(0.01)
-        two = asyncio.create_task(c.search(rows(10, 1), Query(5), None))
-        await asyncio.gather(one, two)
-        held = time.monotonic() - t0
-        full = [asyncio.create_task(c.search(rows(i, 1), Query(5), None)) for i in range(3)]
+        await c.search(rows(0, 1), Query(5), None)  # nothing running: at once
+        alone = time.monotonic() - t0
+        s.gate.clear()
+        running = asyncio.create_task(c.search(rows(1, 1), Query(5), None))
+        await asyncio.sleep(0)  # it holds one slot
         t1 = time.monotonic()
-        await asyncio.gather(*full)  # max_requests queued: no wait
-        return s, held, time.monotonic() - t1
+        held = asyncio.create_task(c.search(rows(10, 1), Query(5), None))
+        await asyncio.sleep(0.01)
+        waiting = list(s.groups)  # the free slot waits for company
+        mate = asyncio.create_task(c.search(rows(20, 1), Query(5), None))
+        await asyncio.sleep(0.005)  # max_requests queued: they go at once
+        paired, pair_s = s.groups[2:], time.monotonic() - t1
+        s.gate.set()
+        await asyncio.gather(running, held, mate)
+        s.gate.clear()
+        running = asyncio.create_task(c.search(rows(2, 1), Query(5), None))
+        await asyncio.sleep(0.005)  # its search started
+        t2, searches = time.monotonic(), len(s.groups)
+        lone = asyncio.create_task(c.search(rows(30, 1), Query(5), None))
+        while len(s.groups) == searches:  # no company comes: it goes alone after wait_s
+            await asyncio.sleep(0.001)
+        lone_s = time.monotonic() - t2
+        s.gate.set()
+        await asyncio.gather(running, lone)
+        return alone, waiting, paired, pair_s, lone_s
 
-    s, held, full = run(main())
-    assert s.groups == [[1, 1], [1, 1, 1]]
-    assert held >= 0.04 and full < 0.04
+    alone, waiting, paired, pair_s, lone_s = run(main())
+    assert alone < 0.04 and waiting == [[1], [1]]
+    assert paired == [[1, 1]] and pair_s < 0.04
+    assert lone_s >= 0.045
 
 
 @pytest.mark.parametrize("args", [(0, 4, 0.0), (1, 0, 0.0), (1, 4, -1.0)])
