@@ -132,10 +132,13 @@ def run(
     n_batch = 8 if quick else 30
     targets: list[tuple[str | None, str | None, str, object]] = []
     for layout, batch in ((lay, b) for lay in layouts for b in batches):
-        size, _, wait = batch.partition(":")  # max_batch_size[:batch_wait_timeout_s]
+        # max_batch_size[:batch_wait_timeout_s[:search_slots]]
+        size, wait, slots = [*batch.split(":"), "", ""][:3]
         shard: dict = {"max_batch_size": int(size), "omp_threads": 1}
         if wait:
             shard["batch_wait_timeout_s"] = float(wait)
+        if slots:
+            shard["search_slots"] = int(slots)
         if layout == "router":
             shard["in_router"] = True
         else:
@@ -247,7 +250,8 @@ def main() -> int:
     ap.add_argument(
         "--batches",
         default="1,16",
-        help="shard max_batch_size[:batch_wait_timeout_s] values to compare (1: no merging)",
+        help="shard max_batch_size[:batch_wait_timeout_s[:search_slots]] values to compare "
+        "(1: no merging)",
     )
     ap.add_argument("--sizes", default="1,64", help="queries per request, comma-separated")
     ap.add_argument("--concurrency", default="1,8,32", help="callers, comma-separated")
