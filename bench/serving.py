@@ -225,7 +225,9 @@ def markdown(r: dict) -> str:
         f"{r['machine']['cpus']} CPUs; in-process faiss threads "
         f"{r['machine']['in_process_faiss_threads']}, replicas 1 OpenMP thread each. "
         "merged: the shard's `max_batch_size` (the most requests that queue behind the "
-        "searches running and are merged into one, `deployments.coalesce`; 1: none). "
+        "searches running and are merged into one, `deployments.coalesce`; 1: none; "
+        "`16:0.001`: a request held up to 1 ms for company while another search runs; "
+        "`16::3`: 3 search slots, against the default of one per core). "
         f"Each figure: the median of {r['rows'][0].get('rounds', 1)} interleaved rounds "
         "(every round measures every row; each round's figure is in the .json).",
         "",
