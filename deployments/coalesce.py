@@ -65,6 +65,7 @@ class Coalescer:
         self.busy = 0
         self._queue: deque[_Waiting] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task] = set()
 
     @property
     def queued(self) -> int:
@@ -91,7 +92,9 @@ class Coalescer:
             group = self._take()
             if group:
                 self.busy += 1
-                asyncio.get_running_loop().create_task(self._search(group))
+                task = asyncio.get_running_loop().create_task(self._search(group))
+                self._running.add(task)  # the loop holds tasks weakly
+                task.add_done_callback(self._running.discard)
         if not self._queue and self._timer is not None:  # nobody left to hold
             self._timer.cancel()
             self._timer = None
