@@ -42,6 +42,17 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def held_slot(fail_on: int | None = None, **options) -> tuple:
+    """``(searches, coalescer, first)``: a coalescer with one slot, held by a first search
+    of one row until ``searches.gate`` is set."""
+    s = Searches(fail_on)
+    s.gate.clear()
+    c = Coalescer(s.run, slots=1, **{"max_requests": 16, **options})
+    first = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
+    await asyncio.sleep(0)  # it holds the only slot
+    return s, c, first
+
+
 def test_a_lone_request_starts_at_once_and_alone():
     async def main():
         s = Searches()
@@ -59,24 +70,20 @@ def test_a_lone_request_starts_at_once_and_alone():
 
 def test_requests_queued_behind_a_busy_slot_share_one_search_and_get_their_own_rows():
     async def main():
-        s = Searches()
-        s.gate.clear()
-        c = Coalescer(s.run, slots=1, max_requests=16)
-        first = asyncio.create_task(c.search(rows(0, 2), Query(5), None))
-        await asyncio.sleep(0)  # it holds the only slot
+        s, c, first = await held_slot()
         a = asyncio.create_task(c.search(rows(10, 3), Query(5), None))
         other = asyncio.create_task(c.search(rows(20, 1), Query(5, version="v2"), None))
         b = asyncio.create_task(c.search(rows(30, 4), Query(5), None))
         await asyncio.sleep(0.01)
-        assert c.queued == 3 and s.groups == [[2]]
+        assert c.queued == 3 and s.groups == [[1]]
         s.gate.set()
         return s, await asyncio.gather(first, a, other, b)
 
     s, (first, a, other, b) = run(main())
     # the oldest queued request and the one sharing its key; then the other version's
-    assert s.groups == [[2], [3, 4], [1]]
+    assert s.groups == [[1], [3, 4], [1]]
     for (D, I, version, _), start, n, v in [
-        (first, 0, 2, None),
+        (first, 0, 1, None),
         (a, 10, 3, None),
         (other, 20, 1, "v2"),
         (b, 30, 4, None),
@@ -106,11 +113,7 @@ def test_max_requests_caps_a_merged_search_and_slots_run_side_by_side():
 
 def test_an_error_fails_the_requests_of_its_search_only():
     async def main():
-        s = Searches(fail_on=10)
-        s.gate.clear()
-        c = Coalescer(s.run, slots=1, max_requests=16)
-        first = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
-        await asyncio.sleep(0)
+        s, c, first = await held_slot(fail_on=10)
         bad = asyncio.create_task(c.search(rows(10, 1), Query(5), None))
         mate = asyncio.create_task(c.search(rows(11, 1), Query(5), None))
         apart = asyncio.create_task(c.search(rows(20, 1), Query(6), None))
@@ -125,11 +128,7 @@ def test_an_error_fails_the_requests_of_its_search_only():
 
 def test_a_request_whose_deadline_passes_in_the_queue_fails_without_a_search():
     async def main():
-        s = Searches()
-        s.gate.clear()
-        c = Coalescer(s.run, slots=1, max_requests=16)
-        first = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
-        await asyncio.sleep(0)
+        s, c, first = await held_slot()
         late = asyncio.create_task(c.search(rows(10, 1), Query(5), time.monotonic() + 0.005))
         later = time.monotonic() + 60
         kept = asyncio.create_task(c.search(rows(20, 1), Query(5), later))
@@ -147,11 +146,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_fails_without_a_search():
 
 def test_a_cancelled_request_leaves_the_queue_unsearched():
     async def main():
-        s = Searches()
-        s.gate.clear()
-        c = Coalescer(s.run, slots=1, max_requests=16)
-        first = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
-        await asyncio.sleep(0)
+        s, c, first = await held_slot()
         gone = asyncio.create_task(c.search(rows(10, 5), Query(5), None))
         kept = asyncio.create_task(c.search(rows(20, 1), Query(5), None))
         await asyncio.sleep(0.01)
@@ -209,11 +204,7 @@ def test_impossible_settings_are_refused(args):
 
 def test_max_rows_leaves_requests_that_are_large_batches_alone():
     async def main():
-        s = Searches()
-        s.gate.clear()
-        c = Coalescer(s.run, slots=1, max_requests=16, max_rows=8)
-        first = asyncio.create_task(c.search(rows(0, 1), Query(5), None))
-        await asyncio.sleep(0)
+        s, c, first = await held_slot(max_rows=8)
         sizes = [3, 4, 2, 9, 1]  # 3 + 4 + 1 fit in 8; then 2 (9 does not fit beside it); 9
         tasks = [
             asyncio.create_task(c.search(rows(10 * (i + 1), n), Query(5), None))
