@@ -62,7 +62,7 @@ def test_a_lone_request_starts_at_once_and_alone():
         return s, time.monotonic() - t0, D, I, version, seq
 
     s, took, D, I, version, seq = run(main())
-    assert s.groups == [[3]] and took < 0.05
+    assert s.groups == [[3]] and took < 0.5  # no timer held it
     np.testing.assert_array_equal(D, rows(0, 3) * 2)
     np.testing.assert_array_equal(I[:, 0], [0, 1, 2])
     assert (version, seq) == (None, 7)
@@ -159,10 +159,13 @@ def test_a_cancelled_request_leaves_the_queue_unsearched():
     assert s.groups == [[1], [1]] and c.busy == 0 and c.queued == 0
 
 
+WAIT_S = 0.3  # long beside a busy machine's scheduling delays
+
+
 def test_wait_s_holds_a_request_for_company_only_while_another_search_runs():
     async def main():
         s = Searches()
-        c = Coalescer(s.run, slots=2, max_requests=2, wait_s=0.05)
+        c = Coalescer(s.run, slots=2, max_requests=2, wait_s=WAIT_S)
         t0 = time.monotonic()
         await c.search(rows(0, 1), Query(5), None)  # nothing running: at once
         alone = time.monotonic() - t0
@@ -178,6 +181,7 @@ def test_wait_s_holds_a_request_for_company_only_while_another_search_runs():
         paired, pair_s = s.groups[2:], time.monotonic() - t1
         s.gate.set()
         await asyncio.gather(running, held, mate)
+        await asyncio.sleep(WAIT_S / 2)  # a timer left from the pair would be half due
         s.gate.clear()
         running = asyncio.create_task(c.search(rows(2, 1), Query(5), None))
         await asyncio.sleep(0.005)  # its search started
@@ -191,9 +195,9 @@ def test_wait_s_holds_a_request_for_company_only_while_another_search_runs():
         return alone, waiting, paired, pair_s, lone_s
 
     alone, waiting, paired, pair_s, lone_s = run(main())
-    assert alone < 0.04 and waiting == [[1], [1]]
-    assert paired == [[1, 1]] and pair_s < 0.04
-    assert lone_s >= 0.045
+    assert alone < WAIT_S / 2 and waiting == [[1], [1]]
+    assert paired == [[1, 1]] and pair_s < WAIT_S / 2
+    assert lone_s >= WAIT_S * 0.95  # a whole wait of its own
 
 
 @pytest.mark.parametrize("args", [(0, 4, 0.0), (1, 0, 0.0), (1, 4, -1.0)])
