@@ -113,10 +113,10 @@ class Coalescer:
             if w.deadline is not None and now > w.deadline:
                 w.future.set_exception(DeadlineExceeded("deadline passed: queued for a search"))
                 continue
-            if key is None:
-                key = w.query.batch_key()
+            mine = w.query.batch_key()
+            key = mine if key is None else key
             fits = not group or limit is None or rows + len(w.xq) <= limit
-            if fits and len(group) < self.max_requests and w.query.batch_key() == key:
+            if fits and len(group) < self.max_requests and mine == key:
                 group.append(w)
                 rows += len(w.xq)
             else:
@@ -139,11 +139,11 @@ class Coalescer:
                 if not isinstance(exc, Exception):
                     raise
                 return
+            D, I, *rest = out
             start = 0
             for w in group:
                 n = len(w.xq)
                 if not w.future.done():
-                    D, I, *rest = out
                     w.future.set_result((D[start : start + n], I[start : start + n], *rest))
                 start += n
         finally:

@@ -42,13 +42,14 @@ def merge_exposition(
     """One Prometheus text page holding the families of ``texts`` whose names match; with
     ``apps``, without the samples labelled with another application."""
     families: dict[str, object] = {}
+    keep = None if apps is None else apps | {""}  # "": a sample of no application's
     for text in texts:
         for family in text_string_to_metric_families(text):
             if not family.name.startswith(prefixes):
                 continue
-            if apps is not None:
+            if keep is not None:
                 family.samples = [
-                    s for s in family.samples if s.labels.get("application", "") in apps | {""}
+                    s for s in family.samples if s.labels.get("application", "") in keep
                 ]
                 if not family.samples:
                     continue

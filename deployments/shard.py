@@ -166,7 +166,7 @@ class ShardServer:
         deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
         if query.min_sequence:
             await self._caught_up(self._held(query.version), query.min_sequence, deadline)
-        cheap = _inline_states(self._held(query.version), xq, query) is not None
+        cheap = _cheap(self._held(query.version), xq, query)
         if self.opts.batch_size <= 1 or cheap:  # a cheap one is answered on the loop at once
             return await self._run(xq, query, deadline)
         return await self.coalescer.search(xq, query, deadline)  # merged while it queues
@@ -183,7 +183,8 @@ class ShardServer:
         self.held.in_flight[v] += 1
         try:
             # each GPU clone serialises its own searches (shards.gpu.Placed); the states are
-            # taken in the thread (their lock waits for a mutation being applied)
+            # taken after ``seq`` is read, here or in the thread (their lock waits for a
+            # mutation being applied)
             states = _inline_states(loaded, xq, query)
             if states is not None:  # cheap enough to answer here, without a thread hop
                 D, I, plans, states, cpu_s = _timed(loaded, xq, query, deadline, states)
@@ -365,16 +366,19 @@ class ShardServer:
             raise RuntimeError(f"shards {self.numbers}: known-answer search failed")
 
 
-def _inline_states(loaded: LoadedShards, xq: np.ndarray, query: Query) -> list | None:
-    """The shard states to search ``xq`` with on the event loop, or None (in a thread): a
-    CPU search without a filter whose rows cost under ``INLINE_S`` as measured so far, while
-    no mutation is being applied (the loop never waits for one)."""
+def _cheap(loaded: LoadedShards, xq: np.ndarray, query: Query) -> bool:
+    """A CPU search without a filter whose rows cost under ``INLINE_S`` as measured so far."""
     row_s = loaded.row_s
     if row_s is None or loaded.placement.on_gpu or query.filter is not None:
-        return None
-    if len(xq) * row_s > INLINE_S:
-        return None
-    return loaded.index.applied.try_states()
+        return False
+    return len(xq) * row_s <= INLINE_S
+
+
+def _inline_states(loaded: LoadedShards, xq: np.ndarray, query: Query) -> list | None:
+    """The shard states to search ``xq`` with on the event loop, or None (in a thread): a
+    cheap search (``_cheap``) while no mutation is being applied (the loop never waits for
+    one)."""
+    return loaded.index.applied.try_states() if _cheap(loaded, xq, query) else None
 
 
 def _timed(

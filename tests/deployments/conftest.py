@@ -170,4 +170,4 @@ def apps(serve_base, indexes):
     deploy("ivf", {"index_uri": str(root / "ivf")})
     deploy("auth", {"index_uri": str(root / "tiny"), "auth_token_env": "VSEARCH_TEST_TOKEN"})
     print(f"deployed 3 apps in {time.time() - t0:.1f} s")
-    return {name: f"{serve_base}/{name}" for name in ("flat", "ivf", "auth")}
+    return {name: f"{serve_base}/{name}" for name in SESSION_APPS}
