@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 
-from shards._faiss import (
-    BLAS_MIN_QUERIES,
-    faiss,
-    one_omp_thread,
-    runs_one_omp_thread,
-    use_blas_from,
-)
+from shards._faiss import BLAS_MIN_QUERIES, one_omp_thread, use_blas_from
 from shards.applied import Applied
 from shards.artefact import open_version, read_shard
 from shards.coarse import coarse_assign, quantizer_digest
@@ -34,6 +27,7 @@ from shards.gpu import GpuOptions, Placement
 from shards.ids import check_ids
 from shards.live import LiveState
 from shards.log import Mutation, MutationLog
+from shards.lone import LonePath
 from shards.manifest import Manifest
 from shards.merge import merge_results, within
 from shards.metric import Metric
@@ -79,7 +73,7 @@ class ShardedIndex:
         self.log = MutationLog(root_uri, manifest.dim, schema) if log and root_uri else None
         self.log_error: str | None = None  # a corrupt segment stopped the replay here
         self.applied = Applied(shards, manifest.index_version)  # all shards at once
-        self._only = first if len(shards) == 1 else None
+        self.lone = LonePath(self.planner, self.metric, shards, self.applied, self._unfiltered)
 
     @classmethod
     def open(
@@ -189,7 +183,7 @@ class ShardedIndex:
             InvalidQuery: bad shape, dimension, NaN/Inf, k, an override, or the filter.
         """
         if params is None and filter is None and score_threshold is None:
-            lone = self._lone(xq, k, target_recall)  # the common lone query, in fewer steps
+            lone = self.lone.search(xq, k, target_recall)  # the common lone query, in fewer steps
             if lone is not None:
                 return lone
         k = self.planner.check_k(k)
@@ -202,41 +196,6 @@ class ShardedIndex:
         if threshold is not None:
             D, I = within(D, I, threshold, self.metric.keep_max)
         return D, I
-
-    def _lone(self, xq: Any, k: Any, target_recall: Any) -> tuple[np.ndarray, np.ndarray] | None:
-        """``search`` of one float32 query with plain options, or None to take the full path
-        (which also raises every error: this path only takes queries that pass its checks).
-
-        A lone query's checks and fan-out hold Python's lock; with more callers than cores
-        that time queues them all (8 callers on 2 cores: 1.4 cores busy), so it is kept short.
-        """
-        ov = self.planner.resolved(target_recall)
-        ok = ov is not None and type(xq) is np.ndarray and type(k) is int
-        if not (ok and xq.shape == (1, self.planner.dim) and xq.dtype == np.float32):
-            return None
-        if not 1 <= k <= self.planner.max_k or not xq.flags.c_contiguous:
-            return None
-        # one C call checks every value: a NaN or an infinity makes the squared norm non-finite
-        # (so does a finite norm above 3.4e38, which the full path then accepts). numpy's
-        # isfinite here cost 8 callers on 2 cores 5-8% of their throughput (MiniLM, HNSW32).
-        norm = faiss.fvec_norm_L2sqr(faiss.swig_ptr(xq), self.planner.dim)
-        if not (math.isfinite(norm) and norm > 0.0):
-            return None  # the full path raises, or answers a zero query (not for cosine)
-        if self.metric is Metric.COSINE:
-            xq = xq.copy()
-            faiss.normalize_L2(xq)
-        assert ov is not None
-        if runs_one_omp_thread():
-            return self._lone_fan_out(xq, k, ov)
-        with one_omp_thread():
-            return self._lone_fan_out(xq, k, ov)
-
-    def _lone_fan_out(
-        self, xq: np.ndarray, k: int, ov: SearchOverrides
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if self._only is not None:  # one shard: its state alone is the consistent snapshot
-            return self._only.search_lone(xq, k, ov)
-        return self._unfiltered(xq, k, ov, self.applied.states())
 
     def parse_filter(self, raw: Any) -> Filter | None:
         """``raw`` checked against this index's metadata columns (None: no filter)."""
