@@ -97,6 +97,13 @@ class Anatomy:
         return isinstance(core, faiss.IndexFlat | faiss.IndexIVFFlat)
 
     @property
+    def distances_exact(self) -> bool:
+        """Every distance a search reports is computed in float32 from the whole query and
+        stored exact vectors, so a NaN or an infinity anywhere in the query makes each of
+        them non-finite (a transform, quantized codes or lookup tables could hide it)."""
+        return self.lossless
+
+    @property
     def reconstructable(self) -> bool:
         """``reconstruct`` is safe: faiss 1.15's fast-scan IVF (without a refine index,
         which reconstructs instead) crashes the process reconstructing a row once it has

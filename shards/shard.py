@@ -31,6 +31,7 @@ class Shard:
         tune_fastscan(self.index)  # before any search: not a per-request knob
         hugepages.advise(self.index)  # random reads over the vectors: fewer TLB misses
         self.layout = ivf_layout(self.index)  # found once: each search would walk it again
+        self._distances_exact = Anatomy.of(self.index).distances_exact
         self.ids = data.ids
         self.metadata = _aligned(data.metadata, self.ids)
         self.keep_max = metric_keep_max
@@ -96,18 +97,17 @@ class Shard:
             result = merge_results([result, delta], self.keep_max)
         return result
 
-    def search_lone(
-        self, xq: np.ndarray, k: int, ov: SearchOverrides
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``search`` of one prepared query under the current state, in fewer steps when the
-        state has no delta and this shard searches on the CPU with parameters made before:
-        with several callers on few cores each lone query's Python time queues the rest."""
+    def plan_lone(self, ov: SearchOverrides, k: int) -> LonePlan | None:
+        """What a lone query needs to search the current state straight in faiss, or None
+        when that state has a delta (answers merge two searches) or the shard searches on a
+        GPU (``search`` serialises there)."""
         st = self._state
-        made = st.params.get((ov, k))
-        if made is None or len(st.delta) or self.placed.placement.on_gpu:
-            return self.search(xq, k, ov, None, st)
-        D, I = search_c(self.index, xq, k, made[0])
-        return D, self._ids_of(I)
+        if len(st.delta) or self.placed.placement.on_gpu:
+            return None
+        made = self._cpu_params(ov, k, st)
+        ids = None if self._rows_are_ids else self._id_of_row
+        search = self.index.search_c  # type: ignore[attr-defined]
+        return LonePlan(self, st, search, made, ids, self._distances_exact)
 
     def _ids_of(self, rows: np.ndarray) -> np.ndarray:
         """External ids of main-index ``rows`` (-1 padding kept)."""
@@ -255,6 +255,19 @@ class Shard:
         with self._lock:
             x = _reconstruct_rows(self.index, rows)
         return np.concatenate([x, st.delta.x]), np.concatenate([self.ids[rows], st.delta.ids])
+
+
+class LonePlan:
+    """One shard's search of one (overrides, k) under one state, made once: its faiss search
+    function, parameter object (``made``: it and what it holds), row -> id map (None: rows
+    are ids) and whether its distances are exact (``Anatomy.distances_exact``). Valid while
+    ``state`` is the shard's current state."""
+
+    __slots__ = ("exact", "ids", "made", "params", "search", "shard", "state")
+
+    def __init__(self, shard: Shard, state: LiveState, search, made: tuple, ids, exact) -> None:
+        self.shard, self.state, self.search, self.made, self.ids = shard, state, search, made, ids
+        self.params, self.exact = made[0], exact
 
 
 def search_c(index: faiss.Index, xq: np.ndarray, k: int, params) -> tuple[np.ndarray, np.ndarray]:

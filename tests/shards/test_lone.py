@@ -100,3 +100,36 @@ def test_lone_query_translates_ids_of_one_shard(tmp_path):
         for _ in range(2):
             assert index.search(xb[i : i + 1], 1, {"ef_search": 64})[1][0, 0] == ids[gt[i, 0]]
             assert index.search(xb[i : i + 1], 1)[1][0, 0] == ids[gt[i, 0]]
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+@pytest.mark.parametrize(
+    "factory",
+    ["Flat", "HNSW16,Flat", "PCA8,HNSW16,Flat,RFlat", "IVF32,PQ8x4fs,RFlat", "IVF32,PQ8x4fs"],
+)
+def test_lone_path_refuses_every_non_finite_query(tmp_path, metric, factory):
+    """On indexes whose distances are exact the lone path checks the answer instead of the
+    query: a NaN or an infinity anywhere must still raise, never answer."""
+    xb = clustered(3000, 16, seed=9)
+    index = build(tmp_path, xb, index=factory, metric=metric, tune=False)
+    q = xb[:1] + np.float32(0.01)
+    index.search(q, 5)  # the defaults are resolved: the lone path is taken from now on
+    bad = []
+    for value in (np.nan, np.inf, -np.inf):
+        for where in (slice(None), slice(0, 1), slice(15, 16)):
+            x = q.copy()
+            x[0, where] = value
+            bad.append(x)
+    mixed = q.copy()
+    mixed[0, 0], mixed[0, 1] = np.inf, -np.inf
+    for x in [*bad, mixed]:
+        for _ in range(2):  # the second search goes through the plan the first one made
+            with pytest.raises(InvalidQuery, match="NaN or Inf"):
+                index.search(x, 5)
+    # finite queries the full path answers get its answer: zero, tiny, overflowing squares
+    for x in (q * 0, q * np.float32(1e-30), q * np.float32(1e25)):
+        lone = index.search(x, 5)
+        index.lone.search = lambda *args: None
+        full = index.search(x, 5)
+        del index.lone.search
+        np.testing.assert_array_equal(lone[1], full[1])
