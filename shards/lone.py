@@ -115,15 +115,12 @@ class LonePath:
 
 
 def _searched(plan: LonePlan, xq: np.ndarray, k: int) -> Answer:
-    if runs_one_omp_thread():
-        return _run(plan, xq, k)
-    with one_omp_thread():
-        return _run(plan, xq, k)
-
-
-def _run(plan: LonePlan, xq: np.ndarray, k: int) -> Answer:
     D = np.empty((1, k), _F32)
     I = np.empty((1, k), np.int64)
-    plan.search(1, _ptr(xq), k, _ptr(D), _ptr(I), plan.params)
+    if runs_one_omp_thread():
+        plan.search(1, _ptr(xq), k, _ptr(D), _ptr(I), plan.params)
+    else:
+        with one_omp_thread():
+            plan.search(1, _ptr(xq), k, _ptr(D), _ptr(I), plan.params)
     # indexing, not .take: take lets go of Python's lock, and each let-go queues callers
     return D, I if plan.ids is None else plan.ids[I]
