@@ -24,6 +24,7 @@ import io
 import json
 import os
 import pstats
+import re
 import sys
 import threading
 import time
@@ -37,6 +38,7 @@ from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 from shards._faiss import faiss
 from shards.params import make_params
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 K = 10
 BATCH = 256
 CALLERS = 8
@@ -123,7 +125,12 @@ def profile(index: ShardedIndex, xq: np.ndarray, top: int = 15) -> str:
     prof.disable()
     out = io.StringIO()
     pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
-    return out.getvalue()
+    return relative_paths(out.getvalue())
+
+
+def relative_paths(text: str) -> str:
+    """File names as the project and its packages name them, not where a machine keeps them."""
+    return re.sub(r"\S*/site-packages/", "", text.replace(ROOT + os.sep, ""))
 
 
 def run(args) -> dict:
@@ -148,6 +155,9 @@ def run(args) -> dict:
     if os.path.exists(path) and not args.quick:
         with open(path) as f:
             old = [r for r in json.load(f)["rows"] if r["label"] != args.label]
+        for r in old:
+            if "profile" in r:
+                r["profile"] = relative_paths(r["profile"])
     return {"commands": [*_commands(path), command_line()], "rows": old + rows}
 
 
