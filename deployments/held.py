@@ -27,6 +27,9 @@ from shards.query import Query
 log = logging.getLogger("ray.serve")
 PROBE_CANDIDATES = 16  # live rows tried as the health probe
 SUB_BATCH = 256  # a long batch is searched in parts, checking the deadline between them
+# a search expected to take less CPU runs on the replica's event loop: handing it to a thread
+# and back cost more (single queries over HTTP, 2 cores: p50 2.4 -> 2.1 ms, 8 callers +35%)
+INLINE_S = 0.001
 
 
 class LoadedShards:
@@ -58,6 +61,30 @@ class LoadedShards:
             return parts[0]
         plans = parts[0][2]  # one filter over the same states: the same plans
         return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts]), plans
+
+    def cheap(self, xq: np.ndarray, query: Query) -> bool:
+        """A CPU search without a filter whose rows cost under ``INLINE_S`` as measured so
+        far (``row_s``)."""
+        row_s = self.row_s
+        if row_s is None or self.placement.on_gpu or query.filter is not None:
+            return False
+        return len(xq) * row_s <= INLINE_S
+
+    def inline_states(self, xq: np.ndarray, query: Query) -> list | None:
+        """The shard states to search ``xq`` with on the event loop, or None (in a thread):
+        a cheap search while no mutation is being applied (the loop never waits for one)."""
+        return self.index.applied.try_states() if self.cheap(xq, query) else None
+
+    def timed(self, xq: np.ndarray, query: Query, deadline: float | None, states=None):
+        """``search`` over one snapshot of the shards' states (``states``, or taken now):
+        ``(D, I, plans, states, cpu_s)``, ``cpu_s`` the CPU seconds of the thread that ran
+        it (its wall time would count the waits of concurrent searches for the cores;
+        faiss's own OpenMP threads are not counted: the budget errs cheap)."""
+        t0 = time.thread_time()
+        if states is None:
+            states = self.index.applied.states()  # one snapshot for the answer and its re-run
+        D, I, plans = self.search(xq, query, deadline, states)
+        return D, I, plans, states, time.thread_time() - t0
 
     def probe_ok(self, probe: np.ndarray) -> bool:
         """The probe is found: its own score comes first (itself or an exact duplicate)."""

@@ -33,9 +33,6 @@ from shards.metadata import lookup_metadata
 from shards.query import Query
 
 log = logging.getLogger("ray.serve")
-# a search expected to take less CPU runs on the replica's event loop: handing it to a thread
-# and back cost more (single queries over HTTP, 2 cores: p50 2.4 -> 2.1 ms, 8 callers +35%)
-INLINE_S = 0.001
 REPORT_TIMEOUT_S = 2.0  # a health check must not wait on the coordinator (Serve's is 30 s)
 
 
@@ -166,7 +163,7 @@ class ShardServer:
         deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
         if query.min_sequence:
             await self._caught_up(self._held(query.version), query.min_sequence, deadline)
-        cheap = _cheap(self._held(query.version), xq, query)
+        cheap = self._held(query.version).cheap(xq, query)
         if self.opts.batch_size <= 1 or cheap:  # a cheap one is answered on the loop at once
             return await self._run(xq, query, deadline)
         return await self.coalescer.search(xq, query, deadline)  # merged while it queues
@@ -185,12 +182,12 @@ class ShardServer:
             # each GPU clone serialises its own searches (shards.gpu.Placed); the states are
             # taken after ``seq`` is read, here or in the thread (their lock waits for a
             # mutation being applied)
-            states = _inline_states(loaded, xq, query)
+            states = loaded.inline_states(xq, query)
             if states is not None:  # cheap enough to answer here, without a thread hop
-                D, I, plans, states, cpu_s = _timed(loaded, xq, query, deadline, states)
+                D, I, plans, states, cpu_s = loaded.timed(xq, query, deadline, states)
             else:
                 D, I, plans, states, cpu_s = await asyncio.to_thread(
-                    _timed, loaded, xq, query, deadline
+                    loaded.timed, xq, query, deadline
                 )
         except Exception:
             m.errors.inc(tags=tags)
@@ -364,39 +361,6 @@ class ShardServer:
             self.metrics.gpu_memory.set(float(gpu_memory_in_use(cur.placement)), tags=self.tags)
         if cur.probe is not None and not await asyncio.to_thread(cur.probe_ok, cur.probe):
             raise RuntimeError(f"shards {self.numbers}: known-answer search failed")
-
-
-def _cheap(loaded: LoadedShards, xq: np.ndarray, query: Query) -> bool:
-    """A CPU search without a filter whose rows cost under ``INLINE_S`` as measured so far."""
-    row_s = loaded.row_s
-    if row_s is None or loaded.placement.on_gpu or query.filter is not None:
-        return False
-    return len(xq) * row_s <= INLINE_S
-
-
-def _inline_states(loaded: LoadedShards, xq: np.ndarray, query: Query) -> list | None:
-    """The shard states to search ``xq`` with on the event loop, or None (in a thread): a
-    cheap search (``_cheap``) while no mutation is being applied (the loop never waits for
-    one)."""
-    return loaded.index.applied.try_states() if _cheap(loaded, xq, query) else None
-
-
-def _timed(
-    loaded: LoadedShards,
-    xq: np.ndarray,
-    query: Query,
-    deadline: float | None,
-    states: list | None = None,
-):
-    """``loaded.search`` over one snapshot of its shards' states (``states``, or taken now):
-    ``(D, I, plans, states, cpu_s)``, ``cpu_s`` the CPU seconds of the thread that ran it
-    (its wall time would count the waits of concurrent searches for the cores; faiss's own
-    OpenMP threads are not counted: the budget errs cheap)."""
-    t0 = time.thread_time()
-    if states is None:
-        states = loaded.index.applied.states()  # one snapshot for the answer and its re-run
-    D, I, plans = loaded.search(xq, query, deadline, states)
-    return D, I, plans, states, time.thread_time() - t0
 
 
 def _wire(rows: Rows, sequence: int) -> tuple:

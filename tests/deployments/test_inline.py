@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deployments.shard import INLINE_S, _inline_states, _timed
+from deployments.held import INLINE_S, LoadedShards
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
 from shards.query import Query
 from tests.conftest import clustered
@@ -25,23 +25,20 @@ def index(tmp_path_factory):
 
 
 def loaded(index, row_s, on_gpu=False):
-    """What the rule reads of a LoadedShards (and ``_timed`` searches with)."""
-    placement = SimpleNamespace(on_gpu=on_gpu)
-
-    def search(xq, query, deadline, states):
-        D, I = index.search_query_planned(xq, query, states)[:2]
-        return D, I, {}
-
-    return SimpleNamespace(index=index, placement=placement, row_s=row_s, search=search)
+    """A LoadedShards over ``index`` as measured so far (``row_s``), without opening it
+    again or placing it on a device: the rule reads no more than these."""
+    held = LoadedShards.__new__(LoadedShards)
+    held.index, held.placement, held.row_s = index, SimpleNamespace(on_gpu=on_gpu), row_s
+    return held
 
 
 def test_cheap_measured_cpu_searches_run_inline_and_answer_the_same(index):
     xq = clustered(3, 8, seed=9)
     q = Query(5)
     cheap = loaded(index, INLINE_S / 10)
-    states = _inline_states(cheap, xq, q)
+    states = cheap.inline_states(xq, q)
     assert states is not None and len(states) == 2
-    D, I = _timed(cheap, xq, q, None, states)[:2]
+    D, I = cheap.timed(xq, q, None, states)[:2]
     Dref, Iref = index.search(xq, 5)
     np.testing.assert_array_equal(I, Iref)
     np.testing.assert_allclose(D, Dref, rtol=1e-6)
@@ -58,7 +55,8 @@ def test_cheap_measured_cpu_searches_run_inline_and_answer_the_same(index):
 )
 def test_other_searches_go_to_a_thread(index, row_s, on_gpu, filt, rows):
     query = Query(5, filter=filt)
-    assert _inline_states(loaded(index, row_s, on_gpu), clustered(rows, 8, seed=1), query) is None
+    held = loaded(index, row_s, on_gpu)
+    assert held.inline_states(clustered(rows, 8, seed=1), query) is None
 
 
 def test_the_event_loop_never_waits_for_a_mutation_being_applied(index):
@@ -75,8 +73,8 @@ def test_the_event_loop_never_waits_for_a_mutation_being_applied(index):
     t.start()
     try:
         held.wait(10)
-        assert _inline_states(cheap, xq, q) is None  # at once: the search goes to a thread
+        assert cheap.inline_states(xq, q) is None  # at once: the search goes to a thread
     finally:
         release.set()
         t.join()
-    assert _inline_states(cheap, xq, q) is not None
+    assert cheap.inline_states(xq, q) is not None

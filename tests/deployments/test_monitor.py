@@ -291,11 +291,13 @@ def test_the_budget_earns_from_search_cpu_not_from_waiting():
     import time
     from types import SimpleNamespace
 
-    from deployments.shard import _timed
+    from deployments.held import LoadedShards
 
-    def loaded(search):  # what _timed reads of LoadedShards
-        applied = SimpleNamespace(states=lambda: [])
-        return SimpleNamespace(index=SimpleNamespace(applied=applied), search=search)
+    def loaded(search):  # a LoadedShards whose search is ``search``
+        held = LoadedShards.__new__(LoadedShards)
+        held.index = SimpleNamespace(applied=SimpleNamespace(states=lambda: []))
+        held.search = search
+        return held
 
     def waits(*args):
         time.sleep(0.2)
@@ -307,5 +309,5 @@ def test_the_budget_earns_from_search_cpu_not_from_waiting():
             pass
         return None, None, {}
 
-    assert _timed(loaded(waits), None, None, None)[4] < 0.05
-    assert _timed(loaded(works), None, None, None)[4] >= 0.1
+    assert loaded(waits).timed(None, None, None)[4] < 0.05
+    assert loaded(works).timed(None, None, None)[4] >= 0.1
