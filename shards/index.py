@@ -123,6 +123,7 @@ class ShardedIndex:
             GpuUnavailable, GpuUnsupportedIndex, GpuOutOfMemory: see ``shards.gpu.to_gpu``.
         """
         placements = [shard.place(device) for shard in self.shards.values()]
+        self.lone.forget()  # its plans search where the shards were
         if placements[0].on_gpu:
             self.shared_coarse = False  # each GPU clone assigns its own queries
         return Placement(

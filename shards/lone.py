@@ -91,6 +91,11 @@ class LonePath:
             return self._resolved(xq, k, target_recall)
         return _searched(plan, xq, k)
 
+    def forget(self) -> None:
+        """Drop every plan (the shards were placed on another device: a plan made before
+        would still search the old one)."""
+        self._plans.clear()
+
     def _plan(self, target_recall: Any, k: int) -> LonePlan | None:
         ov = self.planner.resolved(target_recall)
         if self._only is None or ov is None or not 1 <= k <= self.planner.max_k:

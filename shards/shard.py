@@ -261,7 +261,8 @@ class LonePlan:
     """One shard's search of one (overrides, k) under one state, made once: its faiss search
     function, parameter object (``made``: it and what it holds), row -> id map (None: rows
     are ids) and whether its distances are exact (``Anatomy.distances_exact``). Valid while
-    ``state`` is the shard's current state."""
+    ``state`` is the shard's current state and the shard is not placed anew
+    (``ShardedIndex.place`` drops the plans)."""
 
     __slots__ = ("exact", "ids", "made", "params", "search", "shard", "state")
 

@@ -183,3 +183,20 @@ def test_gpu_trained_template_matches_the_cpu_one(tmp_path, data):
         index.nprobe = 8
         recalls.append(recall(index.search(xq, 10)[1], gt))
     assert abs(recalls[0] - recalls[1]) < 0.03 and recalls[1] > 0.8
+
+
+def test_lone_queries_follow_the_shards_onto_the_gpu(tmp_path, data):
+    """A lone query planned on the CPU searches the GPU clone once the shards are placed
+    there (the plan is dropped): the same answer as the full path on the GPU."""
+    xb, xq = data[0][:5000], data[1][:5]
+    index = build(tmp_path, xb, index="Flat")
+    for i in range(5):
+        index.search(xq[i : i + 1], 10)  # plans made on the CPU
+    assert index.lone._plans
+    assert index.place("cuda:0").on_gpu
+    assert not index.lone._plans
+    for i in range(5):
+        lone = index.search(xq[i : i + 1], 10)
+        full = index.search(np.repeat(xq[i : i + 1], 2, axis=0), 10)  # two rows: the full path
+        np.testing.assert_array_equal(lone[1][0], full[1][0])
+    assert not index.lone._plans  # none is made for a shard on a GPU

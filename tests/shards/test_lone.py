@@ -133,3 +133,20 @@ def test_lone_path_refuses_every_non_finite_query(tmp_path, metric, factory):
         full = index.search(x, 5)
         del index.lone.search
         np.testing.assert_array_equal(lone[1], full[1])
+
+
+def test_placing_the_shards_again_drops_the_lone_plans(tmp_path):
+    """A plan holds the search of the shard's device then: after ``place`` a lone query must
+    search where the shards are now, not where they were."""
+    xb = clustered(1000, 8, seed=10)
+    index = build(tmp_path, xb, index="HNSW16,Flat", tune=False)
+    q = xb[:1] + np.float32(0.01)
+    index.search(q, 3)
+    first = index.search(q, 3)
+    (plan,) = index.lone._plans.values()
+    index.place("cpu")  # a new placement (the only one a machine without a GPU has)
+    assert not index.lone._plans
+    again = index.search(q, 3)
+    np.testing.assert_array_equal(again[1], first[1])
+    (plan2,) = index.lone._plans.values()
+    assert plan2 is not plan and plan2.search is not None
