@@ -70,21 +70,31 @@ class LoadedShards:
             return False
         return len(xq) * row_s <= INLINE_S
 
-    def inline_states(self, xq: np.ndarray, query: Query) -> list | None:
-        """The shard states to search ``xq`` with on the event loop, or None (in a thread):
-        a cheap search while no mutation is being applied (the loop never waits for one)."""
-        return self.index.applied.try_states() if self.cheap(xq, query) else None
+    def snapshot(self) -> tuple[int, list]:
+        """``(sequence, states)``: the mutation sequence, then one state of every shard. In
+        that order every state has applied at least the sequence an answer names, so an
+        answer never claims a write its search did not see (read-your-writes)."""
+        sequence = self.index.sequence
+        return sequence, self.index.applied.states()
 
-    def timed(self, xq: np.ndarray, query: Query, deadline: float | None, states=None):
-        """``search`` over one snapshot of the shards' states (``states``, or taken now):
-        ``(D, I, plans, states, cpu_s)``, ``cpu_s`` the CPU seconds of the thread that ran
-        it (its wall time would count the waits of concurrent searches for the cores;
-        faiss's own OpenMP threads are not counted: the budget errs cheap)."""
+    def inline_snapshot(self, xq: np.ndarray, query: Query) -> tuple[int, list] | None:
+        """``snapshot()`` for a search of ``xq`` on the event loop, or None (in a thread): a
+        cheap search while no mutation is being applied (the loop never waits for one)."""
+        if not self.cheap(xq, query):
+            return None
+        sequence = self.index.sequence  # first, as in ``snapshot``
+        states = self.index.applied.try_states()
+        return None if states is None else (sequence, states)
+
+    def timed(self, xq: np.ndarray, query: Query, deadline: float | None, taken=None):
+        """``search`` over one ``snapshot`` (``taken``, or taken now): ``(D, I, plans,
+        states, sequence, cpu_s)``, ``cpu_s`` the CPU seconds of the thread that ran it (its
+        wall time would count the waits of concurrent searches for the cores; faiss's own
+        OpenMP threads are not counted: the budget errs cheap)."""
         t0 = time.thread_time()
-        if states is None:
-            states = self.index.applied.states()  # one snapshot for the answer and its re-run
+        sequence, states = self.snapshot() if taken is None else taken
         D, I, plans = self.search(xq, query, deadline, states)
-        return D, I, plans, states, time.thread_time() - t0
+        return D, I, plans, states, sequence, time.thread_time() - t0
 
     def probe_ok(self, probe: np.ndarray) -> bool:
         """The probe is found: its own score comes first (itself or an exact duplicate)."""

@@ -175,18 +175,16 @@ class ShardServer:
         a batch (one request by default), whose sampled rows the recall monitor re-runs."""
         loaded = self._held(query.version)
         m, tags, v = self.metrics, self.tags, loaded.version
-        seq = loaded.index.sequence  # before: the state searched has at least this one
         t0 = time.perf_counter()
         self.held.in_flight[v] += 1
         try:
-            # each GPU clone serialises its own searches (shards.gpu.Placed); the states are
-            # taken after ``seq`` is read, here or in the thread (their lock waits for a
-            # mutation being applied)
-            states = loaded.inline_states(xq, query)
-            if states is not None:  # cheap enough to answer here, without a thread hop
-                D, I, plans, states, cpu_s = loaded.timed(xq, query, deadline, states)
+            # each GPU clone serialises its own searches (shards.gpu.Placed); the sequence an
+            # answer names is read before its states are taken (``LoadedShards.snapshot``)
+            taken = loaded.inline_snapshot(xq, query)
+            if taken is not None:  # cheap enough to answer here, without a thread hop
+                D, I, plans, states, seq, cpu_s = loaded.timed(xq, query, deadline, taken)
             else:
-                D, I, plans, states, cpu_s = await asyncio.to_thread(
+                D, I, plans, states, seq, cpu_s = await asyncio.to_thread(
                     loaded.timed, xq, query, deadline
                 )
         except Exception:

@@ -36,9 +36,9 @@ def test_cheap_measured_cpu_searches_run_inline_and_answer_the_same(index):
     xq = clustered(3, 8, seed=9)
     q = Query(5)
     cheap = loaded(index, INLINE_S / 10)
-    states = cheap.inline_states(xq, q)
-    assert states is not None and len(states) == 2
-    D, I = cheap.timed(xq, q, None, states)[:2]
+    taken = cheap.inline_snapshot(xq, q)
+    assert taken is not None and len(taken[1]) == 2
+    D, I = cheap.timed(xq, q, None, taken)[:2]
     Dref, Iref = index.search(xq, 5)
     np.testing.assert_array_equal(I, Iref)
     np.testing.assert_allclose(D, Dref, rtol=1e-6)
@@ -56,7 +56,7 @@ def test_cheap_measured_cpu_searches_run_inline_and_answer_the_same(index):
 def test_other_searches_go_to_a_thread(index, row_s, on_gpu, filt, rows):
     query = Query(5, filter=filt)
     held = loaded(index, row_s, on_gpu)
-    assert held.inline_states(clustered(rows, 8, seed=1), query) is None
+    assert held.inline_snapshot(clustered(rows, 8, seed=1), query) is None
 
 
 def test_the_event_loop_never_waits_for_a_mutation_being_applied(index):
@@ -73,8 +73,43 @@ def test_the_event_loop_never_waits_for_a_mutation_being_applied(index):
     t.start()
     try:
         held.wait(10)
-        assert cheap.inline_states(xq, q) is None  # at once: the search goes to a thread
+        assert cheap.inline_snapshot(xq, q) is None  # at once: the search goes to a thread
     finally:
         release.set()
         t.join()
-    assert cheap.inline_states(xq, q) is not None
+    assert cheap.inline_snapshot(xq, q) is not None
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_an_answer_never_names_a_write_its_search_did_not_see(tmp_path, inline):
+    """A write that lands right after the states are taken must not be named by the answer:
+    the sequence is read before the states (read-your-writes would otherwise be broken: a
+    client waiting for its write could get an answer from before it)."""
+    np.save(tmp_path / "xb.npy", clustered(400, 8, seed=5))
+    opts = BuildOptions(num_shards=2, index="Flat", progress=False)
+    build_index(VectorSource(str(tmp_path / "xb.npy")), str(tmp_path / "idx"), opts)
+    index = ShardedIndex.open(str(tmp_path / "idx"))  # with the log: writes get sequences
+    index.upsert(clustered(1, 8, seed=6), [5_000])
+    held = loaded(index, INLINE_S / 10)
+    applied = index.applied
+    take = applied.try_states if inline else applied.states
+    once = [True]
+
+    def then_a_write():
+        states = take()
+        if once.pop() if once else False:  # a write lands right after the snapshot
+            index.upsert(clustered(1, 8, seed=7), [6_000])
+        return states
+
+    start = index.sequence
+    if inline:
+        applied.try_states = then_a_write
+        taken = held.inline_snapshot(clustered(1, 8, seed=8), Query(5))
+        assert taken is not None
+    else:
+        applied.states = then_a_write
+        taken = None
+    *_, states, sequence, _ = held.timed(clustered(1, 8, seed=8), Query(5), None, taken)
+    assert index.sequence == start + 1  # the write landed, after the states were taken
+    assert min(st.sequence for st in states) == start
+    assert sequence <= min(st.sequence for st in states)

@@ -295,7 +295,7 @@ def test_the_budget_earns_from_search_cpu_not_from_waiting():
 
     def loaded(search):  # a LoadedShards whose search is ``search``
         held = LoadedShards.__new__(LoadedShards)
-        held.index = SimpleNamespace(applied=SimpleNamespace(states=lambda: []))
+        held.index = SimpleNamespace(applied=SimpleNamespace(states=lambda: []), sequence=0)
         held.search = search
         return held
 
@@ -309,5 +309,5 @@ def test_the_budget_earns_from_search_cpu_not_from_waiting():
             pass
         return None, None, {}
 
-    assert loaded(waits).timed(None, None, None)[4] < 0.05
-    assert loaded(works).timed(None, None, None)[4] >= 0.1
+    assert loaded(waits).timed(None, None, None)[5] < 0.05
+    assert loaded(works).timed(None, None, None)[5] >= 0.1
