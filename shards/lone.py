@@ -97,8 +97,10 @@ class LonePath:
         self._plans.clear()
 
     def _plan(self, target_recall: Any, k: int) -> LonePlan | None:
+        if self._only is None:  # several shards: no plan (``_resolved`` resolves once)
+            return None
         ov = self.planner.resolved(target_recall)
-        if self._only is None or ov is None or not 1 <= k <= self.planner.max_k:
+        if ov is None or not 1 <= k <= self.planner.max_k:
             return None
         plan = self._only.plan_lone(ov, k)
         if plan is not None:
