@@ -74,8 +74,7 @@ class LoadedShards:
         """``(sequence, states)``: the mutation sequence, then one state of every shard. In
         that order every state has applied at least the sequence an answer names, so an
         answer never claims a write its search did not see (read-your-writes)."""
-        sequence = self.index.sequence
-        return sequence, self.index.applied.states()
+        return self.index.snapshot()
 
     def inline_snapshot(self, xq: np.ndarray, query: Query) -> tuple[int, list] | None:
         """``snapshot()`` for a search of ``xq`` on the event loop, or None (in a thread): a

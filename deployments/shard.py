@@ -253,8 +253,9 @@ class ShardServer:
         """``(found, vectors)``: which ids live here (at ``query``'s version, once its
         ``min_sequence`` is applied) and their stored vectors."""
         index = await self._state_for(query, "reconstruct")
-        found = index.contains(ids)
-        return found, index.reconstruct(ids[found]) if found.any() else None
+        _, states = index.snapshot()
+        found = index.contains(ids, states)
+        return found, index.reconstruct(ids[found], states) if found.any() else None
 
     async def metadata(
         self, ids: np.ndarray, columns: list[str] | None, query: Query
@@ -262,24 +263,28 @@ class ShardServer:
         """Metadata rows of the ids that live in these shards, by id (at ``query``'s version,
         once its ``min_sequence`` is applied: the sequence the search answered from)."""
         index = await self._state_for(query, "metadata")
-        found = index.contains(ids)
+        _, states = index.snapshot()
+        found = index.contains(ids, states)
         if not found.any():
             return {}
-        rows = lookup_metadata(index, ids[found], columns).to_pylist()
+        rows = lookup_metadata(index, ids[found], columns, states).to_pylist()
         return {row["id"]: row for row in rows}
 
     async def fetch(self, ids: np.ndarray, columns, vectors: bool, query: Query):
         """The live rows among ``ids`` in these shards (``shards.fetch.by_ids``), as
-        ``(ids, metadata rows, vectors, sequence)``."""
+        ``(ids, metadata rows, vectors, sequence)``: the rows of one snapshot of these
+        shards, and the sequence read before it (``ShardedIndex.snapshot``)."""
         index = await self._state_for(query, "fetch")
-        return _wire(by_ids(index, ids, columns, vectors), index.sequence)
+        sequence, states = index.snapshot()
+        return _wire(by_ids(index, ids, columns, vectors, states), sequence)
 
     async def scan(self, limit: int, after: int, columns, vectors: bool, query: Query):
         """The first ``limit`` live rows above id ``after`` matching ``query.filter``
         (``shards.fetch.matching``), as ``fetch`` answers."""
         index = await self._state_for(query, "scan")
-        rows = matching(index, query.filter, limit, after, columns, vectors)
-        return _wire(rows, index.sequence)
+        sequence, states = index.snapshot()
+        rows = matching(index, query.filter, limit, after, columns, vectors, states)
+        return _wire(rows, sequence)
 
     # ---- health, stats, metrics ----
 

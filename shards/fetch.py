@@ -2,8 +2,8 @@
 order and a page at a time (``matching``). What LangChain's ``get_by_ids``, LlamaIndex's
 ``delete(ref_doc_id)`` and a "scroll" of Qdrant or Chroma's ``get`` need.
 
-Each shard reads one ``LiveState`` for its main rows and its delta, so a page never mixes
-two states of a shard.
+Every shard is read under one snapshot of all their states (``ShardedIndex.snapshot``), so
+an answer never mixes two states of a shard, nor sees a write applied to some shards only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pyarrow as pa
 from shards.errors import InvalidQuery
 from shards.filters import Filter
 from shards.index import ShardedIndex
+from shards.live import LiveState
 from shards.metadata import lookup_metadata
 
 MAX_PAGE = 10_000  # rows of one page of ``matching``
@@ -32,11 +33,17 @@ class Rows:
 
 
 def by_ids(
-    index: ShardedIndex, ids, columns: list[str] | None = None, vectors: bool = False
+    index: ShardedIndex,
+    ids,
+    columns: list[str] | None = None,
+    vectors: bool = False,
+    states: list[LiveState] | None = None,
 ) -> Rows:
-    """The live rows among ``ids``, in the order asked; ids not live here are left out."""
+    """The live rows among ``ids``, in the order asked; ids not live here are left out.
+    ``states``: the shards' states to read (``index.snapshot()``; taken now by default)."""
     ids = np.asarray(ids, dtype=np.int64).ravel()
-    return _rows(index, ids[index.contains(ids)], columns, vectors)
+    states = index.applied.states() if states is None else states
+    return _rows(index, ids[index.contains(ids, states)], columns, vectors, states)
 
 
 def matching(
@@ -46,17 +53,19 @@ def matching(
     after: int = -1,
     columns: list[str] | None = None,
     vectors: bool = False,
+    states: list[LiveState] | None = None,
 ) -> Rows:
     """The first ``limit`` live rows with an id above ``after`` that match ``filt`` (every
     live row when None), in ascending id order: pass the last id back as ``after`` for the
-    next page. Scans each shard's metadata (a filter costs O(rows), like an exact plan)."""
+    next page. Scans each shard's metadata (a filter costs O(rows), like an exact plan).
+    ``states``: as for ``by_ids``."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise InvalidQuery(f"limit must be an integer in [1, {MAX_PAGE}], got {limit!r}")
     if isinstance(after, bool) or not isinstance(after, int):
         raise InvalidQuery(f"after must be an integer id, got {after!r}")
     found = []
-    for shard in index.shards.values():
-        st = shard.state  # one state for the main rows and the delta
+    states = index.applied.states() if states is None else states
+    for shard, st in zip(index.shards.values(), states, strict=True):
         rows = np.arange(len(shard.ids)) if st.live is None else np.flatnonzero(st.live)
         live = np.concatenate([shard.ids[rows], st.delta.ids])
         if filt is not None:
@@ -72,13 +81,13 @@ def matching(
         live = live[live > after]
         found.append(np.sort(live)[:limit])
     chosen = np.sort(np.concatenate(found))[:limit] if found else np.empty(0, np.int64)
-    return _rows(index, chosen, columns, vectors)
+    return _rows(index, chosen, columns, vectors, states)
 
 
-def _rows(index: ShardedIndex, ids: np.ndarray, columns, vectors: bool) -> Rows:
+def _rows(index: ShardedIndex, ids: np.ndarray, columns, vectors: bool, states) -> Rows:
     has_meta = index.metadata_schema is not None and len(index.metadata_schema) > 0
-    meta = lookup_metadata(index, ids, columns) if has_meta else None
-    x = index.reconstruct(ids) if vectors and len(ids) else None
+    meta = lookup_metadata(index, ids, columns, states) if has_meta else None
+    x = index.reconstruct(ids, states) if vectors and len(ids) else None
     if vectors and x is None:
         x = np.empty((0, index.dim), np.float32)
     return Rows(ids, meta, x)

@@ -296,16 +296,27 @@ class ShardedIndex:
         filt = self.parse_filter(query.filter)
         return self.search_planned(xq, query.fetch_k, ov, filt, states)
 
-    def contains(self, ids: Any) -> np.ndarray:
-        """Bool per id: live in one of the loaded shards."""
+    def snapshot(self) -> tuple[int, list[LiveState]]:
+        """``(sequence, states)``: the mutation sequence, then one state of every loaded
+        shard (``shards`` order, between two mutations). In that order every state has
+        applied at least the sequence an answer names (read-your-writes), and a reader of
+        the states never sees a mutation half applied (an upsert moving an id between range
+        shards, in neither)."""
+        sequence = self.sequence
+        return sequence, self.applied.states()
+
+    def contains(self, ids: Any, states: list[LiveState] | None = None) -> np.ndarray:
+        """Bool per id: live in one of the loaded shards (under ``states``, from
+        ``snapshot``; taken now by default)."""
         ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
         found = np.zeros(len(ids), dtype=bool)
-        for shard in self.shards.values():
-            found |= shard.contains(ids)
+        for shard, st in self._with_states(states):
+            found |= shard.contains(ids, st)
         return found
 
-    def reconstruct(self, ids: Any) -> np.ndarray:
-        """Stored vectors (as indexed: normalised for cosine) of ``ids``, (n, d) float32.
+    def reconstruct(self, ids: Any, states: list[LiveState] | None = None) -> np.ndarray:
+        """Stored vectors (as indexed: normalised for cosine) of ``ids``, (n, d) float32
+        (under ``states``, from ``snapshot``; taken now by default).
 
         Raises:
             UnknownId: an id is in none of the loaded shards.
@@ -313,14 +324,19 @@ class ShardedIndex:
         ids = np.atleast_1d(np.asarray(ids, dtype=np.int64))
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         found = np.zeros(len(ids), dtype=bool)
-        for shard in self.shards.values():
-            here = ~found & shard.contains(ids)
+        for shard, st in self._with_states(states):
+            here = ~found & shard.contains(ids, st)
             if here.any():
-                out[here] = shard.reconstruct(ids[here])
+                out[here] = shard.reconstruct(ids[here], st)
                 found |= here
         if not found.all():
             raise UnknownId(f"id {int(ids[~found][0])} is not in the index")
         return out
+
+    def _with_states(self, states: list[LiveState] | None):
+        """``(shard, its state)`` of every loaded shard, one snapshot of them all."""
+        states = self.applied.states() if states is None else states
+        return zip(self.shards.values(), states, strict=True)
 
     # ---- writes ----
 

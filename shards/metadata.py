@@ -8,17 +8,29 @@ import pyarrow.parquet as pq
 
 from shards.errors import InvalidQuery
 from shards.index import ShardedIndex
+from shards.live import LiveState
 
 
-def lookup_metadata(index: ShardedIndex, ids, columns: list[str] | None = None) -> pa.Table:
-    """One row per id, in order, with an ``id`` column; nulls where an id has no live row.
+def lookup_metadata(
+    index: ShardedIndex,
+    ids,
+    columns: list[str] | None = None,
+    states: list[LiveState] | None = None,
+) -> pa.Table:
+    """One row per id, in order, with an ``id`` column; nulls where an id has no live row
+    under ``states`` (from ``index.snapshot()``; taken now by default).
 
     Each shard finds the ids among its live main rows (sorted ids, binary search; metadata
     rows are aligned with main rows) and its delta (sorted once per state): nothing per
     request is proportional to the index's size.
     """
     ids = np.asarray(ids, dtype=np.int64).ravel()
-    shards = [(s, s.metadata) for s in index.shards.values() if s.metadata is not None]
+    states = index.applied.states() if states is None else states
+    shards = [
+        (s, s.metadata, st)
+        for s, st in zip(index.shards.values(), states, strict=True)
+        if s.metadata is not None
+    ]
     if not shards:
         return pa.table({"id": pa.array(ids, pa.int64())})
     names = shards[0][1].column_names
@@ -28,8 +40,7 @@ def lookup_metadata(index: ShardedIndex, ids, columns: list[str] | None = None) 
             raise InvalidQuery(f"unknown metadata column(s) {missing}")
         names = ["id", *columns]
     pieces, where = [], []
-    for shard, meta in shards:
-        st = shard.state  # one state for the main rows and the delta
+    for shard, meta, st in shards:  # one state for the main rows and the delta
         rows = shard.rows_of(ids, st)
         pos = st.delta.position(ids)
         main, delta = np.flatnonzero(rows >= 0), np.flatnonzero(pos >= 0)

@@ -153,19 +153,21 @@ class Shard:
             rows = np.where((rows >= 0) & live[np.maximum(rows, 0)], rows, -1)
         return rows
 
-    def contains(self, ids: np.ndarray) -> np.ndarray:
-        """Bool per id: live in this shard (main or delta)."""
-        st = self._state  # one state for both parts
+    def contains(self, ids: np.ndarray, st: LiveState | None = None) -> np.ndarray:
+        """Bool per id: live in this shard (main or delta) under state ``st`` (the current
+        one by default)."""
+        st = self._state if st is None else st  # one state for both parts
         return (self.rows_of(ids, st) >= 0) | (st.delta.position(ids) >= 0)
 
-    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        """Stored vectors of ``ids``, (n, d) float32.
+    def reconstruct(self, ids: np.ndarray, st: LiveState | None = None) -> np.ndarray:
+        """Stored vectors of ``ids``, (n, d) float32, under state ``st`` (the current one by
+        default).
 
         Raises:
             UnknownId: an id is not live in this shard.
         """
         ids = np.asarray(ids, dtype=np.int64)
-        st = self._state  # one state for the main rows and the delta
+        st = self._state if st is None else st  # one state for the main rows and the delta
         rows = self.rows_of(ids, st)
         out = np.empty((len(ids), self.index.d), dtype=np.float32)
         main = rows >= 0

@@ -1,6 +1,8 @@
 """Rows read back by id and by filter (``shards.fetch``) over main rows, deletes and the
 delta, against the expected live set."""
 
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -77,3 +79,48 @@ def test_bad_pages_are_refused(index):
             matching(index, None, limit)
     with pytest.raises(InvalidQuery, match="after"):
         matching(index, None, 5, "x")
+
+
+def test_a_reader_never_sees_an_upsert_half_applied_across_range_shards(tmp_path):
+    """An upsert of a live id under range partition moves it to the last shard (tombstone
+    in its shard, add in the last). A reader in another thread while the upsert is between
+    the two shards must see the id where it was or where it went, never in neither."""
+    x = clustered(100, 4, seed=3)
+    np.save(tmp_path / "xb.npy", x)
+    opts = BuildOptions(num_shards=2, partition="range", index="Flat", progress=False)
+    build_index(VectorSource(str(tmp_path / "xb.npy")), str(tmp_path / "i"), opts)
+    index = ShardedIndex.open(str(tmp_path / "i"), log=False)
+    last = index.shards[1]
+    real, seen, readers = last.apply, {}, []
+
+    def read():
+        seen["contains"] = bool(index.contains([7])[0])
+        seen["get"] = by_ids(index, [7], vectors=True).ids.tolist()
+
+    def apply(m, owned=None):  # the first shard has applied it: a reader starts now
+        readers.append(threading.Thread(target=read))
+        readers[0].start()
+        readers[0].join(0.3)  # it waits for the upsert to finish (or reads a half)
+        return real(m, owned)
+
+    last.apply = apply
+    index.upsert(x[7:8] + 1, [7])  # id 7 (range shard 0) moves to the last shard
+    readers[0].join()
+    assert seen == {"contains": True, "get": [7]}
+
+
+def test_rows_and_sequence_come_from_one_snapshot(index):
+    """``by_ids`` / ``matching`` over ``index.snapshot()``'s states: a write that lands
+    after the snapshot is in neither the rows nor the sequence read with them."""
+    index, x, live = index
+    sequence, states = index.snapshot()
+    index.delete([8])
+    index.upsert(x[5:6], [10], [{"n": 99}])  # 10 was n 3
+    rows = by_ids(index, [8, 10], vectors=True, states=states)
+    assert rows.ids.tolist() == [8, 10] and sequence == index.sequence - 2
+    assert rows.metadata.to_pylist() == [{"id": 8, "n": 1}, {"id": 10, "n": 3}]
+    np.testing.assert_allclose(rows.vectors, x[[4, 5]], rtol=1e-6)
+    page = matching(index, index.parse_filter({"n": 3}), 5, states=states)
+    assert page.ids.tolist() == sorted(i for i, n in live.items() if n == 3)[:5]
+    assert 10 in page.ids.tolist()
+    assert by_ids(index, [8, 10]).metadata.to_pylist() == [{"id": 10, "n": 99}]  # now
