@@ -20,6 +20,9 @@ from shards.errors import VsearchError
 from vsearch import frames
 
 M = TypeVar("M", bound=BaseModel)
+# request bodies: unknown fields refused, and no type is coerced into another ("k": true or
+# "k": 2.5 or "vectors": [["1"]] are 400s, as the handle refuses them, not k=1 or a 1.0)
+STRICT = ConfigDict(extra="forbid", strict=True)
 T = TypeVar("T")
 
 
@@ -27,7 +30,7 @@ class SearchOptions(BaseModel):
     """How to search: everything in a search body but the queries (a binary frame's header
     holds these, ``vsearch.frames``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     k: int = Field(10, description="results per query")
     params: dict[str, Any] | None = Field(
@@ -82,7 +85,7 @@ class SearchRequest(SearchOptions):
 class UpsertRequest(BaseModel):
     """Body of POST /v1/upsert: ids with ``vectors`` or ``vectors_b64``, optional metadata."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     ids: list[int] = Field(..., description="ids in [0, 2**63); an existing id is replaced")
     vectors: list[list[float]] | None = Field(None, description="one list per id")
@@ -111,7 +114,7 @@ class UpsertRequest(BaseModel):
 class DeleteRequest(BaseModel):
     """Body of POST /v1/delete."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     ids: list[int] = Field(..., description="ids to delete; absent ones are not an error")
     deadline_ms: int | None = None
@@ -126,7 +129,7 @@ class GetRequest(BaseModel):
     """Body of POST /v1/get: stored rows by ``ids``, or a page of the rows matching
     ``filter`` (every row without one), in id order from ``after``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
 
     ids: list[Annotated[int, Field(ge=0, le=2**63 - 1)]] | None = Field(
         None, description="these rows (the live ones, in this order)"

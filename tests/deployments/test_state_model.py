@@ -210,6 +210,43 @@ def test_pathological_json_is_a_400():
             parse_search(body, 10**7)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("k", True),
+        ("k", 2.5),
+        ("k", 3.0),
+        ("k", "3"),
+        ("min_sequence", True),
+        ("deadline_ms", "100"),
+        ("include_metadata", 1),
+        ("vectors", [["1", True]]),
+        ("vectors", [[True, 0.5]]),
+        ("ids", [True]),
+        ("ids", [1.0]),
+    ],
+)
+def test_a_field_of_the_wrong_type_is_a_400_not_coerced(field, value):
+    """JSON bodies are read strictly: ``"k": true`` was k=1 and ``["1", true]`` a vector
+    [1.0, 1.0], while the handle refuses such values (a knob silently changed)."""
+    from deployments.errors import BadRequest
+    from deployments.http import DeleteRequest, GetRequest, parse_body, parse_search
+
+    body = {"vectors": [[0.5, 0.5]], field: value}
+    if field == "ids":
+        del body["vectors"]
+    with pytest.raises(BadRequest, match=field):
+        parse_search(json.dumps(body).encode(), 10**6)
+    if field in ("ids", "min_sequence", "deadline_ms"):
+        for model in (DeleteRequest, GetRequest):
+            with pytest.raises(BadRequest, match=field):
+                parse_body(model, json.dumps({"ids": [1], field: value}).encode(), 10**6)
+    fine = parse_search(
+        json.dumps({"vectors": [[1, 0.5]], "k": 3, "min_coverage": 1}).encode(), 10**6
+    )
+    assert fine.vectors == [[1.0, 0.5]] and fine.k == 3 and fine.min_coverage == 1.0
+
+
 def test_a_query_that_killed_its_replica_by_memory_is_not_retried():
     """A replica OOM-killed by a query got the same query on the next replica."""
     from ray.exceptions import OutOfMemoryError, RayActorError
