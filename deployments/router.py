@@ -11,19 +11,18 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from ray import serve
-from ray.exceptions import OutOfMemoryError, RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.answer import merged_answer
 from deployments.api import HttpApi
+from deployments.calls import ShardCalls
 from deployments.config import AppArgs
 from deployments.embedder import TextsIn
-from deployments.fanout import fan_out, unwrap
+from deployments.fanout import unwrap
 from deployments.ingress import make_app
 from deployments.inrouter import InRouter
 from deployments.metrics import RouterMetrics
@@ -35,11 +34,9 @@ from deployments.versions import owner_groups
 from deployments.writes import counting, log_write
 from shards.artefact import descends_from, metadata_schema_of, open_version
 from shards.errors import (
-    IndexLoadError,
     InvalidInput,
     InvalidQuery,
     UnknownId,
-    VersionMismatch,
     VsearchError,
 )
 from shards.filters import parse_filter
@@ -51,26 +48,7 @@ from shards.writes import delete_of, upsert_of
 
 log = logging.getLogger(__name__)
 
-UNAVAILABLE_RETRIES = 6  # a replica that lacks the version or its files: try others
 LOG_END_S = 2.0  # how long a search waits for the coordinator to say where the log ends
-
-
-def retryable(max_deaths: int):
-    """Retry rule: a replica that died (not by the memory monitor: the query itself may be
-    what killed it) up to ``max_deaths`` times; a replica without the version or its files
-    up to ``UNAVAILABLE_RETRIES`` times; nothing else."""
-
-    def rule(exc: BaseException, attempt: int) -> bool:
-        inner = unwrap(exc)
-        if isinstance(exc, OutOfMemoryError) or isinstance(inner, OutOfMemoryError):
-            return False
-        if isinstance(exc, RayActorError):
-            return "memory monitor" not in str(exc) and attempt <= max_deaths
-        return isinstance(inner, VersionMismatch | IndexLoadError) and (
-            attempt <= UNAVAILABLE_RETRIES
-        )
-
-    return rule
 
 
 class Router(HttpApi, RowReads, TextsIn):
@@ -94,7 +72,6 @@ class Router(HttpApi, RowReads, TextsIn):
             self.held = self._hold(groups[0], coordinator)
             self.shards = [InRouter(self.held)]
         self.groups, self.names = groups, names
-        self.group_sizes = [len(g) for g in groups]
         self.coordinator = coordinator
         self.app_name = serve.get_replica_context().app_name
         self._schemas: dict[str, Any] = {}  # version -> its metadata columns (writes check)
@@ -108,8 +85,9 @@ class Router(HttpApi, RowReads, TextsIn):
             lambda version, ancestor: descends_from(self.args.index_uri, version, ancestor),
         )
         self.metrics = RouterMetrics()
+        self.calls = ShardCalls(self.shards, groups, self.args.replica_retries, self.metrics)
+        self._fan_out = self.calls.fan_out
         self._rng = np.random.default_rng()
-        self._retryable = retryable(self.args.replica_retries)
         env = self.args.auth_token_env
         if env and not os.environ.get(env):
             raise RuntimeError(f"auth_token_env names {env}, but that variable is empty")
@@ -377,28 +355,6 @@ class Router(HttpApi, RowReads, TextsIn):
                 deleted = None
             return {"sequence": seq, "deleted": deleted}
 
-    async def _fan_out(self, send, query: Query, deadline: float, min_coverage: float, groups=None):
-        """``send(handle, query)`` to every shard group (or ``groups``), query budget set."""
-        chosen = range(len(self.shards)) if groups is None else groups
-
-        def call(i: int):
-            async def once():  # each attempt carries the time left to the shard
-                left = max(0.0, deadline - time.monotonic())
-                return await send(self.shards[i], _with_budget(query, left))
-
-            return once
-
-        outcome = await fan_out(
-            [call(i) for i in chosen],
-            [self.group_sizes[i] for i in chosen],
-            deadline,
-            min_coverage,
-            self._retryable,
-        )
-        if outcome.retries:
-            self.metrics.retries.inc(outcome.retries)
-        return outcome
-
     def _deadline_s(self, deadline_ms: int | None) -> float:
         lim = self.args.limits
         ms = lim.default_deadline_ms if deadline_ms is None else deadline_ms
@@ -453,7 +409,3 @@ class Router(HttpApi, RowReads, TextsIn):
             for part in outcome.answers:
                 rows.update(part or {})
         return [[rows.get(int(i)) for i in row] for row in I]
-
-
-def _with_budget(query: Query, left: float) -> Query:
-    return replace(query, budget_s=left)

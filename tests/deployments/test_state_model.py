@@ -251,7 +251,7 @@ def test_a_query_that_killed_its_replica_by_memory_is_not_retried():
     """A replica OOM-killed by a query got the same query on the next replica."""
     from ray.exceptions import OutOfMemoryError, RayActorError
 
-    from deployments.router import retryable
+    from deployments.calls import retryable
 
     rule = retryable(2)
     assert rule(RayActorError(error_msg="the actor died"), 1)
