@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from deployments.calls import moved_ids
 from shards.errors import InvalidQuery, VsearchError
 from shards.fetch import MAX_PAGE
 from shards.filters import parse_filter
@@ -92,6 +93,7 @@ class RowReads:
                 deadline,
                 1.0,
                 groups,
+                moved_ids(planner, 3),
             )
             return _joined(outcome.answers, wanted, None, shape)
         limit = DEFAULT_PAGE if limit is None else limit
@@ -104,6 +106,7 @@ class RowReads:
             query,
             deadline,
             1.0,
+            sequence_of=moved_ids(planner, 3),
         )
         return _joined(outcome.answers, None, limit, shape)
 

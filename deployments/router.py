@@ -19,7 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.answer import merged_answer
 from deployments.api import HttpApi
-from deployments.calls import ShardCalls
+from deployments.calls import ShardCalls, moved_ids
 from deployments.config import AppArgs
 from deployments.embedder import TextsIn
 from deployments.fanout import unwrap
@@ -251,7 +251,11 @@ class Router(HttpApi, RowReads, TextsIn):
             m.nprobe.observe(ov.nprobe)
         t_fan = time.perf_counter()
         outcome = await self._fan_out(
-            lambda h, q: h.search.remote(xq, q), query, deadline, min_coverage
+            lambda h, q: h.search.remote(xq, q),
+            query,
+            deadline,
+            min_coverage,
+            sequence_of=moved_ids(planner, 3),
         )
         t_merge = time.perf_counter()
         m.fanout.observe(t_merge - t_fan)
@@ -371,11 +375,16 @@ class Router(HttpApi, RowReads, TextsIn):
         groups = self._owner_groups(planner, ids)
         query = Query(1, version=planner.manifest.index_version, min_sequence=min_sequence)
         outcome = await self._fan_out(
-            lambda h, q: h.reconstruct.remote(ids, q), query, deadline, 1.0, groups
+            lambda h, q: h.reconstruct.remote(ids, q),
+            query,
+            deadline,
+            1.0,
+            groups,
+            moved_ids(planner, 2),
         )
         out = np.zeros((len(ids), planner.dim), dtype=np.float32)
         found = np.zeros(len(ids), dtype=bool)
-        for here, vectors in outcome.answers:
+        for here, vectors, _ in outcome.answers:
             if vectors is not None:
                 out[here] = vectors
                 found |= here
@@ -405,7 +414,8 @@ class Router(HttpApi, RowReads, TextsIn):
                 deadline,
                 1.0,
                 groups,
+                moved_ids(planner, 1),
             )
-            for part in outcome.answers:
-                rows.update(part or {})
+            for part, _ in outcome.answers:
+                rows.update(part)
         return [[rows.get(int(i)) for i in row] for row in I]

@@ -250,25 +250,28 @@ class ShardServer:
         return loaded.index
 
     async def reconstruct(self, ids: np.ndarray, query: Query):
-        """``(found, vectors)``: which ids live here (at ``query``'s version, once its
-        ``min_sequence`` is applied) and their stored vectors."""
+        """``(found, vectors, sequence)``: which ids live here (at ``query``'s version, once
+        its ``min_sequence`` is applied) and their stored vectors, in the state at
+        ``sequence``."""
         index = await self._state_for(query, "reconstruct")
-        _, states = index.snapshot()
+        sequence, states = index.snapshot()
         found = index.contains(ids, states)
-        return found, index.reconstruct(ids[found], states) if found.any() else None
+        vectors = index.reconstruct(ids[found], states) if found.any() else None
+        return found, vectors, sequence
 
     async def metadata(
         self, ids: np.ndarray, columns: list[str] | None, query: Query
-    ) -> dict[int, dict]:
+    ) -> tuple[dict[int, dict], int]:
         """Metadata rows of the ids that live in these shards, by id (at ``query``'s version,
-        once its ``min_sequence`` is applied: the sequence the search answered from)."""
+        once its ``min_sequence`` is applied: the sequence the search answered from), and
+        the sequence of the state they were read in."""
         index = await self._state_for(query, "metadata")
-        _, states = index.snapshot()
+        sequence, states = index.snapshot()
         found = index.contains(ids, states)
         if not found.any():
-            return {}
+            return {}, sequence
         rows = lookup_metadata(index, ids[found], columns, states).to_pylist()
-        return {row["id"]: row for row in rows}
+        return {row["id"]: row for row in rows}, sequence
 
     async def fetch(self, ids: np.ndarray, columns, vectors: bool, query: Query):
         """The live rows among ``ids`` in these shards (``shards.fetch.by_ids``), as

@@ -93,8 +93,9 @@ def test_metadata_and_vectors_of_a_search_come_from_one_state(index, monkeypatch
         return real(*args, **kwargs)
 
     monkeypatch.setattr(index, "reconstruct", reconstruct)
-    found, vectors = asyncio.run(server(index).reconstruct(np.array([3, 4]), Query(1)))
+    found, vectors, seq = asyncio.run(server(index).reconstruct(np.array([3, 4]), Query(1)))
     assert found.tolist() == [True, True] and not index.contains([3])[0]  # deleted since
+    assert seq == index.sequence - 1
     np.testing.assert_array_equal(vectors, x[[3, 4]])
 
     real_lookup = deployments.shard.lookup_metadata
@@ -104,5 +105,6 @@ def test_metadata_and_vectors_of_a_search_come_from_one_state(index, monkeypatch
         return real_lookup(*args, **kwargs)
 
     monkeypatch.setattr(deployments.shard, "lookup_metadata", lookup)
-    rows = asyncio.run(server(index).metadata(np.array([4, 5]), None, Query(1)))
+    rows, seq = asyncio.run(server(index).metadata(np.array([4, 5]), None, Query(1)))
     assert rows == {4: {"id": 4, "lang": "en"}, 5: {"id": 5, "lang": "en"}}
+    assert seq == index.sequence - 1
