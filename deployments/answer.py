@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from shards.errors import VsearchError
 from shards.merge import drop_repeats, merge_results, within
@@ -51,3 +52,23 @@ def merged_answer(
         out["plan"] = kinds.pop() if len(kinds) == 1 else "mixed"
         out["shard_plans"] = plans
     return out
+
+
+def metadata_rows(tables: list[pa.Table], I: np.ndarray) -> list[list[dict | None]]:
+    """The metadata row of each result of ``I`` (None for padding), from the tables the
+    shards read with their search (``id`` first; each result's id is in the table of the
+    shard that found it).
+
+    Raises:
+        VsearchError: a result without its row (an invariant: every shard that answered
+            returned the rows of its results).
+    """
+    table = pa.concat_tables(tables)
+    ids = table.column("id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    wanted = np.unique(I[I >= 0])
+    at = np.minimum(np.searchsorted(ids[order], wanted), max(len(ids) - 1, 0))
+    if len(wanted) and (len(ids) == 0 or (ids[order][at] != wanted).any()):
+        raise VsearchError("a result came back without its metadata row")
+    rows = dict(zip(wanted.tolist(), table.take(pa.array(order[at])).to_pylist(), strict=True))
+    return [[rows.get(i) for i in row] for row in I.tolist()]

@@ -19,6 +19,7 @@ from shards.errors import InvalidQuery, VsearchError
 from shards.fetch import MAX_PAGE
 from shards.filters import parse_filter
 from shards.ids import check_ids
+from shards.metadata import check_columns
 from shards.query import Query
 
 DEFAULT_PAGE = 100
@@ -75,10 +76,7 @@ class RowReads:
             raise InvalidQuery("include_vectors must be true or false")
         await self._check_written(min_sequence)
         schema = self._schemas.get(version)
-        if columns is not None:
-            unknown = sorted(set(columns) - set(schema.names if schema is not None else ()))
-            if unknown:
-                raise InvalidQuery(f"unknown metadata column(s) {unknown}")
+        columns = check_columns(columns, schema)
         query = Query(1, version=version, min_sequence=min_sequence)
         shape = (include_vectors, planner.dim, version)
         if ids is not None:

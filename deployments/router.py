@@ -17,7 +17,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from deployments.answer import merged_answer
+from deployments.answer import merged_answer, metadata_rows
 from deployments.api import HttpApi
 from deployments.calls import ShardCalls, moved_ids
 from deployments.config import AppArgs
@@ -41,6 +41,7 @@ from shards.errors import (
 )
 from shards.filters import parse_filter
 from shards.ids import check_ids
+from shards.metadata import check_columns
 from shards.params import SearchOverrides
 from shards.planner import QueryPlanner
 from shards.query import Query
@@ -233,6 +234,9 @@ class Router(HttpApi, RowReads, TextsIn):
         xq = planner.prepare(xq)
         filt = parse_filter(filter, self._schemas.get(version))
         threshold = planner.check_threshold(score_threshold)
+        if not isinstance(include_metadata, bool):
+            raise InvalidQuery("include_metadata must be true or false")
+        columns = check_columns(metadata_columns, self._schemas.get(version))
         # the recall monitor's sample: rows re-run exactly by the shards after answering
         goal = (target if target is not None else planner.tuned_for) if not params else None
         query = Query(
@@ -243,6 +247,8 @@ class Router(HttpApi, RowReads, TextsIn):
             min_sequence=min_sequence,
             filter=filt,
             sample=pick(self._rng, len(xq), self.args.recall.sample_rate, goal),
+            with_metadata=include_metadata,
+            metadata_columns=columns,
         )
         planner.check_cost(len(xq), query.fetch_k, ov)
         m.k.observe(k)
@@ -273,12 +279,8 @@ class Router(HttpApi, RowReads, TextsIn):
         out["coverage"], out["degraded"] = outcome.coverage, outcome.coverage < 1.0
         for plan in out.get("shard_plans", {}).values():
             m.plans.inc(tags={"plan": plan})
-        if include_metadata:
-            answered = [i for i, a in enumerate(outcome.answers) if a is not None]
-            newest = max(p[3] for p in parts)  # metadata from a state at least this new
-            out["metadata"] = await self._metadata(
-                planner, out["I"], metadata_columns, deadline, answered, newest
-            )
+        if include_metadata:  # read by each shard from the states its search read
+            out["metadata"] = metadata_rows([p[5] for p in parts], out["I"])
         out["took_ms"] = round(1000 * (time.perf_counter() - t0), 3)
         return out
 
@@ -391,31 +393,3 @@ class Router(HttpApi, RowReads, TextsIn):
         if not found.all():
             raise UnknownId(f"id {int(ids[~found][0])} is not in the index")
         return out
-
-    async def _metadata(
-        self,
-        planner: QueryPlanner,
-        I: np.ndarray,
-        columns,
-        deadline: float,
-        answered: list[int],
-        sequence: int,
-    ):
-        """Metadata rows for the ids of ``I``, from the groups that answered the search and
-        can own them, at ``sequence`` or later (the newest state the search read): every
-        one of those must answer (a row is never silently null)."""
-        flat = np.unique(I[I >= 0])
-        groups = sorted(set(answered) & set(self._owner_groups(planner, flat)))
-        rows: dict[int, dict] = {}
-        if groups:
-            outcome = await self._fan_out(
-                lambda h, q: h.metadata.remote(flat, columns, q),
-                Query(1, version=planner.manifest.index_version, min_sequence=sequence),
-                deadline,
-                1.0,
-                groups,
-                moved_ids(planner, 1),
-            )
-            for part, _ in outcome.answers:
-                rows.update(part)
-        return [[rows.get(int(i)) for i in row] for row in I]

@@ -20,7 +20,7 @@ from ray import serve
 from deployments.coalesce import Coalescer
 from deployments.config import RecallOptions, ShardOptions
 from deployments.follow import Follower
-from deployments.held import SUB_BATCH, HeldVersions, LoadedShards
+from deployments.held import METADATA_INLINE, SUB_BATCH, HeldVersions, LoadedShards
 from deployments.metrics import ShardMetrics
 from deployments.sampler import ShardSampler
 from shards import ShardedIndex
@@ -29,7 +29,6 @@ from shards.artefact import descends_from
 from shards.errors import SequenceBehind
 from shards.fetch import Rows, by_ids, matching
 from shards.gpu import gpu_memory_in_use
-from shards.metadata import lookup_metadata
 from shards.query import Query
 
 log = logging.getLogger("ray.serve")
@@ -156,17 +155,32 @@ class ShardServer:
     # ---- the search path ----
 
     async def search(self, xq: np.ndarray, query: Query):
-        """``(D, I, version, sequence, plans)`` for prepared queries ``xq`` (nq, d) over
-        these shards (plans: each shard's plan for the query's filter, else empty)."""
+        """``(D, I, version, sequence, plans, metadata)`` for prepared queries ``xq`` (nq, d)
+        over these shards (plans: each shard's plan for the query's filter, else empty;
+        metadata: for ``query.with_metadata``, a table of the results' rows, read from the
+        states the search read, else None)."""
         if self.opts.faults is not None:
             await self._inject(self.opts.faults, "search")
         deadline = None if query.budget_s is None else time.monotonic() + query.budget_s
         if query.min_sequence:
             await self._caught_up(self._held(query.version), query.min_sequence, deadline)
-        cheap = self._held(query.version).cheap(xq, query)
-        if self.opts.batch_size <= 1 or cheap:  # a cheap one is answered on the loop at once
-            return await self._run(xq, query, deadline)
-        return await self.coalescer.search(xq, query, deadline)  # merged while it queues
+        loaded = self._held(query.version)
+        if self.opts.batch_size <= 1 or loaded.cheap(xq, query):  # answered on the loop
+            out = await self._run(xq, query, deadline)
+        else:
+            out = await self.coalescer.search(xq, query, deadline)  # merged while it queues
+        D, I, version, sequence, plans, states = out
+        meta = None
+        if query.with_metadata:
+            if self.opts.faults is not None:
+                await self._inject(self.opts.faults, "metadata")
+            cols, many = query.metadata_columns, I.size > METADATA_INLINE
+            meta = (
+                await asyncio.to_thread(loaded.metadata_of, I, cols, states)
+                if many
+                else loaded.metadata_of(I, cols, states)
+            )
+        return D, I, version, sequence, plans, meta
 
     async def _run(
         self, xq: np.ndarray, query: Query, deadline: float | None, members=None
@@ -214,7 +228,7 @@ class ShardServer:
                     self.sampler.skipped["error"] += 1
                     log.warning("shards %s: recall sample not taken: %r", self.numbers, exc)
             start += n
-        return D, I, v, seq, plans
+        return D, I, v, seq, plans, states
 
     async def _caught_up(self, loaded: LoadedShards, sequence: int, deadline: float | None):
         """Wait (until ``deadline``) for ``loaded`` to apply ``sequence``, or SequenceBehind."""
@@ -258,20 +272,6 @@ class ShardServer:
         found = index.contains(ids, states)
         vectors = index.reconstruct(ids[found], states) if found.any() else None
         return found, vectors, sequence
-
-    async def metadata(
-        self, ids: np.ndarray, columns: list[str] | None, query: Query
-    ) -> tuple[dict[int, dict], int]:
-        """Metadata rows of the ids that live in these shards, by id (at ``query``'s version,
-        once its ``min_sequence`` is applied: the sequence the search answered from), and
-        the sequence of the state they were read in."""
-        index = await self._state_for(query, "metadata")
-        sequence, states = index.snapshot()
-        found = index.contains(ids, states)
-        if not found.any():
-            return {}, sequence
-        rows = lookup_metadata(index, ids[found], columns, states).to_pylist()
-        return {row["id"]: row for row in rows}, sequence
 
     async def fetch(self, ids: np.ndarray, columns, vectors: bool, query: Query):
         """The live rows among ``ids`` in these shards (``shards.fetch.by_ids``), as

@@ -11,6 +11,19 @@ from shards.index import ShardedIndex
 from shards.live import LiveState
 
 
+def check_columns(columns, schema: pa.Schema | None) -> tuple[str, ...] | None:
+    """A request's metadata ``columns`` (None: all of them) as a tuple, each one the
+    version's metadata ``schema`` has (``id`` is always given, never named)."""
+    if columns is None:
+        return None
+    if isinstance(columns, str) or not all(isinstance(c, str) for c in columns):
+        raise InvalidQuery("metadata columns must be a list of column names")
+    unknown = sorted(set(columns) - set(schema.names if schema is not None else ()))
+    if unknown:
+        raise InvalidQuery(f"unknown metadata column(s) {unknown}")
+    return tuple(columns)
+
+
 def lookup_metadata(
     index: ShardedIndex,
     ids,

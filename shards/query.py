@@ -45,6 +45,10 @@ class Query:
     filter: Filter | None = None  # only rows whose metadata match (shards.filters)
     budget_s: float | None = None
     sample: Sample | None = None  # rows the recall monitor re-runs exactly after answering
+    # the metadata of each shard's results, read from the states the search read: these
+    # columns (None: all), or none at all
+    with_metadata: bool = False
+    metadata_columns: tuple[str, ...] | None = None
 
     @property
     def fetch_k(self) -> int:

@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from deployments.answer import merged_answer
+from deployments.answer import merged_answer, metadata_rows
 from shards.errors import VsearchError
 from shards.filters import parse_filter
 from shards.query import Query
@@ -36,3 +36,16 @@ def test_a_part_from_another_version_is_an_error_not_an_answer():
             Query(1, version="v1"),
             keep_max=False,
         )
+
+
+def test_metadata_rows_follow_the_results_and_a_missing_row_is_an_error():
+    a = pa.table({"id": pa.array([4, 9], pa.int64()), "tag": ["x", None]})
+    b = pa.table({"id": pa.array([7], pa.int64()), "tag": ["y"]})
+    I = np.array([[9, 7, -1], [4, 4, 9]])
+    assert metadata_rows([a, b], I) == [
+        [{"id": 9, "tag": None}, {"id": 7, "tag": "y"}, None],
+        [{"id": 4, "tag": "x"}, {"id": 4, "tag": "x"}, {"id": 9, "tag": None}],
+    ]
+    assert metadata_rows([a.slice(0, 0)], np.full((1, 2), -1)) == [[None, None]]
+    with pytest.raises(VsearchError, match="without its metadata row"):
+        metadata_rows([b], I)

@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import deployments.shard
 import shards.fetch
 from deployments.shard import ShardServer
 from shards import BuildOptions, ShardedIndex, VectorSource, build_index
@@ -98,13 +97,25 @@ def test_metadata_and_vectors_of_a_search_come_from_one_state(index, monkeypatch
     assert seq == index.sequence - 1
     np.testing.assert_array_equal(vectors, x[[3, 4]])
 
-    real_lookup = deployments.shard.lookup_metadata
 
-    def lookup(*args, **kwargs):
-        index.delete([4])
-        return real_lookup(*args, **kwargs)
+def test_a_search_answers_the_metadata_of_the_states_it_read(index):
+    """A search's metadata is read with its states (``LoadedShards.metadata_of``), not
+    after the merge from whatever state the shards hold then: a row deleted or rewritten
+    right after the search is still the row the search found, never null."""
+    from deployments.answer import metadata_rows
+    from deployments.held import LoadedShards
 
-    monkeypatch.setattr(deployments.shard, "lookup_metadata", lookup)
-    rows, seq = asyncio.run(server(index).metadata(np.array([4, 5]), None, Query(1)))
-    assert rows == {4: {"id": 4, "lang": "en"}, 5: {"id": 5, "lang": "en"}}
-    assert seq == index.sequence - 1
+    index, x = index
+    held = LoadedShards.__new__(LoadedShards)
+    held.index = index
+    _, I, _, states, _, _ = held.timed(x[[3, 150]], Query(2), None)
+    assert I[:, 0].tolist() == [3, 150]
+    index.delete([3])
+    index.upsert(x[150:151], [150], [{"lang": "en"}])  # was "fr"
+    table = held.metadata_of(I, None, states)
+    rows = metadata_rows([table], np.concatenate([I, [[-1], [-1]]], axis=1))
+    assert [r[0] for r in rows] == [{"id": 3, "lang": "en"}, {"id": 150, "lang": "fr"}]
+    assert [r[-1] for r in rows] == [None, None]  # padding
+    assert held.metadata_of(I, ("lang",), states).column_names == ["id", "lang"]
+    now = held.metadata_of(I, None, index.snapshot()[1])  # what a read after it gives
+    assert now.to_pylist()[0] == {"id": 3, "lang": None}  # the null the router used to give

@@ -310,8 +310,9 @@ def test_partial_coverage_503_and_504(serve_base, indexes, xq):
 
 
 def test_metadata_failure_is_an_error_not_null_rows(serve_base, indexes, xq):
-    """The search answers from every shard, then one shard fails to give its rows' metadata:
-    503, not an answer whose rows from that shard are silently null."""
+    """Every shard searches, but one fails to read its results' metadata (each shard reads
+    it with its search, from the states the search read): 503, not an answer whose rows
+    from that shard are silently null."""
     from tests.deployments.conftest import deploy
 
     faults = {"fail_shards": [1], "fail_methods": ["metadata"]}
