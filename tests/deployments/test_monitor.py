@@ -295,7 +295,7 @@ def test_the_budget_earns_from_search_cpu_not_from_waiting():
 
     def loaded(search):  # a LoadedShards whose search is ``search``
         held = LoadedShards.__new__(LoadedShards)
-        held.index = SimpleNamespace(applied=SimpleNamespace(states=lambda: []), sequence=0)
+        held.index = SimpleNamespace(snapshot=lambda: (0, []))
         held.search = search
         return held
 
