@@ -49,33 +49,50 @@ OPERATORS = {
     FilterOperator.ANY: "$in",  # a list column holding any of the values
     FilterOperator.CONTAINS: "$eq",  # a list column holding the value
 }
+# on a plain column LlamaIndex reads these as text matching (``value in metadata_value``)
+LIST_ONLY = (FilterOperator.ANY, FilterOperator.ALL, FilterOperator.CONTAINS)
 
 
-def operator_form(filters: MetadataFilters | None) -> dict[str, Any] | None:
-    """``filters`` in the service's operator form (None for none).
+def operator_form(
+    filters: MetadataFilters | None, columns: dict[str, str]
+) -> dict[str, Any] | None:
+    """``filters`` in the service's operator form (None for none), with LlamaIndex's
+    meaning (``build_metadata_filter_fn``); ``columns``: the collection's metadata columns
+    and their Arrow types (``/v1/stats``).
 
     Raises:
-        ValueError: an operator the service has no equivalent of (text matching).
+        ValueError: an operator the service has no equivalent of (text matching, and
+            ``contains`` / ``any`` / ``all`` on a column that is not a list).
     """
     if filters is None or not filters.filters:
         return None
-    parts = [_one(f) for f in filters.filters]
+    parts = [_one(f, columns) for f in filters.filters]
     condition = filters.condition or FilterCondition.AND
-    if condition == FilterCondition.NOT:
-        inner = parts[0] if len(parts) == 1 else {"$and": parts}
-        return {"$not": inner}
+    if condition == FilterCondition.NOT:  # none of them matches
+        return {"$not": parts[0] if len(parts) == 1 else {"$or": parts}}
     if len(parts) == 1:
         return parts[0]
     return {"$or" if condition == FilterCondition.OR else "$and": parts}
 
 
-def _one(f: MetadataFilter | MetadataFilters) -> dict[str, Any]:
+def _one(f: MetadataFilter | MetadataFilters, columns: dict[str, str]) -> dict[str, Any]:
     if isinstance(f, MetadataFilters):
-        nested = operator_form(f)
-        assert nested is not None
+        nested = operator_form(f, columns)
+        if nested is None:
+            raise ValueError("an empty nested MetadataFilters matches nothing in particular")
         return nested
-    if f.operator == FilterOperator.IS_EMPTY:
-        return {f.key: {"$exists": False}}
+    kind = columns.get(f.key, "")
+    if f.operator in LIST_ONLY and not kind.startswith(("list<", "large_list<")):
+        raise ValueError(
+            f"filter operator {f.operator.value!r} on {f.key!r} ({kind or 'no such column'}): "
+            "vsearch supports it on list columns only (on text it would be a substring "
+            "match, which vsearch does not do)"
+        )
+    if f.operator == FilterOperator.IS_EMPTY:  # None, "" or [] in LlamaIndex
+        missing = {f.key: {"$exists": False}}  # null, or an empty list
+        if kind in ("string", "large_string"):
+            return {"$or": [missing, {f.key: {"$eq": ""}}]}
+        return missing
     if f.operator == FilterOperator.ALL:
         return {"$and": [{f.key: {"$eq": v}} for v in f.value]}  # type: ignore[union-attr]
     op = OPERATORS.get(f.operator)
@@ -157,7 +174,9 @@ class VsearchVectorStore(BasePydanticVectorStore):
         **delete_kwargs: Any,
     ) -> None:
         """Delete the nodes of ``node_ids`` that match ``filters`` (either may be None)."""
-        self._delete_matching(self._restrict(operator_form(filters), node_ids=node_ids))
+        self._delete_matching(
+            self._restrict(operator_form(filters, self._columns), node_ids=node_ids)
+        )
 
     def clear(self) -> None:
         """Delete every node."""
@@ -171,7 +190,7 @@ class VsearchVectorStore(BasePydanticVectorStore):
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None
     ) -> list[BaseNode]:
         """The stored nodes of ``node_ids`` (in that order) and/or matching ``filters``."""
-        filt = operator_form(filters)
+        filt = operator_form(filters, self._columns)
         if node_ids is not None and filt is None:
             out = []
             for keys in docs.chunks([docs.int_id(i) for i in node_ids], docs.IDS_PER_GET):
@@ -204,7 +223,9 @@ class VsearchVectorStore(BasePydanticVectorStore):
                 raise ValueError("give query_embedding, or query_str for the service to embed")
             texts = [query.query_str]
         filt = self._restrict(
-            operator_form(query.filters), node_ids=query.node_ids, doc_ids=query.doc_ids
+            operator_form(query.filters, self._columns),
+            node_ids=query.node_ids,
+            doc_ids=query.doc_ids,
         )
         result = self._client.search(
             query.query_embedding,

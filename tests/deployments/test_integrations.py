@@ -140,7 +140,8 @@ def test_llama_index_add_query_filters_and_delete(docs_url):
         operator_form(
             MetadataFilters(
                 filters=[MetadataFilter(key="text", value="x", operator=FilterOperator.TEXT_MATCH)]
-            )
+            ),
+            {"text": "string"},
         )
     store.clear()
     assert (
