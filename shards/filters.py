@@ -183,7 +183,7 @@ def _scalar(kind: pa.DataType, column: str, value: Any, where: str) -> pa.Scalar
         if not isinstance(value, str):
             raise bad
     elif pa.types.is_date(kind) or pa.types.is_timestamp(kind):
-        value = _temporal(kind, value, bad)
+        value = _temporal(kind, value, bad, where)
     else:
         raise InvalidQuery(f"{where}: column {column!r} of type {kind} cannot be filtered on")
     try:
@@ -192,7 +192,7 @@ def _scalar(kind: pa.DataType, column: str, value: Any, where: str) -> pa.Scalar
         raise bad from None
 
 
-def _temporal(kind: pa.DataType, value: Any, bad: InvalidQuery) -> Any:
+def _temporal(kind: pa.DataType, value: Any, bad: InvalidQuery, where: str) -> Any:
     if not isinstance(value, str):
         raise bad
     try:
@@ -206,6 +206,12 @@ def _temporal(kind: pa.DataType, value: Any, bad: InvalidQuery) -> Any:
         stamp = stamp.replace(tzinfo=dt.UTC)  # naive times in a zoned column: UTC
     elif tz is None and stamp.tzinfo is not None:
         stamp = stamp.astimezone(dt.UTC).replace(tzinfo=None)
+    step = {"s": 1_000_000, "ms": 1_000}.get(kind.unit, 1)
+    if stamp.microsecond % step:  # it would compare as the time cut to the unit
+        raise InvalidQuery(
+            f"{where}: {value!r} is finer than the column's unit "
+            f"({kind.unit}): give a time in whole {kind.unit}"
+        )
     return stamp
 
 

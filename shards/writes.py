@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shards.errors import InvalidInput
 from shards.ids import check_ids
@@ -135,10 +136,16 @@ def _columns(metadata: Any, n: int) -> dict[str, Any]:
 
 
 def _array(field: pa.Field, values: Any) -> pa.Array:
-    """``values`` as an array of ``field``'s type; ISO strings for dates and timestamps."""
+    """``values`` as an array of ``field``'s type; ISO strings for dates and timestamps.
+    Numbers are stored exactly or refused: 2.7 is not an integer, true is not a number, and
+    1e300 does not fit a float32 (a filter would otherwise match the value stored, not the
+    value written)."""
     try:
         if isinstance(values, pa.ChunkedArray | pa.Array):
-            return values.cast(field.type)
+            return _exact(field, values, values.cast(field.type))
+        if pa.types.is_integer(field.type) or pa.types.is_floating(field.type):
+            raw = pa.array(values)  # its own type first: the cast says what does not fit
+            return _exact(field, raw, raw.cast(field.type))
         try:
             return pa.array(values, type=field.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
@@ -149,3 +156,19 @@ def _array(field: pa.Field, values: Any) -> pa.Array:
         raise InvalidInput(
             f"metadata column {field.name!r} needs values of type {field.type}: {exc}"
         ) from None
+
+
+def _exact(field: pa.Field, raw: Any, out: Any) -> Any:
+    """``out`` (``raw`` cast to ``field``'s type, where Arrow refuses a fraction cut off or
+    an integer out of range), unless a boolean became a number or a finite float an
+    infinity."""
+    numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+    if numeric and pa.types.is_boolean(raw.type):
+        raise InvalidInput(f"metadata column {field.name!r} holds {field.type}: got true/false")
+    if pa.types.is_floating(field.type) and pa.types.is_floating(raw.type):
+        finite = pc.sum(pc.is_finite(raw)).as_py() or 0
+        if (pc.sum(pc.is_finite(out)).as_py() or 0) < finite:
+            raise InvalidInput(
+                f"metadata column {field.name!r} holds {field.type}: a value is out of its range"
+            )
+    return out

@@ -219,3 +219,18 @@ def test_categorical_columns_filter_by_value():
 def test_a_filter_on_an_index_without_metadata_is_refused():
     with pytest.raises(InvalidQuery, match="no metadata columns"):
         parse_filter({"cat": "x"}, None)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms"])
+@pytest.mark.parametrize("op", ["$eq", "$gt", "$gte", "$lt", "$lte"])
+def test_a_time_finer_than_its_columns_unit_is_refused_not_cut(unit, op):
+    """Cut to the column's unit, 00:00:00.5 compared as 00:00:00: $gte matched a row at
+    00:00:00 and $lt did not. Whole units still compare exactly."""
+    schema = pa.schema([("t", pa.timestamp(unit))])
+    fine = "2020-01-01T00:00:00.0005" if unit == "ms" else "2020-01-01T00:00:00.5"
+    with pytest.raises(InvalidQuery, match=f"finer than the column's unit \\({unit}\\)"):
+        parse_filter({"t": {op: fine}}, schema)
+    rows = pa.table({"t": pa.array([dt.datetime(2020, 1, 1), dt.datetime(2020, 1, 1, 0, 0, 1)])})
+    whole = parse_filter({"t": {op: "2020-01-01T00:00:01"}}, schema)
+    want = {"$eq": [0, 1], "$gt": [0, 0], "$gte": [0, 1], "$lt": [1, 0], "$lte": [1, 1]}[op]
+    assert whole.mask(rows.cast(schema)).astype(int).tolist() == want

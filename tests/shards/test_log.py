@@ -396,3 +396,28 @@ def test_a_lookup_reads_main_rows_and_delta_from_one_state(tmp_path):
     assert shard.state.delta.position(np.array([0]))[0] == 0
     np.testing.assert_array_equal(shard.reconstruct(np.array([0])), x[:1] + 1)
     assert shard.contains(np.array([0, 1, 10**9])).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "words"),
+    [
+        (pa.int64(), 2020.7, "truncated"),
+        (pa.int64(), -0.9, "truncated"),
+        (pa.int64(), True, "true/false"),
+        (pa.int8(), 300, "not in range"),
+        (pa.float64(), True, "true/false"),
+        (pa.float32(), 1e300, "out of its range"),
+    ],
+)
+def test_metadata_is_stored_as_written_or_refused(column, value, words):
+    """An upsert's metadata value that the column cannot hold exactly is refused: 2020.7
+    was stored as 2020 (a filter on 2020 then matched it), true as 1.0, 1e300 as inf."""
+    from shards.writes import metadata_table
+
+    schema = pa.schema([("c", column)])
+    with pytest.raises(InvalidInput, match=words):
+        metadata_table([{"c": value}], schema, 1)
+    with pytest.raises(InvalidInput, match=words):
+        metadata_table(pa.table({"c": [value]}), schema, 1)
+    exact = metadata_table([{"c": 2}, {"c": None}, {"c": 2.0}], schema, 3)
+    assert exact.column("c").to_pylist() == [2, None, 2]
