@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from shards.errors import ConcurrentUpdate, CorruptLogSegment, LogRetired
+from shards.errors import ConcurrentUpdate, CorruptLogSegment, InvalidInput, LogRetired
 from shards.storage import Store, fsync_dir
 
 LOG_DIR = "log"
@@ -278,6 +278,9 @@ def _table(mutations: list[Mutation], dim: int, schema: pa.Schema | None) -> pa.
 
 def _metadata_of(m: Mutation, schema: pa.Schema) -> pa.Table:
     if m.metadata is not None:
+        extra = sorted(set(m.metadata.column_names) - set(schema.names))
+        if extra:  # never dropped: the write would be acknowledged without them
+            raise InvalidInput(f"metadata column(s) {extra} are not in the log's columns")
         return m.metadata.select(schema.names).cast(schema)
     return pa.table({f.name: pa.nulls(len(m), f.type) for f in schema})
 

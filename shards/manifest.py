@@ -12,8 +12,9 @@ from shards.metric import Metric
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 # what the deployments of a running service are wired for (one per shard, the partition
-# the router routes ids by, the vectors it checks): a live swap must keep all four
-LAYOUT_FIELDS = ("num_shards", "partition", "dim", "metric")
+# the router routes ids by, the vectors it checks, the metadata columns its log's writer
+# keeps): a live swap must keep them all
+LAYOUT_FIELDS = ("num_shards", "partition", "dim", "metric", "metadata_columns")
 
 
 @dataclass(frozen=True)

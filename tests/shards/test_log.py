@@ -421,3 +421,23 @@ def test_metadata_is_stored_as_written_or_refused(column, value, words):
         metadata_table(pa.table({"c": [value]}), schema, 1)
     exact = metadata_table([{"c": 2}, {"c": None}, {"c": 2.0}], schema, 3)
     assert exact.column("c").to_pylist() == [2, None, 2]
+
+
+def test_the_log_refuses_metadata_columns_it_does_not_keep(tmp_path):
+    """Never an acknowledged write without some of its columns."""
+    from shards.metric import Metric
+    from shards.writes import upsert_of
+
+    wide = pa.schema([("year", pa.int64()), ("lang", pa.string())])
+    m = upsert_of(
+        np.ones((1, 4), np.float32),
+        [7],
+        [{"year": 2020, "lang": "en"}],
+        dim=4,
+        metric=Metric.parse("l2"),
+        schema=wide,
+    )
+    log = MutationLog(str(tmp_path), 4, pa.schema([("year", pa.int64())]))
+    with pytest.raises(InvalidInput, match="'lang'"):
+        log.append([m])
+    assert list(MutationLog(str(tmp_path), 4).read(0)) == []

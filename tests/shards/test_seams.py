@@ -156,6 +156,22 @@ def test_layout_change_is_named(tmp_path, data):
     assert "num_shards 2 -> 4" in a.layout_change(b)
 
 
+def test_other_metadata_columns_are_a_layout_change(tmp_path):
+    """The app's log writer keeps the columns of the version it started with: a live swap
+    to a version with another column dropped that column from acknowledged writes, and its
+    replicas could not replay them."""
+    import pyarrow as pa
+
+    from shards.create import create_index
+
+    opts = BuildOptions(num_shards=1, progress=False)
+    root = str(tmp_path / "cols")
+    one = create_index(root, 4, {"year": pa.int64()}, opts)
+    two = create_index(root, 4, {"year": pa.int64(), "lang": pa.string()}, opts)
+    assert "metadata_columns ['year'] -> ['year', 'lang']" in one.layout_change(two)
+    assert one.layout_change(create_index(root, 4, {"year": pa.int64()}, opts)) is None
+
+
 def test_parameter_cache_does_not_keep_old_delete_states(tmp_path, data):
     """The cache kept entries made under older states for other overrides, so old tombstone
     bitmaps (and old delta indexes) stayed alive."""
