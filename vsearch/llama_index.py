@@ -14,6 +14,7 @@ text:string,doc_id:string,doc_meta:string,ref_doc_id:string[,more columns]``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,6 +113,7 @@ class VsearchVectorStore(BasePydanticVectorStore):
 
     _client: Client = PrivateAttr()
     _columns: dict[str, str] = PrivateAttr()
+    _metric: str = PrivateAttr(default="cosine")
     _sequence: int = PrivateAttr(default=0)
 
     def __init__(
@@ -126,7 +128,9 @@ class VsearchVectorStore(BasePydanticVectorStore):
     ) -> None:
         super().__init__(stores_text=True, url=url, collection=collection, params=params)
         self._client = client or Client(url, token=token, collection=collection, **client_options)
-        self._columns = self._client.stats().get("metadata_columns") or {}
+        stats = self._client.stats()
+        self._columns = stats.get("metadata_columns") or {}
+        self._metric = stats["metric"]
         docs.check_columns(self._columns)
         if REF_DOC_ID not in self._columns:
             raise ValueError(
@@ -239,8 +243,20 @@ class VsearchVectorStore(BasePydanticVectorStore):
         hits = result.hits(0)
         nodes = [_node(meta) for _, _, meta in hits]
         return VectorStoreQueryResult(
-            nodes=nodes, similarities=[s for _, s, _ in hits], ids=[n.node_id for n in nodes]
+            nodes=nodes,
+            similarities=similarities(self._metric, [s for _, s, _ in hits]),
+            ids=[n.node_id for n in nodes],
         )
+
+
+def similarities(metric: str, scores: list[float]) -> list[float]:
+    """The service's scores as LlamaIndex similarities, higher the more similar (what its
+    ``similarity_cutoff`` and score fusions assume): inner products and cosines as they
+    are; a squared L2 distance d as ``1 - sqrt(d) / sqrt(2)`` (1 for the query itself, 0 at
+    the distance of orthogonal unit vectors), as the LangChain store's relevance scores."""
+    if metric != "l2":
+        return list(scores)
+    return [1.0 - math.sqrt(max(d, 0.0)) / math.sqrt(2.0) for d in scores]
 
 
 def _node(row: dict[str, Any] | None) -> BaseNode:

@@ -1,6 +1,6 @@
-"""LlamaIndex ``MetadataFilters`` in the service's operator form mean what LlamaIndex means:
-rows matched by ``shards.filters`` equal rows matched by LlamaIndex's own
-``build_metadata_filter_fn`` (no service needed)."""
+"""The LlamaIndex store's translations, without a service: its filters mean what LlamaIndex
+means (rows matched by ``shards.filters`` equal rows matched by LlamaIndex's own
+``build_metadata_filter_fn``) and its similarities rank higher-first."""
 
 from __future__ import annotations
 
@@ -80,3 +80,14 @@ def test_text_matching_on_a_plain_column_is_refused_not_turned_into_equality(op)
     value = "world" if op == FilterOperator.CONTAINS else ["world"]
     with pytest.raises(ValueError, match="list columns only"):
         operator_form(Fs(filters=[F(key="title", value=value, operator=op)]), COLUMNS)
+
+
+def test_l2_distances_become_similarities_higher_first():
+    """LlamaIndex reads ``similarities`` higher-first (``similarity_cutoff`` keeps scores
+    above it): squared L2 distances went out as they are, so a cutoff dropped the nearest."""
+    from vsearch.llama_index import similarities
+
+    got = similarities("l2", [0.0, 0.5, 2.0])  # nearest first, as the service answers
+    assert got == sorted(got, reverse=True) and got[0] == 1.0 and abs(got[2]) < 1e-12
+    assert similarities("cosine", [0.9, 0.2]) == [0.9, 0.2]
+    assert similarities("ip", [3.0, -1.0]) == [3.0, -1.0]
