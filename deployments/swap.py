@@ -49,7 +49,10 @@ def prepare_state(
     """The prepare phase of ``version``: ``(state, why)``.
 
     ``running``: running replicas per shard deployment (every deployment the app has);
-    ``reports``: the last fresh report of each replica, by replica id.
+    ``reports``: the last fresh report of each replica, by replica id. Every fresh report
+    must hold it too, not only as many as are running: a replica that stopped keeps its
+    report fresh for ``REPORT_TTL_S``, and counted in place of a running replacement that
+    has not loaded ``version`` yet it would commit a swap that replacement cannot answer.
     """
     waiting = []
     for deployment, count in sorted(running.items()):
@@ -58,8 +61,9 @@ def prepare_state(
             if version in r.failed:
                 return Prepare.FAILED, f"{deployment}: {r.failed[version]}"
         have = sum(version in r.loaded for r in mine)
-        if count < 1 or have < count:
-            waiting.append(f"{deployment} {have}/{count}")
+        if count < 1 or have < count or have < len(mine):
+            lacking = f" ({len(mine) - have} reporting without it)" if have < len(mine) else ""
+            waiting.append(f"{deployment} {have}/{count}{lacking}")
     if waiting:
         return Prepare.WAITING, "replicas holding it: " + ", ".join(waiting)
     return Prepare.READY, "every running replica holds it"

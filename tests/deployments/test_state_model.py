@@ -104,6 +104,23 @@ def test_prepare_needs_every_running_replica():
     assert state is Prepare.FAILED and "truncated" in why
 
 
+def test_a_stopped_replicas_report_does_not_stand_in_for_a_running_one():
+    """r2 stopped holding v2 (its report stays fresh a while); its replacement r3 runs and
+    holds only v1: two reports hold v2 for two running replicas, but one running replica
+    cannot answer v2 (the swap was committed and r3 answered VersionMismatch)."""
+    reports = {
+        "r1": Report("shard-0", ("v1", "v2")),
+        "r2": Report("shard-0", ("v1", "v2")),
+        "r3": Report("shard-0", ("v1",)),
+    }
+    state, why = prepare_state("v2", {"shard-0": 2}, reports)
+    assert state is Prepare.WAITING and "2/2 (1 reporting without it)" in why
+    del reports["r2"]  # its report expired
+    assert prepare_state("v2", {"shard-0": 2}, reports)[0] is Prepare.WAITING
+    reports["r3"] = Report("shard-0", ("v1", "v2"))
+    assert prepare_state("v2", {"shard-0": 2}, reports)[0] is Prepare.READY
+
+
 def test_retire_waits_for_in_flight_requests_and_the_grace_time():
     long_ago = time.monotonic() - 60
     assert retirable("v1", "v2", "v2", 0, long_ago)
