@@ -10,7 +10,9 @@ told to read the log's files (``None``) when the tail no longer reaches back tha
 Idempotency: a write with a ``key`` that was already logged (the last ``KEYS_KEPT`` keyed
 writes, and after a restart those in the log above the active version's base) is answered
 with the first one's sequence and not logged again; the same key with another content is
-refused (``IdempotencyConflict``). A client that lost an acknowledgement retries safely.
+refused (``IdempotencyConflict``). A client that lost an acknowledgement retries safely,
+also when its write failed after its segment was linked (a failed directory fsync): the
+next append finds that segment, and the retry gets its sequence.
 """
 
 from __future__ import annotations
@@ -104,22 +106,28 @@ class LogWriter:
         while self.pending:
             batch = self._take()
             try:
-                logged = await asyncio.to_thread(self._append, [m for m, _ in batch])
+                outcomes, learned = await asyncio.to_thread(self._append, [m for m, _ in batch])
             except Exception as exc:  # nothing of this batch is durable: every write fails
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
-            if logged[0].sequence != self.end + 1:  # another writer came between: the tail
-                self.tail.clear()  # no longer follows on; replicas read the files
+            news = learned + [o for o in outcomes if isinstance(o, Mutation)]
+            if news and news[0].sequence != self.end + 1:  # the tail no longer follows on:
+                self.tail.clear()  # replicas read the files
                 self.tail_rows = 0
-            self.end = logged[-1].sequence
-            for lm in logged:
+            for lm in news:  # in sequence: others' segments first, then this batch's
                 self._keep(lm)
                 self._remember(lm)
-            for (_, fut), lm in zip(batch, logged, strict=True):
-                if not fut.done():
-                    fut.set_result(lm.sequence)
+            if news:
+                self.end = news[-1].sequence
+            for (_, fut), out in zip(batch, outcomes, strict=True):
+                if fut.done():
+                    continue
+                if isinstance(out, Exception):
+                    fut.set_exception(out)
+                else:
+                    fut.set_result(out.sequence)
             async with self.changed:
                 self.changed.notify_all()
 
@@ -132,14 +140,39 @@ class LogWriter:
         batch, self.pending = self.pending[:n], self.pending[n:]
         return batch
 
-    def _append(self, batch: list[Mutation]) -> list[Mutation]:
+    def _append(self, batch: list[Mutation]) -> tuple[list, list[Mutation]]:
+        """``(outcomes, learned)``: for each mutation of ``batch`` its logged form (or the
+        ``IdempotencyConflict`` it gets), and the mutations of segments found after
+        ``self.end`` when the next sequence was taken: another writer's, or this writer's own
+        whose append failed after its segment was linked (a failed directory fsync: the
+        client was told it failed). A keyed mutation found there keeps that sequence, so a
+        retry is not logged a second time after the writes made in between."""
+        learned: list[Mutation] = []
         for attempt in range(APPEND_ATTEMPTS):
+            known = {m.key: m for m in learned if m.key is not None}
+            outcomes: list = [None] * len(batch)
+            rest = []
+            for i, m in enumerate(batch):
+                first = known.get(m.key) if m.key is not None else None
+                if first is None:
+                    rest.append(i)
+                    continue
+                try:
+                    self._same(first.key or "", m.fingerprint(), first.fingerprint())
+                    outcomes[i] = first
+                except IdempotencyConflict as exc:
+                    outcomes[i] = exc
             try:
-                return self.log.append(batch)
+                logged = self.log.append([batch[i] for i in rest]) if rest else []
             except ConcurrentUpdate:
                 if attempt == APPEND_ATTEMPTS - 1:
                     raise
-                log.warning("another writer appended to the mutation log; appending after it")
+                log.warning("the mutation log has segments this writer did not write; after them")
+                learned = list(self.log.read(self.end))
+                continue
+            for i, lm in zip(rest, logged, strict=True):
+                outcomes[i] = lm
+            return outcomes, learned
         raise AssertionError("unreachable")
 
     def _keep(self, m: Mutation) -> None:

@@ -122,6 +122,44 @@ def test_a_failed_keyed_write_can_be_retried(tmp_path):
     asyncio.run(main())
 
 
+def test_a_write_that_failed_after_its_segment_was_linked_is_not_logged_twice(
+    tmp_path, monkeypatch
+):
+    """The directory's fsync fails after the segment is linked: the client is told the
+    write failed, yet its segment is in the log (replicas apply it). Its retry under the
+    same key, after another client's write, must be answered with that segment's sequence,
+    not logged again after the other write (whose value it would then undo)."""
+    import shards.log
+
+    log = MutationLog(str(tmp_path), D)
+    real, fail = shards.log.fsync_dir, [True]
+
+    def fsync_dir(path):
+        if fail and fail.pop():
+            raise OSError("fsync: input/output error")
+        real(path)
+
+    monkeypatch.setattr(shards.log, "fsync_dir", fsync_dir)
+
+    async def main():
+        writer = LogWriter(log)
+        with pytest.raises(OSError, match="input/output"):
+            await writer.write(keyed(1, "k1"))
+        assert await writer.write(upsert(2)) == 2  # after the segment it did not know of
+        assert await writer.write(keyed(1, "k1")) == 1  # the retry: the first one's
+        with pytest.raises(IdempotencyConflict):
+            await writer.write(keyed(3, "k1"))
+        assert await writer.write(keyed(4, "k4")) == 3
+        assert [m.sequence for m in writer.tail] == [1, 2, 3]  # the tail follows on
+
+    asyncio.run(main())
+    assert [(m.sequence, m.key) for m in MutationLog(str(tmp_path), D).read(0)] == [
+        (1, "k1"),
+        (2, None),
+        (3, "k4"),
+    ]
+
+
 def test_tail_waits_for_writes_and_sends_replicas_to_the_files_when_short(tmp_path):
     log = MutationLog(str(tmp_path), D)
     log.start()
