@@ -52,6 +52,9 @@ OPERATORS = {
 }
 # on a plain column LlamaIndex reads these as text matching (``value in metadata_value``)
 LIST_ONLY = (FilterOperator.ANY, FilterOperator.ALL, FilterOperator.CONTAINS)
+# LlamaIndex names a node's document "doc_id" (Pinecone, Qdrant, Redis) and "document_id"
+# (Chroma) besides "ref_doc_id"; vsearch's own doc_id column holds the node's id
+DOCUMENT_KEYS = {"doc_id": REF_DOC_ID, "document_id": REF_DOC_ID}
 
 
 def operator_form(
@@ -82,6 +85,9 @@ def _one(f: MetadataFilter | MetadataFilters, columns: dict[str, str]) -> dict[s
         if nested is None:
             raise ValueError("an empty nested MetadataFilters matches nothing in particular")
         return nested
+    key = DOCUMENT_KEYS.get(f.key, f.key)
+    if key != f.key:
+        f = f.model_copy(update={"key": key})
     kind = columns.get(f.key, "")
     if f.operator in LIST_ONLY and not kind.startswith(("list<", "large_list<")):
         raise ValueError(

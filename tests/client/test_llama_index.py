@@ -91,3 +91,12 @@ def test_l2_distances_become_similarities_higher_first():
     assert got == sorted(got, reverse=True) and got[0] == 1.0 and abs(got[2]) < 1e-12
     assert similarities("cosine", [0.9, 0.2]) == [0.9, 0.2]
     assert similarities("ip", [3.0, -1.0]) == [3.0, -1.0]
+
+
+def test_document_keys_mean_the_nodes_document():
+    """LlamaIndex's node metadata names the document "doc_id" and "document_id" too
+    (``node_to_metadata_dict``); vsearch's doc_id column holds node ids, so a filter on the
+    document under those names matched nothing."""
+    for key in ("doc_id", "document_id", "ref_doc_id"):
+        got = operator_form(Fs(filters=[F(key=key, value="doc-1")]), COLUMNS)
+        assert got == {"ref_doc_id": {"$eq": "doc-1"}}
