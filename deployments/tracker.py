@@ -114,7 +114,8 @@ class VersionTracker:
         self.error = None
         version = planner.manifest.index_version
         if self.active is None:
-            active = await self.coordinator("commit", None, version)
+            start = await self._start_version(version)
+            active = await self.coordinator("commit", None, start)
             self.active = planner if active == version else await self._adopt(active)
             if active != version and not await self._made_from(active, version):
                 self._next(planner)
@@ -142,6 +143,35 @@ class VersionTracker:
             return
         self.next = planner
         self.swap = {"version": version, "state": Prepare.WAITING.value, "why": "started"}
+
+    async def _start_version(self, version: str) -> str:
+        """What a starting router commits when the coordinator names no active version: the
+        configured ``version``, unless every replica reports holding a version made from it
+        (the app moved on, by online compactions or re-tunes, and then its coordinator
+        restarted): the latest of those. Committing the configured one would pin every
+        router back to a version the replicas have retired."""
+        view = await asyncio.wait_for(self.coordinator("view"), SYNC_TIMEOUT_S)
+        reports = list(view["reports"].values())
+        if view["active"] is not None or not reports:
+            return version
+        held = set.intersection(*(set(r.loaded) for r in reports)) - {version}
+        later = [v for v in sorted(held) if await self._made_from(v, version)]
+        for v in later:  # the one made from every other
+            if await self._made_from_all(v, later):
+                log.warning(
+                    "router: the coordinator names no active version; every replica holds "
+                    "%s, made from the configured %s: committing it",
+                    v,
+                    version,
+                )
+                return v
+        return version
+
+    async def _made_from_all(self, version: str, others: list[str]) -> bool:
+        for other in others:
+            if other != version and not await self._made_from(version, other):
+                return False
+        return True
 
     async def _made_from(self, version: str | None, ancestor: str) -> bool:
         """``version`` was made from ``ancestor`` (an online compaction of it): a router that

@@ -161,3 +161,41 @@ def test_health_reads_the_reports_now_and_names_shards_without_the_version(tmp_p
         assert len(gone) == 1 and "coordinator did not answer" in gone[0]
 
     asyncio.run(drill())
+
+
+def test_a_router_starting_while_the_coordinator_restarts_keeps_the_apps_version(tmp_path):
+    """The app moved from v1 to v2 (v1 compacted) and its coordinator restarted (it names
+    no active version): a router starting with v1 configured committed v1, and every router
+    then adopted it, although the replicas hold v2 and had retired v1."""
+    from shards.artefact import descends_from
+
+    root, v1, v2, _ = versions(tmp_path)
+    coord = Coordinator()  # restarted: no active version yet
+
+    async def call(method, *args):
+        return await getattr(coord, method)(*args)
+
+    def made_from(version, ancestor):
+        return descends_from(root, version, ancestor)
+
+    async def drill():
+        for replica in ("a", "b"):
+            await coord.report(replica, "shard-0", [v2], {})
+        t = VersionTracker(open_planner(root), call, lambda: {"shard-0": 2}, v1, {}, made_from)
+        await t._want()
+        assert coord.active == v2 and t.planner.manifest.index_version == v2
+        assert t.next is None and t.swap == {}  # v2 is v1 compacted: nothing to swap to
+
+        fresh = Coordinator()  # no replica has reported yet: the configured version
+        coord_calls = VersionTracker(
+            open_planner(root),
+            lambda method, *args: getattr(fresh, method)(*args),
+            lambda: {},
+            v1,
+            {},
+            made_from,
+        )
+        await coord_calls._want()
+        assert fresh.active == v1
+
+    asyncio.run(drill())
