@@ -13,7 +13,14 @@ from shards.planner import MAX_CANDIDATES, MAX_K, MAX_QUERIES
 from shards.writes import MAX_WRITE_ROWS
 
 
-class Autoscaling(BaseModel):
+class Settings(BaseModel):
+    """A part of the app's arguments: a key it does not know is an error (a typo such as
+    ``in_routr`` or ``num_replica`` would otherwise deploy the defaults without a word)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Autoscaling(Settings):
     """Serve autoscaling of a deployment (each shard deployment, or the router)."""
 
     min_replicas: int = Field(1, ge=0)
@@ -41,7 +48,7 @@ class Autoscaling(BaseModel):
 FaultyCall = Literal["search", "metadata", "reconstruct"]
 
 
-class Faults(BaseModel):
+class Faults(Settings):
     """Fault injection for tests and drills; off unless set. Never set in production."""
 
     fail_shards: list[int] = Field(default_factory=list, description="these shards raise")
@@ -51,7 +58,7 @@ class Faults(BaseModel):
     delay_ms: dict[int, int] = Field(default_factory=dict, description="shard -> added delay")
 
 
-class GpuSettings(BaseModel):
+class GpuSettings(Settings):
     """How a GPU replica holds its shards (used when ``num_gpus`` > 0)."""
 
     float16: bool = Field(False, description="Flat: float16 vectors; IVF-PQ: float16 tables")
@@ -62,7 +69,7 @@ class GpuSettings(BaseModel):
     )
 
 
-class ShardOptions(BaseModel):
+class ShardOptions(Settings):
     """Options applied to every shard deployment."""
 
     num_replicas: PositiveInt | None = Field(1, description="fixed replicas (or autoscaling)")
@@ -196,7 +203,7 @@ class ShardOptions(BaseModel):
         return opts
 
 
-class Limits(BaseModel):
+class Limits(Settings):
     """Request limits; violations are 400 (413 for the body)."""
 
     max_k: PositiveInt = Field(MAX_K, le=MAX_K)
@@ -212,11 +219,9 @@ class Limits(BaseModel):
     max_deadline_ms: PositiveInt = 60_000
 
 
-class EmbeddingOptions(BaseModel):
+class EmbeddingOptions(Settings):
     """The optional embedding deployment (``deployments.embedder``): ``{"texts": [...]}``
     searches and upserts are embedded by it, in the same application."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(
         "minilm",
@@ -238,11 +243,9 @@ COLLECTION_NAME = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 COLLECTIONS = "/v1/collections/"  # + NAME: a collection application's route prefix
 
 
-class RecallOptions(BaseModel):
+class RecallOptions(Settings):
     """The online recall monitor (``deployments.monitor``): sampled live queries re-run
     exactly in the background over the same shard state, and what to do when recall drifts."""
-
-    model_config = ConfigDict(extra="forbid")
 
     sample_rate: float = Field(
         0.005, ge=0.0, le=1.0, description="share of query rows re-run exactly; 0: off"
@@ -278,7 +281,7 @@ class RecallOptions(BaseModel):
     )
 
 
-class AppArgs(BaseModel):
+class AppArgs(Settings):
     """Everything ``build_app`` needs."""
 
     index_uri: str = Field(..., description="index root (local path or pyarrow.fs URI)")

@@ -138,10 +138,19 @@ class VsearchVectorStore(VectorStore):
             raise ValueError(f"the embeddings have {x.shape[1]} dimensions; the index {self.dim}")
         return x
 
-    def delete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
-        """Delete the documents of ``ids``, or every document when None."""
+    def delete(
+        self, ids: list[str] | None = None, filter: dict | None = None, **kwargs: Any
+    ) -> bool | None:
+        """Delete the documents of ``ids``, or those matching ``filter`` (the operator form
+        of searches), or every document when neither is given."""
+        _only(kwargs, ids, filter)
         pages = (
-            (r.ids for r in self.client.scan(page=docs.ROWS_PER_WRITE, min_sequence=self.sequence))
+            (
+                r.ids
+                for r in self.client.scan(
+                    filter, page=docs.ROWS_PER_WRITE, min_sequence=self.sequence
+                )
+            )
             if ids is None
             else docs.chunks([docs.int_id(i) for i in ids], docs.ROWS_PER_WRITE)
         )
@@ -149,10 +158,14 @@ class VsearchVectorStore(VectorStore):
             self.sequence = max(self.sequence, self.client.delete(keys).sequence)
         return True
 
-    async def adelete(self, ids: list[str] | None = None, **kwargs: Any) -> bool | None:
+    async def adelete(
+        self, ids: list[str] | None = None, filter: dict | None = None, **kwargs: Any
+    ) -> bool | None:
+        _only(kwargs, ids, filter)
         client = self._aclient()
         if ids is None:
-            async for rows in client.scan(page=docs.ROWS_PER_WRITE, min_sequence=self.sequence):
+            scan = client.scan(filter, page=docs.ROWS_PER_WRITE, min_sequence=self.sequence)
+            async for rows in scan:
                 self.sequence = max(self.sequence, (await client.delete(rows.ids)).sequence)
             return True
         for keys in docs.chunks([docs.int_id(i) for i in ids], docs.ROWS_PER_WRITE):
@@ -327,3 +340,12 @@ def _document(row: dict[str, Any] | None) -> Document:
 
 def _scored(result: SearchResult) -> list[tuple[Document, float]]:
     return [(_document(meta), score) for _, score, meta in result.hits(0)]
+
+
+def _only(kwargs: dict[str, Any], ids: Any, filter: Any) -> None:
+    """A delete's options: ids or a filter, nothing else (an option dropped here would
+    leave ids and filter None: every document deleted)."""
+    if kwargs:
+        raise TypeError(f"unknown delete option(s) {sorted(kwargs)}: give ids or filter")
+    if ids is not None and filter is not None:
+        raise ValueError("give ids or a filter to delete, not both")

@@ -133,3 +133,25 @@ def test_autoscaling_bounds_are_checked():
         Autoscaling(min_replicas=3, max_replicas=2)
     with pytest.raises(ValidationError, match=r"look_back_period_s 5\.0 must be > metrics_int"):
         Autoscaling(look_back_period_s=5)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"defaults_params": {"nprobe": 4}},
+        {"shard": {"in_routr": True}},
+        {"shard": {"num_replica": 4}},
+        {"shard": {"gpu": {"float_16": True}}},
+        {"shard": {"autoscaling": {"max_replica": 8}}},
+        {"limits": {"max_kk": 5}},
+        {"shard": {"faults": {"fail_shard": [1]}}},
+        {"recall": {"sample_rat": 0.1}},
+    ],
+)
+def test_an_unknown_key_in_the_args_is_refused(args):
+    """A typo deployed the defaults without a word (``in_routr: true`` kept the shard
+    deployments, ``num_replica: 4`` one replica)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        AppArgs.model_validate({"index_uri": "/x", **args})

@@ -83,6 +83,11 @@ def test_langchain_filters_scores_and_mmr(docs_url):
         assert len(mmr) == 3 and len({d.id for d in mmr}) == 3
         rel = store.similarity_search_with_relevance_scores("text 3", k=1)
         assert rel[0][0].page_content == "text 3" and rel[0][1] == pytest.approx(1.0, abs=1e-5)
+        with pytest.raises(TypeError, match=r"unknown delete option\(s\) \['where'\]"):
+            store.delete(where={"lang": "de"})  # was dropped: every document deleted
+        store.delete(filter={"lang": "de"})  # the documents that match, no others
+        left = store.similarity_search("query", k=40)
+        assert sorted(d.page_content for d in left) == sorted(f"text {i}" for i in range(0, 40, 2))
     finally:
         store.delete()
         assert store.similarity_search("query", k=1) == []
