@@ -96,7 +96,11 @@ class UpsertRequest(BaseModel):
     metadata: list[dict[str, Any] | None] | None = Field(
         None, description="one object per id: columns of the index's metadata schema"
     )
-    deadline_ms: int | None = None
+    deadline_ms: int | None = Field(
+        None,
+        description="stop waiting for the write to be durable after this long (a 504: it may "
+        "still be applied; retry with the same idempotency_key); default: wait for the log",
+    )
     idempotency_key: str | None = Field(
         None,
         description="unique per write (e.g. a UUID), sent again on a retry: a write already "
@@ -117,7 +121,11 @@ class DeleteRequest(BaseModel):
     model_config = STRICT
 
     ids: list[int] = Field(..., description="ids to delete; absent ones are not an error")
-    deadline_ms: int | None = None
+    deadline_ms: int | None = Field(
+        None,
+        description="stop waiting for the write to be durable after this long (a 504: it may "
+        "still be applied; retry with the same idempotency_key); default: wait for the log",
+    )
     idempotency_key: str | None = Field(
         None,
         description="unique per write (e.g. a UUID), sent again on a retry: a write already "

@@ -319,12 +319,13 @@ class Router(HttpApi, RowReads, TextsIn):
         ``min_sequence`` see it). ``idempotency_key``: a retry under it gets the first
         attempt's answer (``deployments.writer``)."""
         with counting(self.metrics, "upsert"):
-            self._deadline_s(deadline_ms)
+            deadline = self._write_deadline(deadline_ms)
             planner = self.planner
             if texts is not None:
                 if vectors is not None:
                     raise InvalidInput("give vectors or texts, not both")
-                vectors = await self.vectors_of_texts(texts, self.args.limits.max_write_rows)
+                limit = self.args.limits.max_write_rows
+                vectors = await self.vectors_of_texts(texts, limit, deadline)
             m = upsert_of(
                 vectors,
                 ids,
@@ -335,7 +336,7 @@ class Router(HttpApi, RowReads, TextsIn):
                 max_rows=self.args.limits.max_write_rows,
                 key=idempotency_key,
             )
-            seq = await log_write(self.coordinator, self.metrics, m)
+            seq = await log_write(self.coordinator, self.metrics, m, deadline)
             return {"sequence": seq, "upserted": len(m)}
 
     async def delete(
@@ -348,7 +349,9 @@ class Router(HttpApi, RowReads, TextsIn):
             deadline = time.monotonic() + self._deadline_s(deadline_ms)
             planner = self.planner
             m = delete_of(ids, self.args.limits.max_write_rows, idempotency_key)
-            seq = await log_write(self.coordinator, self.metrics, m)
+            seq = await log_write(
+                self.coordinator, self.metrics, m, self._write_deadline(deadline_ms)
+            )
             query = Query(1, version=planner.manifest.index_version, min_sequence=seq)
             groups = self._owner_groups(planner, m.ids)
             try:
@@ -360,6 +363,13 @@ class Router(HttpApi, RowReads, TextsIn):
                 log.warning("delete at sequence %d is logged; not counted: %s", seq, exc)
                 deleted = None
             return {"sequence": seq, "deleted": deleted}
+
+    def _write_deadline(self, deadline_ms: int | None) -> float | None:
+        """When a write stops waiting to be durable (``time.monotonic()``): only at a
+        deadline it names (``limits.default_deadline_ms`` is a search's); else it waits for
+        the log."""
+        seconds = self._deadline_s(deadline_ms)  # checked either way
+        return None if deadline_ms is None else time.monotonic() + seconds
 
     def _deadline_s(self, deadline_ms: int | None) -> float:
         lim = self.args.limits

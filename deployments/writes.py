@@ -3,10 +3,12 @@ writer (the coordinator's ``deployments.writer.LogWriter``) and counted by kind 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from deployments.errors import DeadlineExceeded
 from deployments.fanout import unwrap
 from deployments.metrics import RouterMetrics
 from shards.errors import VsearchError
@@ -25,12 +27,30 @@ def counting(metrics: RouterMetrics, kind: str) -> Iterator[None]:
     metrics.writes.inc(tags={"kind": kind, "status": "2xx"})
 
 
-async def log_write(coordinator, metrics: RouterMetrics, m: Mutation) -> int:
+async def log_write(
+    coordinator, metrics: RouterMetrics, m: Mutation, deadline: float | None = None
+) -> int:
     """Log ``m`` through the coordinator; its sequence once durable (the writer's own error,
-    unwrapped from Ray's, otherwise)."""
+    unwrapped from Ray's, otherwise).
+
+    Raises:
+        DeadlineExceeded: ``deadline`` (``time.monotonic()``) passed first: the write may
+            still be logged, and a retry under the same idempotency key is answered with
+            its sequence, never applied twice.
+    """
     t0 = time.perf_counter()
     try:
-        seq = await coordinator.write.remote(m)
+        call = coordinator.write.remote(m)
+        if deadline is None:
+            seq = await call
+        else:
+            seq = await asyncio.wait_for(call, max(0.0, deadline - time.monotonic()))
+    except TimeoutError:
+        again = " under the same idempotency_key" if m.key else " with an idempotency_key"
+        raise DeadlineExceeded(
+            f"deadline passed before the {m.op} was durable: it may still be applied; "
+            f"retry it{again} to learn its sequence without applying it twice"
+        ) from None
     except Exception as exc:
         raise (unwrap(exc) or exc) from None
     metrics.write_rows.inc(len(m), tags={"kind": m.op})

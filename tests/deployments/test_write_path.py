@@ -348,3 +348,30 @@ def test_an_online_compaction_can_re_tune_before_it_is_proposed(tmp_path):
     assert descends_from(str(tmp_path / "idx"), tuned["version"], first)
     reopened = ShardedIndex.open(str(tmp_path / "idx"), tuned["version"])
     assert reopened.ntotal == 4000 - len(range(0, 4000, 3))
+
+
+def test_a_writes_deadline_bounds_its_wait_for_the_log():
+    """``deadline_ms`` on an upsert or delete was checked and then not used: a write waited
+    for the log however long it took. Now the wait ends at it, with a 504 saying the write
+    may still be applied and a retry under its key is safe."""
+    import time
+    from types import SimpleNamespace
+
+    from deployments.errors import DeadlineExceeded
+    from deployments.writes import log_write
+
+    def slow(m):  # a coordinator whose log takes 0.5 s to make the write durable
+        return asyncio.sleep(0.5, result=7)
+
+    coordinator = SimpleNamespace(write=SimpleNamespace(remote=slow))
+    counts = SimpleNamespace(inc=lambda *a, **kw: None, observe=lambda *a, **kw: None)
+    metrics = SimpleNamespace(write_rows=counts, write_latency=counts)
+
+    async def main():
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="same idempotency_key"):
+            await log_write(coordinator, metrics, keyed(1, "k"), time.monotonic() + 0.05)
+        assert time.monotonic() - t0 < 0.4
+        assert await log_write(coordinator, metrics, keyed(1, "k")) == 7  # no deadline
+
+    asyncio.run(main())
