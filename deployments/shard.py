@@ -165,10 +165,10 @@ class ShardServer:
         if query.min_sequence:
             await self._caught_up(self._held(query.version), query.min_sequence, deadline)
         loaded = self._held(query.version)
-        if self.opts.batch_size <= 1 or loaded.cheap(xq, query):  # answered on the loop
+        if loaded.cheap(xq, query):  # answered on the loop at once
             out = await self._run(xq, query, deadline)
-        else:
-            out = await self.coalescer.search(xq, query, deadline)  # merged while it queues
+        else:  # at most search_slots at once, merged while they queue (max_batch_size > 1)
+            out = await self.coalescer.search(xq, query, deadline)
         D, I, version, sequence, plans, states = out
         meta = None
         if query.with_metadata:

@@ -119,3 +119,31 @@ def test_a_search_answers_the_metadata_of_the_states_it_read(index):
     assert held.metadata_of(I, ("lang",), states).column_names == ["id", "lang"]
     now = held.metadata_of(I, None, index.snapshot()[1])  # what a read after it gives
     assert now.to_pylist()[0] == {"id": 3, "lang": None}  # the null the router used to give
+
+
+def test_search_slots_hold_without_merging():
+    """``max_batch_size: 1`` (merging off) sent every search straight to a thread, so
+    ``search_slots`` was ignored: 8 searches ran at once with one slot."""
+    from deployments.coalesce import Coalescer
+
+    running, most = [0], [0]
+
+    async def run(xq, query, deadline, members=None):
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await asyncio.sleep(0.01)
+        running[0] -= 1
+        return xq, xq, "v", 0, {}, []
+
+    srv = ShardServer.__new__(ShardServer)
+    srv.opts = SimpleNamespace(faults=None, batch_size=1)
+    srv._held = lambda version: SimpleNamespace(cheap=lambda xq, q: False)
+    srv._run = run
+
+    async def main():
+        srv.coalescer = Coalescer(run, 1, 1)  # one slot, no merging
+        xq = np.zeros((1, 8), np.float32)
+        await asyncio.gather(*(srv.search(xq, Query(1)) for _ in range(8)))
+
+    asyncio.run(main())
+    assert most[0] == 1
