@@ -103,7 +103,11 @@ class ShardOptions(Settings):
         "2 on GPU",
     )
     max_ongoing_requests: PositiveInt = 32
-    mmap: bool = Field(False, description="memory-map index files (local folders)")
+    mmap: bool = Field(
+        False,
+        description="memory-map the inverted lists of IVF indexes (local folders; faiss reads "
+        "every other index, and the rest of an IVF one, into memory)",
+    )
     reload_retry_s: PositiveFloat = Field(
         10.0, description="a replica whose index failed to load retries after this long"
     )

@@ -227,6 +227,10 @@ class VsearchVectorStore(BasePydanticVectorStore):
             raise TypeError(f"unknown query option(s) {sorted(kwargs)}")
         if query.mode != VectorStoreQueryMode.DEFAULT:
             raise ValueError(f"query mode {query.mode.value!r} is not supported: use default")
+        if query.output_fields or query.embedding_field:  # never dropped without a word
+            raise ValueError(
+                "output_fields and embedding_field are not supported: nodes come back whole"
+            )
         texts = None
         if query.query_embedding is None:  # the service embeds the text (args.embedding)
             if not query.query_str:

@@ -125,6 +125,9 @@ def test_llama_index_add_query_filters_and_delete(docs_url):
     assert got.nodes[0].get_content() == f"chunk {Iref[0][0]}"
     assert got.nodes[0].ref_doc_id == f"doc-{Iref[0][0] // 10}"
     assert got.similarities == sorted(got.similarities, reverse=True)
+    for dropped in ({"output_fields": ["lang"]}, {"embedding_field": "vector"}):
+        with pytest.raises(ValueError, match="not supported"):  # they were dropped
+            store.query(VectorStoreQuery(query_embedding=q[0].tolist(), **dropped))
 
     store.delete("doc-0")  # the nodes of document 0: node-0 .. node-9
     live = np.arange(10, 60)
