@@ -220,8 +220,16 @@ def train_template(
     None, or when faiss sees no GPU.
     """
     if cagra.parse_factory(factory) is not None:
+        _no_graph_for(opts, factory)
         return faiss.IndexFlat(source.d, metric.faiss_metric)  # collects; graphs come later
     template = template_index(factory, source.d, metric.faiss_metric)
+    ef = ef_construction_of(opts)
+    graphs = [i for i in (Anatomy.of(template).core, Anatomy.of(template).quantizer) if i]
+    graphs = [g for g in graphs if isinstance(g, faiss.IndexHNSW)]
+    if not graphs:
+        _no_graph_for(opts, factory)
+    for graph in graphs if ef is not None else []:  # before training: an HNSW quantizer
+        graph.hnsw.efConstruction = ef  # is built by it; read by every add, saved with it
     if not template.is_trained and source.n == 0:
         raise InvalidInput(f"{factory} must be trained on vectors; an empty input can be Flat")
     if not template.is_trained:
@@ -240,11 +248,17 @@ def train_template(
         for transform in anatomy.transforms:
             if isinstance(transform, faiss.PCAMatrix):
                 uncentre(transform)
-    ef = ef_construction_of(opts)
-    core = anatomy.core
-    if ef is not None and isinstance(core, faiss.IndexHNSW):
-        core.hnsw.efConstruction = ef  # read by every add; saved with the index
     return template
+
+
+def _no_graph_for(opts: BuildOptions, factory: str) -> None:
+    """--ef-construction given for a factory without an HNSW graph: refused, not ignored
+    (for the automatic choice it applies when the choice has one, and is recorded then)."""
+    if opts.ef_construction is not None and opts.index not in ("auto", "hnsw"):
+        raise InvalidInput(
+            f"--ef-construction applies to HNSW graphs (an HNSW index or an IVF's HNSW "
+            f"quantizer); {factory} has none"
+        )
 
 
 def uncentre(pca: faiss.PCAMatrix) -> None:

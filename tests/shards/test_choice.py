@@ -126,3 +126,18 @@ def test_build_options_ef_construction_and_traffic(tmp_path, data):
     ):
         with pytest.raises(InvalidInput, match=match):
             build(tmp_path, xb, "bad", index="HNSW16,Flat", **bad)
+
+
+def test_ef_construction_reaches_an_hnsw_quantizer_and_is_refused_without_a_graph(tmp_path, data):
+    """``IVF.._HNSW`` recorded the option while its quantizer kept faiss's 40; an index with
+    no HNSW graph took it without a word."""
+    from shards.anatomy import Anatomy
+    from tests.shards.helpers import build
+
+    xb = data[0][:3000]
+    index = build(tmp_path, xb, name="q", index="IVF32_HNSW16,Flat", ef_construction=77)
+    assert index.manifest.build["ef_construction"] == 77
+    assert Anatomy.of(index.shards[0].index).quantizer.hnsw.efConstruction == 77
+    for factory in ("IVF32,Flat", "Flat"):
+        with pytest.raises(InvalidInput, match="applies to HNSW graphs"):
+            build(tmp_path, xb, name=factory[:3], index=factory, ef_construction=77)
