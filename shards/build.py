@@ -170,6 +170,14 @@ def choose_factory(n: int, d: int, opts: BuildOptions, metric: Metric) -> tuple[
         return "Flat", "empty input: Flat (writes are searched exactly until a rebuild)"
     if opts.index not in ("auto", "hnsw"):
         estimate_bytes(opts.index, 1, d)  # validates the factory string
+        per_shard = -(-n // opts.num_shards)
+        need = estimate_bytes(opts.index, per_shard, d)
+        if opts.memory_budget is not None and need > opts.memory_budget:
+            raise InvalidInput(
+                f"{opts.index} holding {per_shard:,} vectors per shard needs about "
+                f"{need:,} bytes, over the memory budget of {opts.memory_budget:,}: more "
+                "shards, a smaller index, or the automatic choice (which keeps to it)"
+            )
         return opts.index, "explicit factory string"
     choice = choose_index(
         -(-n // opts.num_shards),

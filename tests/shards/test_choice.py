@@ -141,3 +141,14 @@ def test_ef_construction_reaches_an_hnsw_quantizer_and_is_refused_without_a_grap
     for factory in ("IVF32,Flat", "Flat"):
         with pytest.raises(InvalidInput, match="applies to HNSW graphs"):
             build(tmp_path, xb, name=factory[:3], index=factory, ef_construction=77)
+
+
+def test_an_explicit_factory_over_the_memory_budget_is_refused(tmp_path, data):
+    """The budget was recorded ("memory budget 1,000 bytes per shard") and not checked."""
+    from tests.shards.helpers import build
+
+    xb = data[0][:3000]
+    with pytest.raises(InvalidInput, match="over the memory budget of 1,000"):
+        build(tmp_path, xb, name="over", index="Flat", memory_budget=1000)
+    fits = build(tmp_path, xb, name="fits", index="Flat", num_shards=2, memory_budget=10**7)
+    assert fits.manifest.factory == "Flat"
