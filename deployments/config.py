@@ -73,7 +73,7 @@ class ShardOptions(Settings):
     """Options applied to every shard deployment."""
 
     num_replicas: PositiveInt | None = Field(1, description="fixed replicas (or autoscaling)")
-    autoscaling: Autoscaling | None = Field(None, description="replaces num_replicas if set")
+    autoscaling: Autoscaling | None = Field(None, description="instead of num_replicas")
     num_cpus: float = Field(0.0, ge=0, description="0 lets replicas share cores (see README)")
     num_gpus: float = Field(
         0.0, ge=0, description="> 0 clones the shards to the replica's GPU(s); 2 uses two GPUs"
@@ -129,6 +129,11 @@ class ShardOptions(Settings):
     @model_validator(mode="after")
     def _one_scaling(self) -> ShardOptions:
         if self.autoscaling is not None:
+            if "num_replicas" in self.model_fields_set and self.num_replicas is not None:
+                raise ValueError(
+                    "shard.num_replicas and shard.autoscaling: autoscaling sets the replica "
+                    "count (min_replicas .. max_replicas); give one of them"
+                )
             self.num_replicas = None
         if self.num_gpus > 1 and not float(self.num_gpus).is_integer():
             raise ValueError("num_gpus above 1 must be a whole number of GPUs")
@@ -329,7 +334,7 @@ class AppArgs(Settings):
     )
     router_replicas: PositiveInt = 1
     router_autoscaling: Autoscaling | None = Field(
-        None, description="replaces router_replicas if set (min_replicas >= 2 on clusters)"
+        None, description="instead of router_replicas (min_replicas >= 2 on clusters)"
     )
     router_resources: dict[str, float] = Field(
         default_factory=dict, description="custom Ray resources of the router (node pinning)"
@@ -348,6 +353,15 @@ class AppArgs(Settings):
     )
     overload_status: Literal[429, 503] = Field(503, description="HTTP status when overloaded")
     retry_after_s: PositiveInt = Field(1, description="Retry-After of overload answers")
+
+    @model_validator(mode="after")
+    def _one_router_scaling(self) -> AppArgs:
+        if self.router_autoscaling is not None and "router_replicas" in self.model_fields_set:
+            raise ValueError(
+                "router_replicas and router_autoscaling: autoscaling sets the router's replica "
+                "count (min_replicas .. max_replicas); give one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _shards_in_router(self) -> AppArgs:

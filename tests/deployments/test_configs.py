@@ -155,3 +155,20 @@ def test_an_unknown_key_in_the_args_is_refused(args):
 
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         AppArgs.model_validate({"index_uri": "/x", **args})
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"shard": {"num_replicas": 4, "autoscaling": {"max_replicas": 8}}},
+        {"router_replicas": 3, "router_autoscaling": {"max_replicas": 4}},
+    ],
+)
+def test_a_replica_count_beside_autoscaling_is_refused(args):
+    """Autoscaling replaced the count without a word (4 replicas asked, 1 to 8 given)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="give one of them"):
+        AppArgs.model_validate({"index_uri": "/x", **args})
+    alone = {k: v for k, v in args.items() if "autoscaling" not in k and k != "shard"}
+    AppArgs.model_validate({"index_uri": "/x", **alone})  # either one alone is fine
