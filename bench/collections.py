@@ -52,7 +52,8 @@ class Multiplexed:
         return ShardedIndex.open(os.path.join(self.root, name))
 
     async def __call__(self, request):
-        from deployments.http import SearchRequest, queries_of, response_json
+        from deployments.http import queries_of, response_json
+        from deployments.schema import SearchRequest
 
         index = await self.get_index(serve.get_multiplexed_model_id())
         req = SearchRequest.model_validate(await request.json())

@@ -19,15 +19,7 @@ from deployments.errors import MetricsNotReady
 from deployments.http import (
     OFF_LOOP_BYTES,
     OFF_LOOP_RESULTS,
-    DeleteRequest,
-    GetRequest,
-    GetResponse,
     M,
-    SearchRequest,
-    SearchResponse,
-    UpsertRequest,
-    WriteResponse,
-    error_responses,
     get_json,
     off_loop,
     parse_body,
@@ -39,6 +31,16 @@ from deployments.http import (
     wants_frame,
 )
 from deployments.ingress import route
+from deployments.schema import (
+    DeleteRequest,
+    GetRequest,
+    GetResponse,
+    SearchRequest,
+    SearchResponse,
+    UpsertRequest,
+    WriteResponse,
+    error_responses,
+)
 from deployments.scrape import scrape_cluster
 from vsearch import frames
 

@@ -247,7 +247,8 @@ def test_a_field_of_the_wrong_type_is_a_400_not_coerced(field, value):
     """JSON bodies are read strictly: ``"k": true`` was k=1 and ``["1", true]`` a vector
     [1.0, 1.0], while the handle refuses such values (a knob silently changed)."""
     from deployments.errors import BadRequest
-    from deployments.http import DeleteRequest, GetRequest, parse_body, parse_search
+    from deployments.http import parse_body, parse_search
+    from deployments.schema import DeleteRequest, GetRequest
 
     body = {"vectors": [[0.5, 0.5]], field: value}
     if field == "ids":
