@@ -69,7 +69,24 @@ class SearchRequest(SearchOptions):
         return self
 
 
-class UpsertRequest(BaseModel):
+class WriteOptions(BaseModel):
+    """What every write body may add: its deadline and its idempotency key."""
+
+    model_config = STRICT
+
+    deadline_ms: int | None = Field(
+        None,
+        description="stop waiting for the write to be durable after this long (a 504: it may "
+        "still be applied; retry with the same idempotency_key); default: wait for the log",
+    )
+    idempotency_key: str | None = Field(
+        None,
+        description="unique per write (e.g. a UUID), sent again on a retry: a write already "
+        "logged under it is answered again, not applied twice",
+    )
+
+
+class UpsertRequest(WriteOptions):
     """Body of POST /v1/upsert: ids with ``vectors`` or ``vectors_b64``, optional metadata."""
 
     model_config = STRICT
@@ -83,16 +100,6 @@ class UpsertRequest(BaseModel):
     metadata: list[dict[str, Any] | None] | None = Field(
         None, description="one object per id: columns of the index's metadata schema"
     )
-    deadline_ms: int | None = Field(
-        None,
-        description="stop waiting for the write to be durable after this long (a 504: it may "
-        "still be applied; retry with the same idempotency_key); default: wait for the log",
-    )
-    idempotency_key: str | None = Field(
-        None,
-        description="unique per write (e.g. a UUID), sent again on a retry: a write already "
-        "logged under it is answered again, not applied twice",
-    )
 
     @model_validator(mode="after")
     def _one_vector_form(self) -> UpsertRequest:
@@ -102,22 +109,12 @@ class UpsertRequest(BaseModel):
         return self
 
 
-class DeleteRequest(BaseModel):
+class DeleteRequest(WriteOptions):
     """Body of POST /v1/delete."""
 
     model_config = STRICT
 
     ids: list[int] = Field(..., description="ids to delete; absent ones are not an error")
-    deadline_ms: int | None = Field(
-        None,
-        description="stop waiting for the write to be durable after this long (a 504: it may "
-        "still be applied; retry with the same idempotency_key); default: wait for the log",
-    )
-    idempotency_key: str | None = Field(
-        None,
-        description="unique per write (e.g. a UUID), sent again on a retry: a write already "
-        "logged under it is answered again, not applied twice",
-    )
 
 
 class GetRequest(BaseModel):

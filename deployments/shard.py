@@ -21,6 +21,7 @@ from deployments.coalesce import Coalescer
 from deployments.config import RecallOptions, ShardOptions
 from deployments.follow import Follower
 from deployments.held import METADATA_INLINE, SUB_BATCH, HeldVersions, LoadedShards
+from deployments.http import off_loop
 from deployments.metrics import ShardMetrics
 from deployments.sampler import ShardSampler
 from shards import ShardedIndex
@@ -174,11 +175,13 @@ class ShardServer:
         if query.with_metadata:
             if self.opts.faults is not None:
                 await self._inject(self.opts.faults, "metadata")
-            cols, many = query.metadata_columns, I.size > METADATA_INLINE
-            meta = (
-                await asyncio.to_thread(loaded.metadata_of, I, cols, states)
-                if many
-                else loaded.metadata_of(I, cols, states)
+            meta = await off_loop(
+                loaded.metadata_of,
+                I,
+                query.metadata_columns,
+                states,
+                size=I.size,
+                threshold=METADATA_INLINE + 1,  # above it: in a thread
             )
         return D, I, version, sequence, plans, meta
 
